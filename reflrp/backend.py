@@ -1,0 +1,72 @@
+"""The array namespace (numpy or cupy), device moves and the float dtype policy.
+
+Only this module decides ``xp``; everything else receives it as an argument.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import ReflrpError
+
+
+def cupy_or_none():
+    """The ``cupy`` module when it imports and a GPU answers, else ``None``.
+
+    cupy imports without a GPU; its first device call then raises ``CUDARuntimeError``:
+    that means "no GPU" here, not an import failure.
+    """
+    try:
+        import cupy
+    except Exception:
+        return None
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+        cupy.zeros(1)
+    except Exception:
+        return None
+    return cupy
+
+
+def namespace(device: str | None = None, arrays: Any = ()) -> Any:
+    """Pick numpy or cupy: cupy when ``device == "cuda"`` or any of ``arrays`` is a cupy array."""
+    is_cupy = any(type(a).__module__.startswith("cupy") for a in arrays)
+    if device in (None, "cpu") and not is_cupy:
+        return np
+    if device not in (None, "cpu", "cuda"):
+        raise ReflrpError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    cp = cupy_or_none()
+    if cp is None:
+        raise ReflrpError("device='cuda' was asked but cupy is not installed or no GPU is available")
+    return cp
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """A host numpy copy of ``a`` (no copy for numpy input)."""
+    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.asarray(a)
+
+
+def asarray(xp: Any, a: Any, dtype=None):
+    return xp.asarray(a, dtype=dtype)
+
+
+def erf(xp: Any, x):
+    """The error function on ``xp`` arrays (scipy.special / cupyx.scipy.special)."""
+    if xp is np:
+        from scipy.special import erf as _erf
+    else:
+        from cupyx.scipy.special import erf as _erf
+    return _erf(x)
+
+
+def float_policy(dtype: Any) -> np.dtype | None:
+    """Normalise the ``dtype`` argument: None keeps the model's floats, else every float tensor becomes it."""
+    if dtype is None:
+        return None
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise ReflrpError(f"dtype must be a float type such as 'float32' or 'float64', not {dtype!r}")
+    return dt

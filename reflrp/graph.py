@@ -1,0 +1,113 @@
+"""The frozen graph IR: values, nodes, initializers and the default-domain opset.
+
+Only :mod:`reflrp.onnx_import` builds it from ONNX; everything else reads it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import GraphError
+
+
+@dataclass(frozen=True)
+class ValueInfo:
+    """A graph input or output: name, element dtype and shape (ints, symbolic names or None)."""
+
+    name: str
+    dtype: np.dtype | None
+    shape: tuple[int | str | None, ...] | None
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+        return f"{self.name}: {self.dtype} {dims}"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One ONNX node. ``inputs`` keeps ``""`` for omitted optional inputs; attributes are decoded."""
+
+    name: str
+    op_type: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: Mapping[str, Any]
+
+    def label(self) -> str:
+        return f"node {self.name!r} ({self.op_type})"
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A model graph in topological order. Immutable once built."""
+
+    nodes: tuple[Node, ...]
+    inputs: tuple[ValueInfo, ...]
+    outputs: tuple[ValueInfo, ...]
+    initializers: Mapping[str, np.ndarray]
+    opset: int
+    producer: Mapping[str, Node] = field(repr=False)
+    consumers: Mapping[str, tuple[Node, ...]] = field(repr=False)
+
+    @classmethod
+    def build(cls, nodes, inputs, outputs, initializers, opset) -> "Graph":
+        ordered = topological_order(nodes, {v.name for v in inputs} | set(initializers))
+        producer = {out: n for n in ordered for out in n.outputs if out}
+        consumers: dict[str, list[Node]] = {}
+        for n in ordered:
+            for name in dict.fromkeys(i for i in n.inputs if i):
+                consumers.setdefault(name, []).append(n)
+        for out in outputs:
+            if out.name not in producer and out.name not in initializers and out.name not in {v.name for v in inputs}:
+                raise GraphError(f"graph output {out.name!r} is produced by no node")
+        return cls(tuple(ordered), tuple(inputs), tuple(outputs), MappingProxyType(dict(initializers)), opset,
+                   MappingProxyType(producer), MappingProxyType({k: tuple(v) for k, v in consumers.items()}))
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.outputs)
+
+
+def topological_order(nodes, available: set[str]) -> list[Node]:
+    """Order ``nodes`` so every input is produced before use (Kahn's algorithm, stable).
+
+    Raises :class:`GraphError` naming a node on a cycle, or a node whose input nobody produces.
+    """
+    producer: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for out in n.outputs:
+            if out:
+                producer[out] = i
+    waiting = [0] * len(nodes)
+    users: dict[int, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in dict.fromkeys(x for x in n.inputs if x):
+            if name in producer:
+                waiting[i] += 1
+                users.setdefault(producer[name], []).append(i)
+            elif name not in available:
+                raise GraphError(f"{n.label()} reads {name!r}, which is no graph input, initializer "
+                                 "or node output (a missing initializer?)")
+    ready = [i for i in range(len(nodes)) if waiting[i] == 0]
+    ready.reverse()
+    order: list[Node] = []
+    while ready:
+        i = ready.pop()
+        order.append(nodes[i])
+        for j in reversed(users.get(i, [])):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    if len(order) != len(nodes):
+        stuck = [nodes[i] for i in range(len(nodes)) if waiting[i] > 0]
+        raise GraphError(f"the graph has a cycle through {stuck[0].label()} "
+                         f"({len(stuck)} nodes cannot be ordered)")
+    return order

@@ -1,0 +1,178 @@
+"""The forward pass: a prepared step list per (float policy, array namespace), then a short loop.
+
+Preparation resolves each node's kernel for the model's opset, applies the float policy to
+attributes and constants, folds every node that does not depend on a graph input, and works out
+when each intermediate tensor can be freed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .backend import to_numpy
+from .dtypes import numpy_dtype
+from .errors import FeedError, KernelError, ReflrpError, UnsupportedOpError
+from .graph import Graph, Node
+from .ops import resolve
+
+
+@dataclass(frozen=True)
+class Step:
+    node: Node
+    fn: Callable
+    attrs: dict
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass
+class Prepared:
+    """What one (policy, xp) needs to run: folded constants, steps, and free lists."""
+
+    xp: Any
+    policy: np.dtype | None
+    constants: dict
+    steps: list[Step]
+    last_use: dict[str, int]
+
+
+def _policy_dtype(dt: np.dtype, policy: np.dtype | None) -> np.dtype:
+    return policy if policy is not None and dt.kind == "f" else dt
+
+
+def _attrs_for(node: Node, policy: np.dtype | None) -> dict:
+    """Decode attributes that carry types or tensors into what the kernel takes, under the policy."""
+    attrs = dict(node.attrs)
+    if node.op_type == "Cast":
+        attrs["to"] = _policy_dtype(numpy_dtype(attrs["to"], node.label()), policy)
+    elif node.op_type == "EyeLike" and "dtype" in attrs:
+        attrs["dtype"] = _policy_dtype(numpy_dtype(attrs["dtype"], node.label()), policy)
+    elif node.op_type in ("Constant", "ConstantOfShape"):
+        for key in ("value",):
+            if key in attrs and isinstance(attrs[key], np.ndarray):
+                attrs[key] = attrs[key].astype(_policy_dtype(attrs[key].dtype, policy))
+        if node.op_type == "Constant":
+            attrs["_float"] = policy if policy is not None else np.float32
+    elif node.op_type == "Split":
+        attrs["_n_outputs"] = len(node.outputs)
+    return attrs
+
+
+def _call(step: Step, xp, args: list):
+    try:
+        out = step.fn(xp, *args, **step.attrs)
+    except ReflrpError as exc:
+        raise type(exc)(f"{step.node.label()}: {exc}") from None
+    except Exception as exc:
+        shapes = ", ".join(f"{n or '-'}: {getattr(a, 'shape', None)} {getattr(a, 'dtype', '')}"
+                           for n, a in zip(step.inputs, args))
+        raise KernelError(f"{step.node.label()} failed on inputs ({shapes}): {type(exc).__name__}: {exc}") from None
+    out = out if isinstance(out, tuple) else (out,)
+    if len(out) < len(step.outputs) and any(step.outputs[len(out):]):
+        raise UnsupportedOpError(f"{step.node.label()}: output(s) {[n for n in step.outputs[len(out):] if n]} "
+                                 f"are not supported by reflrp's kernel (it computes {len(out)})")
+    return out
+
+
+def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
+    """Resolve kernels, cast constants under ``policy``, fold input-independent nodes."""
+    constants = {k: xp.asarray(v.astype(_policy_dtype(v.dtype, policy), copy=False))
+                 for k, v in graph.initializers.items()}
+    steps: list[Step] = []
+    inputs = set(graph.input_names)
+    for node in graph.nodes:
+        step = Step(node, resolve(node.op_type, graph.opset, node.label()), _attrs_for(node, policy),
+                    node.inputs, node.outputs)
+        if all(not n or n in constants for n in node.inputs) and not (set(node.inputs) & inputs):
+            with np.errstate(all="ignore"):
+                values = _call(step, xp, [constants[n] if n else None for n in node.inputs])
+            constants.update((n, v) for n, v in zip(node.outputs, values) if n)
+        else:
+            steps.append(step)
+    last_use = {}
+    for i, step in enumerate(steps):
+        for n in step.inputs:
+            if n and n not in constants:
+                last_use[n] = i
+    return Prepared(xp, policy, constants, steps, last_use)
+
+
+def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None, xp, allow_nan=False) -> dict:
+    """Validate feeds against the graph's inputs and convert them (names, rank, dims, dtype, NaN)."""
+    expected = {v.name: v for v in graph.inputs}
+    missing = [n for n in expected if n not in feeds]
+    extra = [n for n in feeds if n not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing feed(s) " + ", ".join(expected[n].describe() for n in missing))
+        if extra:
+            parts.append(f"unknown input name(s) {extra}")
+        raise FeedError("; ".join(parts) + f". The model's inputs: {[v.describe() for v in graph.inputs]}")
+    out, symbols = {}, {}
+    for name, info in expected.items():
+        value = feeds[name]
+        arr = value if hasattr(value, "__array_namespace__") or hasattr(value, "dtype") else np.asarray(value)
+        if info.shape is not None:
+            if arr.ndim != len(info.shape):
+                raise FeedError(f"input {info.describe()} expects rank {len(info.shape)}, got shape {tuple(arr.shape)}")
+            for axis, (want, got) in enumerate(zip(info.shape, arr.shape)):
+                if isinstance(want, int) and want > 0 and want != got:
+                    raise FeedError(f"input {info.describe()}: axis {axis} must be {want}, got shape {tuple(arr.shape)}")
+                if isinstance(want, str):
+                    if symbols.setdefault(want, (got, name))[0] != got:
+                        first = symbols[want]
+                        raise FeedError(f"input {name!r}: dimension {want!r} is {got} here but {first[0]} in input {first[1]!r}")
+        if info.dtype is not None:
+            kind_ok = arr.dtype.kind == info.dtype.kind or (arr.dtype.kind in "iu" and info.dtype.kind in "iu")
+            if not kind_ok:
+                raise FeedError(f"input {info.describe()} expects dtype {info.dtype}, got {arr.dtype}")
+            target = _policy_dtype(info.dtype, policy)
+        else:
+            target = _policy_dtype(arr.dtype, policy)
+        arr = xp.asarray(arr).astype(target, copy=False)
+        if not allow_nan and arr.dtype.kind == "f" and arr.size and bool(xp.isnan(arr).any()):
+            raise FeedError(f"input {name!r} contains NaN")
+        out[name] = arr
+    return out
+
+
+def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
+    """Run the steps. ``keep`` names intermediates to return too; ``keep=True`` keeps every tensor."""
+    xp = prep.xp
+    env = dict(prep.constants)
+    env.update(feeds)
+    keep_all = keep is True
+    held = set(graph.output_names) | (set() if keep_all else set(keep))
+    last_use = prep.last_use
+    ctx = np.errstate(all="ignore") if xp is np else _Null()
+    with ctx:
+        for i, step in enumerate(prep.steps):
+            args = [env[n] if n else None for n in step.inputs]
+            for n, v in zip(step.outputs, _call(step, xp, args)):
+                if n:
+                    env[n] = v
+            if not keep_all:
+                for n in step.inputs:
+                    if n and last_use.get(n) == i and n not in held:
+                        env.pop(n, None)
+    if keep_all:
+        return env
+    missing = [n for n in held if n not in env]
+    if missing:
+        raise ReflrpError(f"tensors {missing} were asked to be kept but no node produces them")
+    return {n: env[n] for n in graph.output_names} | {n: env[n] for n in keep if n not in graph.output_names}
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def host(outputs: dict) -> dict:
+    return {k: to_numpy(v) for k, v in outputs.items()}

@@ -1,0 +1,77 @@
+"""``reflrp.load`` and the :class:`Model` it returns."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import onnx_import
+from .backend import float_policy, namespace
+from .graph import Graph
+from .interpreter import Prepared, check_feeds, execute, prepare
+
+
+class Model:
+    """A loaded ONNX model: the frozen graph plus prepared forward plans, cached per dtype and device."""
+
+    def __init__(self, graph: Graph, source: str = "<model>"):
+        self.graph = graph
+        self.source = source
+        self._prepared: dict[tuple, Prepared] = {}
+
+    def __repr__(self) -> str:
+        return (f"Model({self.source!r}, opset {self.graph.opset}, {len(self.graph.nodes)} nodes, "
+                f"inputs {[v.describe() for v in self.graph.inputs]})")
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.graph.input_names
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.graph.output_names
+
+    def prepared(self, dtype: Any = None, xp: Any = np) -> Prepared:
+        """The forward plan for float policy ``dtype`` on namespace ``xp`` (built once, then cached)."""
+        policy = float_policy(dtype)
+        key = (None if policy is None else policy.str, xp.__name__)
+        if key not in self._prepared:
+            self._prepared[key] = prepare(self.graph, policy, xp)
+        return self._prepared[key]
+
+    def run(self, feeds: Mapping[str, Any], dtype: Any = None, keep=(), device: str | None = None,
+            allow_nan: bool = False) -> dict:
+        """Run the forward pass.
+
+        Parameters
+        ----------
+        feeds : mapping of graph input name to array (numpy, or cupy for a GPU run).
+        dtype : None keeps the model's float types; ``"float64"`` upcasts every float initializer,
+            constant, cast and feed so the whole model runs in float64 (the reference mode).
+        keep : names of intermediate tensors to return besides the graph outputs.
+        device : None / ``"cpu"`` (numpy unless the feeds are cupy arrays) or ``"cuda"`` (cupy).
+        allow_nan : a NaN in a float feed is an error unless this is True (+-inf is allowed: masks).
+
+        Returns
+        -------
+        dict of tensor name to array, graph outputs first.
+        """
+        xp = namespace(device, feeds.values())
+        prep = self.prepared(dtype, xp)
+        return execute(prep, self.graph, check_feeds(self.graph, feeds, prep.policy, xp, allow_nan), keep)
+
+
+def load(source: Any) -> Model:
+    """Load an ONNX model from a path, bytes or ``onnx.ModelProto``.
+
+    Raises :class:`reflrp.ModelLoadError` for unreadable input, :class:`reflrp.UnsupportedOpError`
+    for ops reflrp cannot run (naming node, op, domain and opset) and :class:`reflrp.GraphError`
+    for cycles, missing initializers and undefined tensors.
+    """
+    proto, base = onnx_import.read_model(source)
+    graph = onnx_import.to_graph(proto, base)
+    from .ops import resolve
+    for node in graph.nodes:  # fail at load, not at the first run, on ops with no kernel
+        resolve(node.op_type, graph.opset, node.label())
+    name = str(source) if isinstance(source, (str,)) or hasattr(source, "__fspath__") else "<model>"
+    return Model(graph, name)

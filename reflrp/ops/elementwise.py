@@ -1,0 +1,198 @@
+"""Elementwise kernels: unary math, activations, binary arithmetic, comparisons, logic, Where."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import erf
+from ..errors import UnsupportedOpError
+from . import kernel
+
+
+def _unary(op: str, fn, since: int = 1):
+    def run(xp, x, **_):
+        return fn(xp, x)
+    run.__name__ = op
+    kernel(op, since)(run)
+
+
+for _op, _fn in {
+    "Abs": lambda xp, x: xp.abs(x), "Neg": lambda xp, x: -x, "Exp": lambda xp, x: xp.exp(x),
+    "Log": lambda xp, x: xp.log(x), "Sqrt": lambda xp, x: xp.sqrt(x), "Floor": lambda xp, x: xp.floor(x),
+    "Ceil": lambda xp, x: xp.ceil(x), "Round": lambda xp, x: xp.round(x), "Sign": lambda xp, x: xp.sign(x),
+    "Sin": lambda xp, x: xp.sin(x), "Cos": lambda xp, x: xp.cos(x), "Tan": lambda xp, x: xp.tan(x),
+    "Asin": lambda xp, x: xp.arcsin(x), "Acos": lambda xp, x: xp.arccos(x), "Atan": lambda xp, x: xp.arctan(x),
+    "Sinh": lambda xp, x: xp.sinh(x), "Cosh": lambda xp, x: xp.cosh(x), "Tanh": lambda xp, x: xp.tanh(x),
+    "Asinh": lambda xp, x: xp.arcsinh(x), "Acosh": lambda xp, x: xp.arccosh(x), "Atanh": lambda xp, x: xp.arctanh(x),
+    "Reciprocal": lambda xp, x: (1 / x).astype(x.dtype, copy=False),
+    "Not": lambda xp, x: xp.logical_not(x), "IsNaN": lambda xp, x: xp.isnan(x),
+    "Erf": lambda xp, x: erf(xp, x).astype(x.dtype, copy=False),
+    "Relu": lambda xp, x: xp.maximum(x, x.dtype.type(0)),
+    "Sigmoid": lambda xp, x: _sigmoid(xp, x),
+    "Softsign": lambda xp, x: x / (1 + xp.abs(x)),
+    "Softplus": lambda xp, x: xp.logaddexp(x, x.dtype.type(0)),
+    "Mish": lambda xp, x: x * xp.tanh(xp.logaddexp(x, x.dtype.type(0))),
+    "HardSwish": lambda xp, x: x * xp.clip(x / 6 + x.dtype.type(0.5), 0, 1),
+}.items():
+    _unary(_op, _fn)
+
+
+def _sigmoid(xp, x):
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+@kernel("Identity")
+def Identity(xp, x):
+    return x
+
+
+@kernel("Dropout")
+def Dropout(xp, data, ratio=None, training_mode=None, seed=None):
+    if training_mode is not None and bool(training_mode) and (ratio is None or float(ratio) > 0):
+        raise UnsupportedOpError("Dropout in training mode is random; reflrp runs inference graphs only")
+    return data, xp.ones(data.shape, dtype=bool)
+
+
+@kernel("IsInf")
+def IsInf(xp, x, detect_negative=1, detect_positive=1):
+    return xp.isinf(x) & (((x < 0) & bool(detect_negative)) | ((x > 0) & bool(detect_positive)))
+
+
+@kernel("LeakyRelu")
+def LeakyRelu(xp, x, alpha=0.01):
+    return xp.where(x >= 0, x, x * x.dtype.type(alpha))
+
+
+@kernel("Elu")
+def Elu(xp, x, alpha=1.0):
+    return xp.where(x >= 0, x, x.dtype.type(alpha) * xp.expm1(xp.minimum(x, 0)))
+
+
+@kernel("Celu")
+def Celu(xp, x, alpha=1.0):
+    a = x.dtype.type(alpha)
+    return xp.maximum(x, 0) + xp.minimum(0, a * xp.expm1(x / a))
+
+
+@kernel("Selu")
+def Selu(xp, x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
+    t = x.dtype.type
+    return t(gamma) * xp.where(x > 0, x, t(alpha) * xp.expm1(xp.minimum(x, 0)))
+
+
+@kernel("ThresholdedRelu")
+def ThresholdedRelu(xp, x, alpha=1.0):
+    return xp.where(x > alpha, x, x.dtype.type(0))
+
+
+@kernel("HardSigmoid")
+def HardSigmoid(xp, x, alpha=0.2, beta=0.5):
+    t = x.dtype.type
+    return xp.clip(x * t(alpha) + t(beta), 0, 1).astype(x.dtype, copy=False)
+
+
+@kernel("Gelu", since=20)
+def Gelu(xp, x, approximate="none"):
+    t = x.dtype.type
+    if approximate == "tanh":
+        inner = t(math.sqrt(2 / math.pi)) * (x + t(0.044715) * x * x * x)
+        return t(0.5) * x * (1 + xp.tanh(inner))
+    return t(0.5) * x * (1 + erf(xp, x / t(math.sqrt(2))).astype(x.dtype, copy=False))
+
+
+@kernel("PRelu")
+def PRelu(xp, x, slope):
+    return xp.where(x >= 0, x, x * slope)
+
+
+@kernel("Clip")
+def Clip(xp, x, min=None, max=None):
+    if min is not None:
+        x = xp.maximum(x, xp.asarray(min, dtype=x.dtype))
+    if max is not None:
+        x = xp.minimum(x, xp.asarray(max, dtype=x.dtype))
+    return x
+
+
+# ---- binary arithmetic (numpy broadcasting is ONNX's multidirectional broadcasting) ----
+
+@kernel("Add")
+def Add(xp, a, b):
+    return a + b
+
+
+@kernel("Sub")
+def Sub(xp, a, b):
+    return a - b
+
+
+@kernel("Mul")
+def Mul(xp, a, b):
+    return a * b
+
+
+@kernel("Div")
+def Div(xp, a, b):
+    if a.dtype.kind in "iu":  # ONNX integer division truncates toward zero
+        q = xp.abs(a) // xp.abs(b)
+        return xp.where((a < 0) != (b < 0), -q, q).astype(a.dtype, copy=False)
+    return a / b
+
+
+@kernel("Mod")
+def Mod(xp, a, b, fmod=0):
+    return xp.fmod(a, b) if fmod else xp.mod(a, b)
+
+
+@kernel("Pow")
+def Pow(xp, a, b):
+    if a.dtype.kind == "f" and b.dtype.kind == "f" and b.ndim == 0 and float(b) == 2.0:
+        return a * a
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+        return xp.power(a, b.astype(a.dtype) if b.dtype.kind == "u" else xp.maximum(b, 0).astype(a.dtype))
+    return xp.power(a, b.astype(a.dtype) if a.dtype.kind == "f" else b).astype(a.dtype, copy=False)
+
+
+def _variadic(op: str, fn, since: int = 1):
+    def run(xp, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = fn(xp, out, x)
+        return out if len(xs) > 1 else out.copy()
+    run.__name__ = op
+    kernel(op, since)(run)
+
+
+_variadic("Sum", lambda xp, a, b: a + b)
+_variadic("Max", lambda xp, a, b: xp.maximum(a, b))
+_variadic("Min", lambda xp, a, b: xp.minimum(a, b))
+
+
+@kernel("Mean")
+def Mean(xp, *xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return (out / len(xs)).astype(xs[0].dtype, copy=False)
+
+
+for _op, _fn in {
+    "Equal": lambda xp, a, b: a == b, "Less": lambda xp, a, b: a < b, "Greater": lambda xp, a, b: a > b,
+    "LessOrEqual": lambda xp, a, b: a <= b, "GreaterOrEqual": lambda xp, a, b: a >= b,
+    "And": lambda xp, a, b: a & b, "Or": lambda xp, a, b: a | b, "Xor": lambda xp, a, b: a ^ b,
+    "BitwiseAnd": lambda xp, a, b: a & b, "BitwiseOr": lambda xp, a, b: a | b,
+    "BitwiseXor": lambda xp, a, b: a ^ b,
+}.items():
+    kernel(_op)((lambda f: lambda xp, a, b: f(xp, a, b))(_fn))
+
+
+@kernel("BitwiseNot")
+def BitwiseNot(xp, x):
+    return ~x
+
+
+@kernel("Where")
+def Where(xp, condition, x, y):
+    return xp.where(condition, x, y)

@@ -1,0 +1,96 @@
+"""Linear algebra kernels: MatMul, Gemm, Einsum, Conv (im2col over kernel offsets)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from . import kernel
+from .tensor import _ints
+
+
+@kernel("MatMul")
+def MatMul(xp, a, b):
+    return xp.matmul(a, b)
+
+
+@kernel("Gemm")
+def Gemm(xp, A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0):
+    a = A.T if transA else A
+    b = B.T if transB else B
+    y = a @ b
+    if alpha != 1.0:
+        y = y * y.dtype.type(alpha)
+    if C is not None:
+        y = y + (C if beta == 1.0 else C * C.dtype.type(beta))
+    return y
+
+
+@kernel("Einsum")
+def Einsum(xp, *inputs, equation):
+    return xp.einsum(equation.replace(" ", ""), *inputs)
+
+
+def conv_geometry(spatial, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode=0):
+    """Output size and (begin, end) pads per spatial axis, as ONNX Conv/Pool define them."""
+    n = len(spatial)
+    strides = strides or [1] * n
+    dilations = dilations or [1] * n
+    pads = list(pads) if pads else [0] * (2 * n)
+    out, begin, end = [], [], []
+    for i in range(n):
+        k = (kernel_shape[i] - 1) * dilations[i] + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = -(-spatial[i] // strides[i])
+            total = max((o - 1) * strides[i] + k - spatial[i], 0)
+            lo = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            b, e = lo, total - lo
+        elif auto_pad == "VALID":
+            b, e = 0, 0
+            o = (spatial[i] - k) // strides[i] + 1
+        else:
+            b, e = pads[i], pads[i + n]
+            span = spatial[i] + b + e - k
+            o = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
+            if ceil_mode and (o - 1) * strides[i] >= spatial[i] + b:
+                o -= 1  # the last window must start inside the input or left pad
+        out.append(o)
+        begin.append(b)
+        end.append(e)
+    return out, begin, end, strides, dilations
+
+
+def windows(xp, x, kernel_shape, out, begin, end, strides, dilations, fill=0.0):
+    """Stack every kernel offset's strided view: (N, C, *kernel, *out) from x of (N, C, *spatial)."""
+    n = len(kernel_shape)
+    need = [(out[i] - 1) * strides[i] + (kernel_shape[i] - 1) * dilations[i] + 1 for i in range(n)]
+    extra = [max(need[i] - (x.shape[2 + i] + begin[i] + end[i]), 0) for i in range(n)]
+    width = [(0, 0), (0, 0)] + [(begin[i], end[i] + extra[i]) for i in range(n)]
+    if any(w != (0, 0) for w in width):
+        x = xp.pad(x, width, mode="constant", constant_values=fill)
+    views = []
+    for offset in itertools.product(*[range(k) for k in kernel_shape]):
+        index = (slice(None), slice(None)) + tuple(
+            slice(offset[i] * dilations[i], offset[i] * dilations[i] + (out[i] - 1) * strides[i] + 1, strides[i])
+            for i in range(n))
+        views.append(x[index])
+    stacked = xp.stack(views, axis=2)
+    return stacked.reshape(x.shape[:2] + tuple(kernel_shape) + tuple(out))
+
+
+@kernel("Conv")
+def Conv(xp, X, W, B=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
+    kernel_shape = kernel_shape or list(W.shape[2:])
+    out, begin, end, strides, dilations = conv_geometry(X.shape[2:], kernel_shape, strides, pads, dilations, auto_pad)
+    cols = windows(xp, X, kernel_shape, out, begin, end, strides, dilations)  # N, C, *k, *o
+    N, C = X.shape[:2]
+    M = W.shape[0]
+    nk, no = len(kernel_shape), int(np.prod(out, dtype=np.int64))
+    kk = int(np.prod(kernel_shape, dtype=np.int64))
+    cols = cols.reshape(N, group, (C // group) * kk, no)
+    w = W.reshape(group, M // group, (C // group) * kk)
+    y = xp.matmul(w[None], cols)  # N, group, M/g, no
+    y = y.reshape((N, M) + tuple(out))
+    if B is not None:
+        y = y + B.reshape((1, M) + (1,) * nk)
+    return y

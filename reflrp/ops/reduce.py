@@ -1,0 +1,62 @@
+"""Reductions. ``axes`` is an attribute before opset 13 (ReduceSum) / 18 (the others), an input after."""
+from __future__ import annotations
+
+from . import kernel
+from .tensor import _ints
+
+
+def _axes(xp, data, axes, noop_with_empty_axes):
+    axes = _ints(xp, axes)
+    if not axes:
+        return None if not noop_with_empty_axes else ()
+    return tuple(a % data.ndim for a in axes) if data.ndim else None
+
+
+def _reduction(op: str, fn):
+    def run(xp, data, axes=None, keepdims=1, noop_with_empty_axes=0):
+        ax = _axes(xp, data, axes, noop_with_empty_axes)
+        if ax == ():
+            return data
+        return fn(xp, data, ax, bool(keepdims))
+    run.__name__ = op
+    kernel(op)(run)
+
+
+def _keep_dtype(f):
+    return lambda xp, x, ax, k: f(xp, x, ax, k).astype(x.dtype, copy=False)
+
+
+_reduction("ReduceSum", _keep_dtype(lambda xp, x, ax, k: xp.sum(x, axis=ax, keepdims=k)))
+_reduction("ReduceMean", _keep_dtype(lambda xp, x, ax, k: xp.mean(x, axis=ax, keepdims=k)))
+_reduction("ReduceProd", _keep_dtype(lambda xp, x, ax, k: xp.prod(x, axis=ax, keepdims=k)))
+_reduction("ReduceMax", lambda xp, x, ax, k: xp.max(x, axis=ax, keepdims=k) if x.size else
+           xp.full(_empty_shape(x, ax, k), _extreme(xp, x.dtype, low=True), dtype=x.dtype))
+_reduction("ReduceMin", lambda xp, x, ax, k: xp.min(x, axis=ax, keepdims=k) if x.size else
+           xp.full(_empty_shape(x, ax, k), _extreme(xp, x.dtype, low=False), dtype=x.dtype))
+_reduction("ReduceL1", _keep_dtype(lambda xp, x, ax, k: xp.sum(xp.abs(x), axis=ax, keepdims=k)))
+_reduction("ReduceL2", _keep_dtype(lambda xp, x, ax, k: xp.sqrt(xp.sum(x * x, axis=ax, keepdims=k))))
+_reduction("ReduceSumSquare", _keep_dtype(lambda xp, x, ax, k: xp.sum(x * x, axis=ax, keepdims=k)))
+_reduction("ReduceLogSum", _keep_dtype(lambda xp, x, ax, k: xp.log(xp.sum(x, axis=ax, keepdims=k))))
+_reduction("ReduceLogSumExp", _keep_dtype(lambda xp, x, ax, k: _logsumexp(xp, x, ax, k)))
+
+
+def _empty_shape(x, ax, keep):
+    ax = range(x.ndim) if ax is None else ax
+    return tuple((1 if keep else None) if i in ax else d for i, d in enumerate(x.shape) if keep or i not in ax)
+
+
+def _extreme(xp, dtype, low):
+    if dtype.kind == "f":
+        return -xp.inf if low else xp.inf
+    if dtype.kind == "b":
+        return not low
+    return xp.iinfo(dtype).min if low else xp.iinfo(dtype).max
+
+
+def _logsumexp(xp, x, ax, keep):
+    if not x.size:
+        return xp.log(xp.sum(xp.exp(x), axis=ax, keepdims=keep))
+    m = xp.max(x, axis=ax, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    out = xp.log(xp.sum(xp.exp(x - m), axis=ax, keepdims=True)) + m
+    return out if keep else xp.squeeze(out, axis=ax)

@@ -1,0 +1,61 @@
+"""Run the ONNX backend node conformance cases (generated in memory) through reflrp."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+import reflrp
+
+
+def load_cases():
+    from onnx.backend.test.loader import load_model_tests
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with np.errstate(all="ignore"):
+            return load_model_tests(kind="node")
+
+
+def eligible(case, supported) -> bool:
+    """A case runs when every node is a default-domain op reflrp has a kernel for, on element types
+    reflrp supports (numpy's: no bfloat16, float8, int4/int2 or float4)."""
+    from reflrp.dtypes import ONNX_TO_NUMPY
+    g = case.model.graph
+    types = [v.type.tensor_type.elem_type for v in list(g.input) + list(g.output)]
+    types += [a.i for n in g.node for a in n.attribute if n.op_type == "Cast" and a.name == "to"]
+    return (bool(g.node) and all(n.domain in ("", "ai.onnx") and n.op_type in supported for n in g.node)
+            and all(t in ONNX_TO_NUMPY for t in types))
+
+
+def run_case(case) -> str | None:
+    """None when every data set matches the expected outputs, else a one-line reason."""
+    try:
+        model = reflrp.load(case.model)
+    except reflrp.ReflrpError as exc:
+        return f"load: {exc}"[:300]
+    from onnx import numpy_helper
+
+    def arr(v):
+        return numpy_helper.to_array(v) if hasattr(v, "SerializeToString") else v
+
+    names = model.input_names
+    for inputs, expected in case.data_sets:
+        inputs, expected = [arr(v) for v in inputs], [arr(v) for v in expected]
+        feeds = {n: v for n, v in zip(names, inputs)}
+        try:
+            got = model.run(feeds, allow_nan=True)
+        except Exception as exc:  # a conformance miss, recorded with its reason
+            return f"{type(exc).__name__}: {exc}"[:300]
+        for name, want in zip(model.output_names, expected):
+            have = np.asarray(got[name])
+            want = np.asarray(want)
+            if have.shape != want.shape:
+                return f"output {name}: shape {have.shape} != {want.shape}"
+            if want.dtype.kind in "fc":
+                ok = np.allclose(have.astype(np.float64), want.astype(np.float64), rtol=max(case.rtol, 1e-5),
+                                 atol=max(case.atol, 1e-6), equal_nan=True)
+            else:
+                ok = np.array_equal(have, want)
+            if not ok or (have.dtype != want.dtype and want.dtype != object):
+                return f"output {name}: values or dtype differ ({have.dtype} vs {want.dtype})"
+    return None

