@@ -26,7 +26,7 @@ class ValueInfo:
         return f"{self.name}: {self.dtype} {dims}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Node:
     """One ONNX node. ``inputs`` keeps ``""`` for omitted optional inputs; attributes are decoded."""
 

@@ -61,6 +61,19 @@ class Model:
         return execute(prep, self.graph, check_feeds(self.graph, feeds, prep.policy, xp, allow_nan), keep)
 
 
+    def plan(self, preset: str = "attnlrp", epsilon: float | None = None, wrt=None, rules: dict | None = None):
+        """The rule of every node under ``preset`` (a :class:`reflrp.analysis.Plan`; print it for a table)."""
+        from .analysis import build_plan, default_wrt
+        from .presets import EPSILON
+        eps = EPSILON.get(preset, 0.0) if epsilon is None else float(epsilon)
+        wrt = tuple(wrt) if wrt is not None else default_wrt(self.graph)
+        key = (preset, eps, wrt, tuple(sorted((rules or {}).items())))
+        cache = self.__dict__.setdefault("_plans", {})
+        if key not in cache:
+            cache[key] = build_plan(self.graph, preset, eps, wrt, rules)
+        return cache[key]
+
+
 def load(source: Any) -> Model:
     """Load an ONNX model from a path, bytes or ``onnx.ModelProto``.
 

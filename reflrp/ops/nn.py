@@ -195,16 +195,16 @@ def attention_parts(xp, Q, K, V, attn_mask=None, past_key=None, past_value=None,
     reps = q.shape[1] // k.shape[1]
     if reps > 1:
         k, v = xp.repeat(k, reps, axis=1), xp.repeat(v, reps, axis=1)
-    scores = q @ xp.swapaxes(k, -1, -2)
+    raw = scores = q @ xp.swapaxes(k, -1, -2)
     if softcap and softcap > 0:
-        scores = softcap * xp.tanh(scores / softcap)
+        scores = softcap * xp.tanh(raw / softcap)
     bias = attention_bias(xp, q.dtype, q.shape[2], k.shape[2], attn_mask, is_causal, past_len, nonpad_kv_seqlen,
                           left_window_size, right_window_size)
     logits = scores + bias
     probs = softmax(xp, logits, -1)
     masked_rows = xp.isneginf(xp.max(bias, axis=-1, keepdims=True))
     probs = xp.where(masked_rows, probs.dtype.type(0), probs)
-    return dict(q=q, k=k, v=v, scores=scores, logits=logits, probs=probs, y4=probs @ v,
+    return dict(q=q, k=k, v=v, raw=raw, scores=scores, logits=logits, probs=probs, y4=probs @ v,
                 present_key=present_k, present_value=present_v, reps=reps)
 
 

@@ -1,0 +1,92 @@
+"""Relevance rules: small functions keyed by rule name, and the helpers they share.
+
+A rule is ``rule(ctx, inputs, outputs, R_out) -> Result``: ``inputs``/``outputs`` are the node's
+forward values (None for omitted optional inputs), ``R_out`` the relevance arriving at each output
+(None where none arrived). ``Result.inputs`` has one entry per node input: the relevance that input
+receives (None for none). What a rule gives to a *constant* input is booked as absorbed by the
+propagator. ``loss`` is the relevance the stabiliser ate, ``deficit`` the non-conservation a rule has
+by design (softmax), both as float64 scalars.
+
+References: Bach et al. 2015 (LRP-epsilon); Achtibat et al., ICML 2024 (AttnLRP: identity rule on
+elementwise functions, uniform rule on bilinear products, the softmax rule); Ali et al., ICML 2022
+(CP-LRP: attention held constant).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class Context:
+    """What a rule may use besides the values: the node, namespace, epsilon and plan facts."""
+
+    node: Any
+    xp: Any
+    eps: float
+    dynamic: tuple[bool, ...]
+    fn: Callable | None = None  # the forward kernel, for rules that recompute
+    attrs: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # plan facts for this node (region source, gate, ...)
+
+
+@dataclass
+class Result:
+    inputs: list
+    loss: float = 0.0
+    deficit: float = 0.0
+    absorbed: float = 0.0  # absorbed by something that is no input (pad values, dropped elements)
+    extra: dict = field(default_factory=dict)  # rules may send relevance to tensors that are not inputs
+
+
+RULES: dict[str, Callable] = {}
+
+
+def rule(name: str):
+    """Register a relevance rule under ``name``."""
+    def register(fn):
+        RULES[name] = fn
+        return fn
+    return register
+
+
+def stab(xp, z, eps: float):
+    """``z + eps * sign(z)`` with ``sign(0) = +1``."""
+    if eps == 0:
+        return z
+    return z + xp.where(z >= 0, z.dtype.type(eps), z.dtype.type(-eps))
+
+
+def ratio(xp, R, z, eps: float):
+    """``R / stab(z)``, 0 where ``R`` is 0, ``z`` is 0 (with eps = 0) or ``z`` is not finite."""
+    d = stab(xp, z, eps)
+    ok = (R != 0) & (d != 0) & xp.isfinite(d)
+    return xp.where(ok, R / xp.where(ok, d, d.dtype.type(1)), R.dtype.type(0))
+
+
+def times(xp, x, G):
+    """``x * G`` that is 0 wherever ``G`` is 0 (so ``-inf * 0`` gives 0, not NaN)."""
+    return xp.where(G == 0, G.dtype.type(0), x * G)
+
+
+def unbroadcast(xp, R, shape):
+    """Sum ``R`` over the axes along which a tensor of ``shape`` was broadcast to ``R.shape``."""
+    shape = tuple(shape)
+    if R.shape == shape:
+        return R
+    lead = R.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, d in enumerate(shape) if d == 1 and R.shape[i + lead] != 1)
+    out = R.sum(axis=axes, keepdims=True) if axes else R
+    return out.reshape(shape)
+
+
+def total(xp, a) -> float:
+    """A float64 sum of ``a`` (0 for None)."""
+    if a is None:
+        return 0.0
+    return float(xp.sum(a, dtype=np.float64))
+
+
+from . import linear, route, special  # noqa: E402,F401  (registration)
