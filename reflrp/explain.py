@@ -1,6 +1,7 @@
 """``reflrp.explain``: forward pass, seed at the target, relevance pass, conservation report."""
 from __future__ import annotations
 
+from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -143,7 +144,8 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     if logits.dtype.kind != "f":
         raise ReflrpError(f"output {output!r} is not a float tensor")
     seed, classes = make_seed(xp, logits, target)
-    relevance, accounts = propagate(plan, prep, values, {output: seed}, xp)
+    with (np.errstate(all="ignore") if xp is np else _nullcontext()):
+        relevance, accounts = propagate(plan, prep, values, {output: seed}, xp)
     at_wrt = sum(total(xp, relevance[w]) for w in wrt if w in relevance)
     for w in wrt:
         if w not in relevance:

@@ -1,0 +1,125 @@
+"""Bar: bad input gets the specific error class and a message naming the culprit."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import reflrp
+from zoo import MODELS, feeds, model
+
+
+def tiny(nodes, inputs, outputs, inits=(), opset=18):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def vinfo(name, shape=(2, 3), t=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, t, shape)
+
+
+def test_truncated_file(tmp_path):
+    data = (MODELS / "llama.onnx").read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(reflrp.ModelLoadError, match="cut.onnx"):
+        reflrp.load(path)
+
+
+def test_not_onnx(tmp_path):
+    path = tmp_path / "x.onnx"
+    path.write_text("hello, this is not a protobuf")
+    with pytest.raises(reflrp.ModelLoadError, match="x.onnx"):
+        reflrp.load(path)
+
+
+def test_missing_file():
+    with pytest.raises(reflrp.ModelLoadError, match="no ONNX file"):
+        reflrp.load("/nonexistent/model.onnx")
+
+
+def test_unknown_op_names_node_op_opset():
+    m = tiny([helper.make_node("Frobnicate", ["x"], ["y"], name="weird")], [vinfo("x")], [vinfo("y")])
+    with pytest.raises(reflrp.UnsupportedOpError) as e:
+        reflrp.load(m)
+    assert "weird" in str(e.value) and "Frobnicate" in str(e.value) and "opset 18" in str(e.value)
+    assert "MatMul" in str(e.value)  # lists what is supported
+
+
+def test_unknown_domain():
+    m = tiny([helper.make_node("Attention", ["x"], ["y"], name="fused", domain="com.microsoft")],
+             [vinfo("x")], [vinfo("y")])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with pytest.raises(reflrp.UnsupportedOpError, match="com.microsoft"):
+        reflrp.load(m)
+
+
+def test_missing_initializer():
+    m = tiny([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [vinfo("x")], [vinfo("y")])
+    with pytest.raises(reflrp.GraphError, match="'W'"):
+        reflrp.load(m)
+
+
+def test_cycle():
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="n1"), helper.make_node("Relu", ["a"], ["b"], name="n2")]
+    with pytest.raises(reflrp.GraphError, match="cycle"):
+        reflrp.load(tiny(nodes, [vinfo("x")], [vinfo("b")]))
+
+
+def test_missing_and_extra_feed():
+    m = model("llama")
+    with pytest.raises(reflrp.FeedError, match="missing feed.*inputs_embeds"):
+        m.run({})
+    x = feeds("llama")["inputs_embeds"]
+    with pytest.raises(reflrp.FeedError, match="unknown input.*attention_mask"):
+        m.run({"inputs_embeds": x, "attention_mask": x})
+
+
+def test_wrong_rank_shape_dtype():
+    m = model("llama")
+    x = feeds("llama")["inputs_embeds"]
+    with pytest.raises(reflrp.FeedError, match="inputs_embeds.*rank 3"):
+        m.run({"inputs_embeds": x[0]})
+    with pytest.raises(reflrp.FeedError, match="inputs_embeds.*axis 2 must be 32"):
+        m.run({"inputs_embeds": x[..., :16]})
+    with pytest.raises(reflrp.FeedError, match="inputs_embeds.*dtype float32.*int64"):
+        m.run({"inputs_embeds": x.astype(np.int64)})
+
+
+def test_nan_feed():
+    x = feeds("llama")["inputs_embeds"].copy()
+    x[0, 1, 2] = np.nan
+    with pytest.raises(reflrp.FeedError, match="inputs_embeds.*NaN"):
+        model("llama").run({"inputs_embeds": x})
+
+
+def test_kernel_failure_names_node():
+    # Reshape to an impossible shape: the kernel error names node, op and input shapes
+    shape = helper.make_tensor("s", TensorProto.INT64, [1], [7])
+    m = tiny([helper.make_node("Reshape", ["x", "s"], ["y"], name="bad_reshape")], [vinfo("x")],
+             [vinfo("y", (7,))], [shape])
+    with pytest.raises(reflrp.KernelError, match="bad_reshape.*Reshape.*x: \\(2, 3\\)"):
+        reflrp.load(m).run({"x": np.ones((2, 3), np.float32)})
+
+
+def test_target_out_of_range():
+    with pytest.raises(reflrp.TargetError, match="out of range"):
+        reflrp.explain(model("llama"), feeds("llama"), target=np.array([1, 999]))
+    with pytest.raises(reflrp.TargetError, match="one class per batch row"):
+        reflrp.explain(model("llama"), feeds("llama"), target=np.array([1, 2, 3]))
+
+
+def test_unknown_preset_and_rule():
+    with pytest.raises(reflrp.RuleError, match="unknown preset"):
+        reflrp.explain(model("llama"), feeds("llama"), preset="magic")
+    with pytest.raises(reflrp.RuleError, match="unknown rule"):
+        reflrp.explain(model("llama"), feeds("llama"), rules={"Softmax": "nonsense"})
+
+
+def test_dynamic_input_without_rule_names_node():
+    nodes = [helper.make_node("CumSum", ["x", "ax"], ["y"], name="running_total")]
+    ax = helper.make_tensor("ax", TensorProto.INT64, [], [1])
+    m = reflrp.load(tiny(nodes, [vinfo("x")], [vinfo("y")], [ax]))
+    with pytest.raises(reflrp.RuleError, match="running_total.*CumSum"):
+        reflrp.explain(m, {"x": np.ones((2, 3), np.float32)})
