@@ -1,0 +1,327 @@
+"""The ``reflrp`` command line: explain, plan, verify, golden, check, ops."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ReflrpError
+
+
+class UserError(ReflrpError):
+    """A bad command line: reported in one line, exit status 2."""
+
+
+def _load(path: str):
+    from .model import load
+    return load(path)
+
+
+def _parse_inputs(specs, model) -> dict:
+    """``NAME=FILE.npy`` or ``FILE.npz`` (keys = input names; other keys are ignored)."""
+    from .golden import read_npz
+    feeds: dict = {}
+    for spec in specs or []:
+        if "=" in spec:
+            name, file = spec.split("=", 1)
+            if name not in model.input_names:
+                raise UserError(f"--input {spec!r}: the model has no input {name!r}; inputs: {list(model.input_names)}")
+            arrays = read_npz(file, "input file")
+            if len(arrays) != 1 and name not in arrays:
+                raise UserError(f"--input {spec!r}: {file} holds {sorted(arrays)}; name one with NAME=FILE.npy")
+            feeds[name] = arrays.get(name, next(iter(arrays.values())))
+        elif spec.endswith(".npz"):
+            arrays = read_npz(spec, "input file")
+            found = {k: v for k, v in arrays.items() if k in model.input_names}
+            if not found:
+                raise UserError(f"--input {spec}: no array named like an input {list(model.input_names)}; has {sorted(arrays)}")
+            feeds.update(found)
+        else:
+            raise UserError(f"bad --input {spec!r}: use NAME=FILE.npy or FILE.npz")
+    return feeds
+
+
+def _text_feeds(args, model):
+    if not args.tokenizer:
+        raise UserError("--text needs --tokenizer tokenizer.json")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise UserError("--text needs the 'tokenizers' package: pip install tokenizers") from None
+    if not Path(args.tokenizer).is_file():
+        raise UserError(f"tokenizer file {args.tokenizer!r} does not exist")
+    tok = Tokenizer.from_file(args.tokenizer)
+    enc = tok.encode(args.text)
+    ids = [i for i in model.graph.inputs if i.dtype is not None and i.dtype.kind in "iu"]
+    if not ids:
+        raise UserError("--text needs a model fed token ids; this one's inputs are " + str(list(model.input_names)))
+    return {ids[0].name: np.asarray([enc.ids], dtype=np.int64)}, enc.tokens
+
+
+def _target(spec):
+    if spec is None:
+        return None
+    try:
+        values = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise UserError(f"--target {spec!r}: give a class index or a comma list, one per batch row") from None
+    return np.asarray(values if len(values) > 1 else values[0])
+
+
+def _select_row(feeds, row):
+    if row is None:
+        return feeds
+    out = {}
+    for k, v in feeds.items():
+        if v.ndim == 0 or row >= v.shape[0] or row < -v.shape[0]:
+            raise UserError(f"--row {row} is out of range for input {k!r} of shape {v.shape}")
+        out[k] = v[row:row + 1] if row != -1 else v[-1:]
+    return out
+
+
+def cmd_explain(args) -> int:
+    from . import viz
+    from .explain import explain
+    from .golden import write_golden
+    model = _load(args.model)
+    tokens = None
+    if args.text is not None:
+        feeds, tokens = _text_feeds(args, model)
+    else:
+        feeds = _select_row(_parse_inputs(args.input, model), args.row)
+    if not feeds:
+        raise UserError("no inputs: pass --input NAME=FILE.npy / FILE.npz, or --text with --tokenizer")
+    att = explain(model, feeds, target=_target(args.target), preset=args.preset, dtype=args.dtype,
+                  epsilon=args.epsilon, wrt=args.wrt.split(",") if args.wrt else None).numpy()
+    rel = att.relevance[att.wrt[0]]
+    out = att.outputs[att.output]
+    print(f"{Path(args.model).name}: preset {args.preset}, dtype {args.dtype}, relevance at {att.wrt[0]} {rel.shape}")
+    for b in range(rel.shape[0]):
+        tgt = np.asarray(att.target)
+        cls = int(tgt[b]) if tgt.ndim == 1 else None
+        logit = out[b, -1, cls] if out.ndim == 3 and cls is not None else (out[b, cls] if cls is not None else None)
+        print(f"\nrow {b}: target class {cls}" + (f" (logit {logit:.6g})" if logit is not None else ""))
+        if rel.ndim == 3:  # tokens: sum over the hidden size
+            scores = rel[b].sum(-1)
+            toks = tokens or [f"#{i}" for i in range(len(scores))]
+            order = np.argsort(-scores)[: args.top]
+            print("most relevant tokens: " + ", ".join(f"{viz.clean_token(toks[i])} ({scores[i]:+.4g})" for i in order))
+            print(viz.terminal(toks, scores, color=False if args.no_color else None))
+            if b == 0 and args.html:
+                Path(args.html).write_text(viz.html_page(toks, scores, f"{Path(args.model).name}: class {cls}",
+                                                         f"preset {args.preset}, dtype {args.dtype}"))
+            if b == 0 and args.png:
+                viz.token_png(args.png, toks, scores, f"class {cls} ({args.preset})")
+        else:
+            flat = rel[b].reshape(-1)
+            order = np.argsort(-flat)[: args.top]
+            coords = [np.unravel_index(i, rel[b].shape) for i in order]
+            print("most relevant elements: " + ", ".join(f"{tuple(int(c) for c in co)} ({flat[i]:+.4g})" for i, co in zip(order, coords)))
+            if b == 0 and args.png:
+                viz.image_png(args.png, feeds[att.wrt[0]][0] if att.wrt[0] in feeds else rel[b], rel[b],
+                              f"class {cls} ({args.preset})")
+            if b == 0 and args.html:
+                raise UserError("--html is for token models; use --png for images")
+    print("\nconservation:\n" + att.conservation.text(top=4))
+    for path, what in ((args.html, "HTML"), (args.png, "PNG"), (args.out, "relevance")):
+        if path:
+            if what == "relevance":
+                write_golden(path, att, feeds, model)
+            print(f"wrote {what}: {path}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    print(_load(args.model).plan(args.preset).table())
+    return 0
+
+
+def _default_feeds(model, path):
+    ref = Path(path).with_suffix(".ref.npz")
+    if ref.is_file():
+        data = np.load(ref)
+        return {k: data[k] for k in model.input_names}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for v in model.graph.inputs:
+        shape = [d if isinstance(d, int) and d > 0 else 4 for d in (v.shape or ())]
+        if v.dtype is not None and v.dtype.kind in "iu":
+            feeds[v.name] = rng.integers(0, 8, size=shape).astype(v.dtype)
+        else:
+            feeds[v.name] = rng.normal(size=shape).astype(v.dtype or np.float32)
+    return feeds
+
+
+def cmd_verify(args) -> int:
+    import onnxruntime as ort
+    model = _load(args.model)
+    feeds = _parse_inputs(args.input, model) or _default_feeds(model, args.model)
+    ours = model.run(feeds)
+    try:
+        sess = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    except Exception as exc:
+        raise UserError(f"onnxruntime cannot run {args.model}: {str(exc).splitlines()[0]}") from None
+    ok = True
+    for name in model.output_names:
+        a, b = np.asarray(ours[name], np.float64), np.asarray(ref[name], np.float64)
+        err = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) if b.size else 0.0
+        good = a.shape == b.shape and err <= args.rtol
+        ok &= good
+        print(f"{name}: shape {a.shape}, max |reflrp - onnxruntime| / max |onnxruntime| = {err:.3e}  {'ok' if good else 'FAIL'}")
+    return 0 if ok else 1
+
+
+def cmd_golden(args) -> int:
+    from .explain import explain
+    from .golden import read_npz, write_golden
+    model = _load(args.model)
+    src = Path(args.inputs)
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.suffix == ".npz")
+    elif src.is_file():
+        files = [src]
+    else:
+        raise UserError(f"--inputs {args.inputs!r} is neither a file nor a folder")
+    if not files:
+        raise UserError(f"no .npz input files in {args.inputs}")
+    out = Path(args.out)
+    done = skipped = 0
+    for i, f in enumerate(files):
+        target_path = out / f"{f.stem}.golden.npz"
+        _progress(i, len(files), f.name)
+        if target_path.exists():
+            skipped += 1
+            continue
+        arrays = read_npz(f, "input file")
+        feeds = {k: v for k, v in arrays.items() if k in model.input_names}
+        att = explain(model, feeds, target=_target(args.target), preset=args.preset, dtype=args.dtype,
+                      epsilon=args.epsilon).numpy()
+        write_golden(target_path, att, feeds, model, all_tensors=args.all_tensors)
+        done += 1
+    _progress(len(files), len(files), "")
+    print(f"\n{done} golden file(s) written, {skipped} already complete, in {out}")
+    return 0
+
+
+def _progress(i, n, label):
+    width = 30
+    filled = int(width * i / max(n, 1))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {i}/{n} {label[:40]:<40}")
+    sys.stderr.flush()
+
+
+def cmd_check(args) -> int:
+    from .golden import compare, read_golden, read_npz
+    gold, meta = read_golden(args.golden)
+    cand = read_npz(args.candidate, "candidate file")
+    if len(gold) == 1 and len(cand) == 1 and next(iter(gold)) not in cand:
+        cand = {next(iter(gold)): next(iter(cand.values()))}
+    rows = compare(cand, gold, rtol=args.rtol, atol=args.atol)
+    for r in rows:
+        if "max_abs" in r:
+            print(f"{r['tensor']}: max |err| {r['max_abs']:.3e}, rel {r['max_rel']:.3e}, corr {r['corr']:.8f}  "
+                  f"{'PASS' if r['ok'] else 'FAIL'} {r['note']}")
+        else:
+            print(f"{r['tensor']}: FAIL ({r['note']})")
+    ok = all(r["ok"] for r in rows)
+    print(f"{'PASS' if ok else 'FAIL'} against {args.golden} (preset {meta.get('preset')}, rtol {args.rtol}, atol {args.atol})")
+    return 0 if ok else 1
+
+
+def cmd_ops(args) -> int:
+    from .analysis import CONSTANT_OUTPUT, RULE_DECISIONS, UNARY
+    from .ops import supported_ops
+    from .presets import PRESETS
+
+    def rule(preset, op):
+        fallback = "identity" if op in UNARY else "(constant)" if op in CONSTANT_OUTPUT else "-"
+        return PRESETS[preset].get(op, fallback)
+
+    rows = [("op", "since opsets", "attnlrp", "cp-lrp", "epsilon", "relevance decision")]
+    for op, versions in supported_ops().items():
+        rows.append((op, ",".join(map(str, versions)), *[rule(p, op) for p in ("attnlrp", "cp-lrp", "epsilon")],
+                     RULE_DECISIONS.get(op, "?")))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reflrp", description="Reference LRP (AttnLRP, CP-LRP) for ONNX transformers")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--preset", default="attnlrp", help="attnlrp (default), cp-lrp or epsilon")
+        sp.add_argument("--dtype", default="float64", help="float64 (default), float32")
+        sp.add_argument("--epsilon", type=float, default=None, help="stabiliser (default: the preset's)")
+        sp.add_argument("--target", default=None, help="class index, or a comma list (one per batch row)")
+
+    e = sub.add_parser("explain", help="explain a prediction")
+    e.add_argument("model")
+    e.add_argument("--input", action="append", help="NAME=FILE.npy or FILE.npz (repeatable)")
+    e.add_argument("--row", type=int, default=None, help="use only this batch row of the inputs")
+    e.add_argument("--text", help="text to tokenize (with --tokenizer)")
+    e.add_argument("--tokenizer", help="a tokenizer.json (tokenizers package)")
+    e.add_argument("--wrt", help="comma list of tensors to attribute to")
+    e.add_argument("--out", help="write relevance as a golden .npz")
+    e.add_argument("--html", help="write a token heatmap as HTML")
+    e.add_argument("--png", help="write a heatmap PNG (tokens or image)")
+    e.add_argument("--top", type=int, default=5)
+    e.add_argument("--no-color", action="store_true")
+    common(e)
+    e.set_defaults(func=cmd_explain)
+
+    pl = sub.add_parser("plan", help="print the rule of every node")
+    pl.add_argument("model")
+    pl.add_argument("--preset", default="attnlrp")
+    pl.set_defaults(func=cmd_plan)
+
+    v = sub.add_parser("verify", help="compare the forward pass with onnxruntime")
+    v.add_argument("model")
+    v.add_argument("--input", action="append")
+    v.add_argument("--rtol", type=float, default=1e-5)
+    v.set_defaults(func=cmd_verify)
+
+    g = sub.add_parser("golden", help="write golden files for a batch of inputs")
+    g.add_argument("model")
+    g.add_argument("--inputs", required=True, help="an .npz file or a folder of .npz files")
+    g.add_argument("--out", required=True)
+    g.add_argument("--all-tensors", action="store_true", help="store every tensor's relevance, not only the inputs'")
+    common(g)
+    g.set_defaults(func=cmd_golden)
+
+    c = sub.add_parser("check", help="check another backend's relevance against a golden file")
+    c.add_argument("golden")
+    c.add_argument("--candidate", required=True)
+    c.add_argument("--rtol", type=float, default=1e-5)
+    c.add_argument("--atol", type=float, default=0.0)
+    c.set_defaults(func=cmd_check)
+
+    o = sub.add_parser("ops", help="the support table")
+    o.set_defaults(func=cmd_ops)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ReflrpError, OSError) as exc:
+        if args.debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"reflrp: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nreflrp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Assertions for other LRP backends' test suites, checked against reflrp goldens.
+
+In three lines (pytest)::
+
+    from reflrp.testing import assert_relevance_close
+    def test_my_backend(reflrp_golden):            # fixture from `pytest -p reflrp.testing`
+        golden = reflrp_golden("goldens/llama.golden.npz")
+        assert_relevance_close(my_relevance, golden)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .golden import compare, read_golden
+
+
+def _golden_relevance(golden: Any) -> dict:
+    if isinstance(golden, (str, Path)):
+        return read_golden(golden)[0]
+    if isinstance(golden, dict):
+        return golden
+    if hasattr(golden, "relevance") and hasattr(golden, "wrt"):
+        return {w: np.asarray(golden.relevance[w]) for w in golden.wrt}
+    raise TypeError(f"golden must be a path, a dict of arrays or an Attribution, not {type(golden).__name__}")
+
+
+def assert_relevance_close(candidate: Any, golden: Any, rtol: float = 1e-5, atol: float = 0.0) -> None:
+    """Assert ``candidate`` (array, or dict name -> array) equals the golden relevance.
+
+    A bare array is compared with the golden's only (or first) attributed tensor. Passes when
+    ``max |c - g| <= atol + rtol * max |g|`` for every golden tensor; the message lists each
+    tensor's max error, relative error and correlation."""
+    gold = _golden_relevance(golden)
+    if not isinstance(candidate, dict):
+        candidate = {next(iter(gold)): candidate}
+        gold = {next(iter(gold)): next(iter(gold.values()))}
+    rows = compare(candidate, gold, rtol=rtol, atol=atol)
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        lines = [f"{r['tensor']}: " + (r["note"] or f"max |err| {r['max_abs']:.3e}, rel {r['max_rel']:.3e}, "
+                                       f"corr {r['corr']:.6f}") for r in bad]
+        raise AssertionError(f"relevance differs from the golden (rtol={rtol}, atol={atol}):\n  " + "\n  ".join(lines))
+
+
+def assert_conserves(attribution: Any, rtol: float = 1e-9, include_absorbed: bool = True) -> None:
+    """Assert the conservation books of a reflrp :class:`~reflrp.Attribution` close.
+
+    Every node's account must close (in = out + absorbed + loss + deficit) to ``rtol``, and the
+    totals: target = at inputs + absorbed + loss + deficit (``include_absorbed=False`` demands
+    target = at inputs, i.e. a fully conservative attribution)."""
+    c = attribution.conservation
+    if c.max_residual > rtol:
+        raise AssertionError(f"a node's relevance account does not close: residual {c.max_residual:.3e} > {rtol}")
+    total = c.at_wrt + (c.absorbed + c.loss + c.deficit if include_absorbed else 0.0)
+    if abs(total - c.target) > rtol * max(abs(c.target), 1e-300):
+        raise AssertionError(f"relevance not conserved: target {c.target:.12e}, accounted {total:.12e}\n{c.text()}")
+
+
+try:  # a pytest plugin: `pytest -p reflrp.testing` or `pytest_plugins = ["reflrp.testing"]`
+    import pytest
+
+    @pytest.fixture
+    def reflrp_golden():
+        """Load a golden file: ``reflrp_golden(path) -> {tensor name: float64 relevance}``."""
+        return lambda path: read_golden(path)[0]
+except ImportError:  # pragma: no cover
+    pass
