@@ -188,6 +188,8 @@ def cmd_golden(args) -> int:
     if not files:
         raise UserError(f"no .npz input files in {args.inputs}")
     out = Path(args.out)
+    for stale in out.glob(".*.part") if out.is_dir() else ():  # temp files of a run that was killed
+        stale.unlink()
     done = skipped = 0
     for i, f in enumerate(files):
         target_path = out / f"{f.stem}.golden.npz"
