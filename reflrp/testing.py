@@ -3,7 +3,7 @@
 In three lines (pytest)::
 
     from reflrp.testing import assert_relevance_close
-    def test_my_backend(reflrp_golden):            # fixture from `pytest -p reflrp.testing`
+    def test_my_backend(reflrp_golden):            # fixture: a pytest plugin installed with reflrp
         golden = reflrp_golden("goldens/llama.golden.npz")
         assert_relevance_close(my_relevance, golden)
 """
@@ -59,7 +59,7 @@ def assert_conserves(attribution: Any, rtol: float = 1e-9, include_absorbed: boo
         raise AssertionError(f"relevance not conserved: target {c.target:.12e}, accounted {total:.12e}\n{c.text()}")
 
 
-try:  # a pytest plugin: `pytest -p reflrp.testing` or `pytest_plugins = ["reflrp.testing"]`
+try:  # a pytest plugin (entry point pytest11 in pyproject.toml): the fixture is there once reflrp is installed
     import pytest
 
     @pytest.fixture
