@@ -11,7 +11,7 @@ from .analysis import Plan, build_plan, default_wrt
 from .backend import namespace, to_numpy
 from .conservation import ConservationReport, report
 from .errors import ReflrpError, TargetError
-from .interpreter import check_feeds, execute
+from .interpreter import check_feeds, execute, execute_segments, run_segment
 from .presets import EPSILON
 from .propagate import propagate
 from .rules import total
@@ -101,9 +101,15 @@ def make_seed(xp, logits, target):
     return seed, classes
 
 
+def _seed(xp, logits, target, output):
+    if logits.dtype.kind != "f":
+        raise ReflrpError(f"output {output!r} is not a float tensor")
+    return make_seed(xp, logits, target)
+
+
 def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "attnlrp", dtype: Any = "float64",
             epsilon: float | None = None, wrt=None, rules: dict | None = None, output: str | None = None,
-            device: str | None = None) -> Attribution:
+            device: str | None = None, checkpoint: str | None = None, keep=None) -> Attribution:
     """Explain one output of ``model`` on ``feeds`` with Layer-wise Relevance Propagation.
 
     Parameters
@@ -120,6 +126,11 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     rules : overrides: op type or node-name pattern (glob, or ``re:`` regex) -> rule name.
     output : which graph output to explain (default the first).
     device : None/"cpu" or "cuda" (cupy).
+    checkpoint : None keeps every activation for the relevance pass; ``"sqrt"`` keeps only the live
+        tensors at ~sqrt(steps) segment boundaries and recomputes each segment during the relevance
+        pass (peak activation memory ~ sqrt(layers); same numbers).
+    keep : with ``checkpoint``, latent relevance is dropped once passed on; name tensors to keep
+        (the attributed ones are always kept). Without ``checkpoint`` every relevance is kept.
     """
     from .model import Model, load
     if not isinstance(model, Model):
@@ -137,19 +148,48 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     output = output or graph.output_names[0]
     if output not in graph.output_names:
         raise ReflrpError(f"output {output!r} is not a graph output; outputs: {list(graph.output_names)}")
+    if checkpoint not in (None, "sqrt"):
+        raise ReflrpError(f"checkpoint must be None or 'sqrt', not {checkpoint!r}")
     plan = model.plan(preset, epsilon=eps, wrt=wrt, rules=rules)
     prep = model.prepared(dtype, xp)
-    values = execute(prep, graph, check_feeds(graph, feeds, prep.policy, xp), keep=True)
-    logits = values[output]
-    if logits.dtype.kind != "f":
-        raise ReflrpError(f"output {output!r} is not a float tensor")
-    seed, classes = make_seed(xp, logits, target)
-    with (np.errstate(all="ignore") if xp is np else _nullcontext()):
-        relevance, accounts = propagate(plan, prep, values, {output: seed}, xp)
+    checked = check_feeds(graph, feeds, prep.policy, xp)
+    kernels = {s.node.name: s for s in prep.steps}
+    accounts: list = []
+    def quiet():
+        return np.errstate(all="ignore") if xp is np else _nullcontext()
+    if checkpoint is None:
+        values = execute(prep, graph, checked, keep=True)
+        outputs = {n: values[n] for n in graph.output_names}
+        seed, classes = _seed(xp, outputs[output], target, output)
+        relevance = {output: seed}
+        with quiet():
+            propagate(plan.nodes, kernels, values, relevance, accounts, xp, eps, frozenset(wrt))
+        shapes = {w: values[w].shape for w in wrt}
+    else:
+        n = len(prep.steps)
+        size = max(1, int(round(n ** 0.5)))
+        bounds = list(range(0, n, size)) + [n]
+        outputs, snapshots = execute_segments(prep, graph, checked, bounds)
+        seed, classes = _seed(xp, outputs[output], target, output)
+        relevance = {output: seed}
+        position = {s.node.name: i for i, s in enumerate(prep.steps)}
+        kept = set(wrt) | set(keep or ())
+        shapes = {w: checked[w].shape for w in wrt if w in checked}
+        for seg in reversed(range(len(bounds) - 1)):
+            lo, hi = bounds[seg], bounds[seg + 1]
+            nodes = [p for p in plan.nodes if lo <= position.get(p.node.name, -1) < hi]
+            if not nodes:
+                continue
+            values = run_segment(prep, snapshots[seg], lo, hi)
+            shapes.update({w: values[w].shape for w in wrt if w in values})
+            with quiet():
+                propagate(nodes, kernels, values, relevance, accounts, xp, eps, frozenset(wrt), kept)
+            del values
+            snapshots[seg] = None
     at_wrt = sum(total(xp, relevance[w]) for w in wrt if w in relevance)
+    dt = outputs[output].dtype
     for w in wrt:
         if w not in relevance:
-            relevance[w] = xp.zeros(values[w].shape, dtype=logits.dtype)
-    outputs = {n: values[n] for n in graph.output_names}
+            relevance[w] = xp.zeros(shapes[w], dtype=dt)
     return Attribution(relevance, outputs, classes, seed, output, wrt, plan,
                        report(total(xp, seed), at_wrt, accounts))

@@ -166,6 +166,47 @@ def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
     return {n: env[n] for n in graph.output_names} | {n: env[n] for n in keep if n not in graph.output_names}
 
 
+def execute_segments(prep: Prepared, graph: Graph, feeds: dict, bounds: list[int]):
+    """Forward pass that snapshots the live tensors at the start of each segment ``bounds[i]:bounds[i+1]``.
+
+    Returns (graph outputs, snapshots); a snapshot plus the constants is enough to rerun its segment
+    (``run_segment``). Only tensors still needed later are alive, so snapshots are small."""
+    xp = prep.xp
+    env = dict(prep.constants)
+    env.update(feeds)
+    held = set(graph.output_names)
+    snapshots = []
+    ctx = np.errstate(all="ignore") if xp is np else _Null()
+    with ctx:
+        for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            snapshots.append({k: v for k, v in env.items() if k not in prep.constants})
+            for i in range(lo, hi):
+                step = prep.steps[i]
+                args = [env[n] if n else None for n in step.inputs]
+                for n, v in zip(step.outputs, _call(step, xp, args)):
+                    if n:
+                        env[n] = v
+                for n in step.inputs:
+                    if n and prep.last_use.get(n) == i and n not in held:
+                        env.pop(n, None)
+    return {n: env[n] for n in graph.output_names}, snapshots
+
+
+def run_segment(prep: Prepared, snapshot: dict, lo: int, hi: int) -> dict:
+    """Rerun steps ``lo:hi`` from a snapshot, keeping every tensor (for the relevance pass)."""
+    xp = prep.xp
+    env = dict(prep.constants)
+    env.update(snapshot)
+    ctx = np.errstate(all="ignore") if xp is np else _Null()
+    with ctx:
+        for step in prep.steps[lo:hi]:
+            args = [env[n] if n else None for n in step.inputs]
+            for n, v in zip(step.outputs, _call(step, xp, args)):
+                if n:
+                    env[n] = v
+    return env
+
+
 class _Null:
     def __enter__(self):
         return self

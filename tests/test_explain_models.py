@@ -189,3 +189,14 @@ def test_float16_model_upcast(dtype, explained):
     r = att.relevance["inputs_embeds"]
     assert r.dtype == np.dtype(dtype) and np.isfinite(r).all()
     assert rel_err(r, explained("llama").relevance["inputs_embeds"]) <= 0.05  # weights rounded to fp16
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert_legacy", "vit", "cnn", "llama_ids", "llama_op23"])
+def test_checkpoint_sqrt_gives_identical_relevance(name, explained):
+    full = explained(name)
+    ck = reflrp.explain(model(name), feeds(name), checkpoint="sqrt")
+    w = full.wrt[0]
+    assert rel_err(ck.relevance[w], full.relevance[w]) <= 1e-12
+    assert set(ck.relevance) == set(full.wrt)  # latent relevance is not kept in checkpoint mode
+    assert [a.node for a in ck.conservation.nodes] == [a.node for a in full.conservation.nodes]
+    assert ck.conservation.max_residual <= 1e-9
