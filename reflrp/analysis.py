@@ -342,6 +342,8 @@ def _decide(G: _Graph, node: Node, dyn: tuple[bool, ...], preset: str, region_en
         return NodePlan(node, "bilinear-uniform", dyn)
     if op in ("Gemm", "Conv", "BatchNormalization") and n >= 2:
         raise RuleError(f"{node.label()}: more than one dynamic operand (weights computed from the input) is not supported")
+    if op == "ScatterND" and node.attrs.get("reduction", "none") != "none":
+        raise RuleError(f"{node.label()}: ScatterND with reduction={node.attrs['reduction']!r} has no relevance rule")
     if op in table:
         name = table[op]
         info = {"cp": True} if op == "Attention" and preset == "cp-lrp" else {}

@@ -22,7 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 DEFAULT_OPSET = 18
 
 
-def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str | None = None, **attrs) -> onnx.NodeProto:
+def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str | None = None,
+         **attrs) -> onnx.NodeProto:
     """One ONNX node; the name defaults to the first output's name (tests look nodes up by it)."""
     return helper.make_node(op_type, list(inputs), list(outputs), name=name or f"{op_type}:{outputs[0]}", **attrs)
 

@@ -19,10 +19,10 @@ def matmul_vjp(xp, A, B, G):
     a = A[None, :] if A.ndim == 1 else A
     b = B[:, None] if B.ndim == 1 else B
     g = G
-    if A.ndim == 1:
-        g = xp.expand_dims(g, -2)
     if B.ndim == 1:
         g = xp.expand_dims(g, -1)
+    if A.ndim == 1:
+        g = xp.expand_dims(g, -2)
     ga = unbroadcast(xp, g @ xp.swapaxes(b, -1, -2), a.shape)
     gb = unbroadcast(xp, xp.swapaxes(a, -1, -2) @ g, b.shape)
     return ga.reshape(A.shape), gb.reshape(B.shape)

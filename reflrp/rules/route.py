@@ -149,8 +149,7 @@ def index_route(ctx, inputs, outputs, R_out):
     out_ids = out_ids if isinstance(out_ids, tuple) else (out_ids,)
     ids = xp.concatenate([o.reshape(-1) for o, r in zip(out_ids, R_out) if r is not None])
     weights = xp.concatenate([r.reshape(-1).astype(np.float64) for r in R_out if r is not None])
-    absorbed = float(xp.sum(weights[ids < 0]))
-    ids = xp.where(ids < 0, 0, ids)
+    ids = xp.where(ids < 0, 0, ids)  # from a constant piece: absorbed, like elements from no input
     flat = xp.bincount(ids, weights=weights, minlength=next_id)
     dtype = _dtype(R_out)
     parts = [None] * len(inputs)
@@ -160,7 +159,7 @@ def index_route(ctx, inputs, outputs, R_out):
             parts[i] = flat[offsets[i]:offsets[i] + x.size].reshape(x.shape).astype(dtype)
     # relevance on elements that came from no input (Pad values, zeroed Trilu entries) or from a
     # constant piece is absorbed
-    return Result(parts, absorbed=absorbed + float(flat[0]))
+    return Result(parts, absorbed=float(flat[0]))
 
 
 @rule("maxpool")

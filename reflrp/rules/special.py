@@ -79,13 +79,16 @@ def attention_rule(ctx, inputs, outputs, R_out):
     parts = [None] * len(inputs)
     past = extra["past_key"].shape[2] if extra["past_key"] is not None else 0
     for idx, r in ((0, R_q), (1, R_k), (2, R_v)):
-        if r is None or not ctx.dynamic[idx]:
+        if r is None:
             continue
         if p["reps"] > 1 and idx > 0:  # the head repetition's adjoint sums the copies
             r = r.reshape(r.shape[0], -1, p["reps"], r.shape[2], r.shape[3]).sum(axis=2)
-        r = r[:, :, past:] if idx > 0 else r
+        if idx > 0 and past:  # the cache part of K/V: to past_key / past_value (absorbed if constant)
+            parts[idx + 3] = r[:, :, :past]
+            r = r[:, :, past:]
         x = inputs[idx]
-        parts[idx] = r.transpose(0, 2, 1, 3).reshape(x.shape) if x.ndim == 3 else r
+        if ctx.dynamic[idx]:
+            parts[idx] = r.transpose(0, 2, 1, 3).reshape(x.shape) if x.ndim == 3 else r
     return Result(parts, loss=loss, deficit=deficit, absorbed=absorbed)
 
 
