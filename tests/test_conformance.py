@@ -39,3 +39,11 @@ def test_failures_are_exactly_the_known_ones(results):
     fixed = set(KNOWN_FAILURES) - failed
     assert not unexpected, f"new failures: {unexpected}"
     assert not fixed, f"these pass now, remove them from KNOWN_FAILURES: {fixed}"
+
+
+def test_every_registered_op_has_a_passing_forward_case(results):
+    """A kernel registered without a conformance case that exercises it (and passes) fails here."""
+    supported = set(reflrp.supported_ops())
+    passing = {c.name for c in load_cases() if eligible(c, supported) and not results.get(c.name)}
+    covered = {n.op_type for c in load_cases() if c.name in passing for n in c.model.graph.node}
+    assert supported <= covered, f"ops without a passing node-suite case: {sorted(supported - covered)}"
