@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 
 import numpy as np
 
 import reflrp
 
 
+@lru_cache(maxsize=1)
 def load_cases():
     from onnx.backend.test.loader import load_model_tests
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with np.errstate(all="ignore"):
-            return load_model_tests(kind="node")
+            return tuple(load_model_tests(kind="node"))
 
 
 def eligible(case, supported) -> bool:
