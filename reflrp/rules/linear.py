@@ -14,8 +14,9 @@ from ..ops.linalg import conv_geometry, windows
 from . import Result, ratio, rule, times, total, unbroadcast
 
 
-def matmul_vjp(xp, A, B, G):
-    """Gradients of ``A @ B`` (numpy matmul semantics, broadcasting) given the output gradient ``G``."""
+def matmul_vjp(xp, A, B, G, need=(True, True)):
+    """Gradients of ``A @ B`` (numpy matmul semantics, broadcasting) given the output gradient ``G``;
+    ``need`` skips the gradient of an operand that gets no relevance (None in its place)."""
     a = A[None, :] if A.ndim == 1 else A
     b = B[:, None] if B.ndim == 1 else B
     g = G
@@ -23,9 +24,15 @@ def matmul_vjp(xp, A, B, G):
         g = xp.expand_dims(g, -1)
     if A.ndim == 1:
         g = xp.expand_dims(g, -2)
-    ga = unbroadcast(xp, g @ xp.swapaxes(b, -1, -2), a.shape)
-    gb = unbroadcast(xp, xp.swapaxes(a, -1, -2) @ g, b.shape)
-    return ga.reshape(A.shape), gb.reshape(B.shape)
+    ga = unbroadcast(xp, g @ xp.swapaxes(b, -1, -2), a.shape).reshape(A.shape) if need[0] else None
+    gb = None
+    if need[1]:
+        if a.ndim > 2 and b.ndim == 2:  # a weight shared over the batch: one 2-D product
+            gb = a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+        else:
+            gb = unbroadcast(xp, xp.swapaxes(a, -1, -2) @ g, b.shape)
+        gb = gb.reshape(B.shape)
+    return ga, gb
 
 
 def _finish(ctx, R, y, G, parts):
@@ -41,7 +48,7 @@ def epsilon_rule(ctx, inputs, outputs, R_out):
     G = ratio(xp, R, y, ctx.eps)
     parts = [None] * len(inputs)
     if op == "MatMul":
-        grads = matmul_vjp(xp, inputs[0], inputs[1], G)
+        grads = matmul_vjp(xp, inputs[0], inputs[1], G, ctx.dynamic)
         parts = [times(xp, x, g) if d else None for x, g, d in zip(inputs, grads, ctx.dynamic)]
     elif op == "Gemm":
         A, B, C = (list(inputs) + [None])[:3]
@@ -121,7 +128,7 @@ def bilinear_cp_rule(ctx, inputs, outputs, R_out):
     xp = ctx.xp
     R, y = R_out[0], outputs[0]
     G = ratio(xp, R, y, ctx.eps)
-    _, gb = matmul_vjp(xp, inputs[0], inputs[1], G)
+    _, gb = matmul_vjp(xp, inputs[0], inputs[1], G, (False, True))
     return _finish(ctx, R, y, G, [None, times(xp, inputs[1], gb)])
 
 
