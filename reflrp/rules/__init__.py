@@ -60,15 +60,25 @@ def stab(xp, z, eps: float):
 
 
 def ratio(xp, R, z, eps: float):
-    """``R / stab(z)``, 0 where ``R`` is 0, ``z`` is 0 (with eps = 0) or ``z`` is not finite."""
+    """``R / stab(z)``, 0 where ``R`` is 0, ``z`` is 0 (with eps = 0) or ``z`` is not finite.
+
+    Fast path: one division and one sum; the masked repair runs only when the sum is not finite."""
     d = stab(xp, z, eps)
+    G = R / d  # R / +-inf is already 0; 0/0 and R/0 give NaN / inf, repaired below
+    if bool(xp.isfinite(xp.sum(G))):
+        return G
     ok = (R != 0) & (d != 0) & xp.isfinite(d)
     return xp.where(ok, R / xp.where(ok, d, d.dtype.type(1)), R.dtype.type(0))
 
 
 def times(xp, x, G):
-    """``x * G`` that is 0 wherever ``G`` is 0 (so ``-inf * 0`` gives 0, not NaN)."""
-    return xp.where(G == 0, G.dtype.type(0), x * G)
+    """``x * G`` that is 0 wherever ``G`` is 0 (so ``-inf * 0`` gives 0, not NaN).
+
+    Fast path: one product and one sum; the masked form runs only when the sum is not finite."""
+    r = x * G
+    if bool(xp.isfinite(xp.sum(r))):
+        return r
+    return xp.where(G == 0, G.dtype.type(0), r)
 
 
 def unbroadcast(xp, R, shape):
