@@ -86,6 +86,9 @@ def cmd_explain(args) -> int:
     from .explain import explain
     from .golden import write_golden
     model = _load(args.model)
+    for path in (args.html, args.png, args.out):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     tokens = None
     if args.text is not None:
         feeds, tokens = _text_feeds(args, model)
@@ -97,12 +100,14 @@ def cmd_explain(args) -> int:
                   epsilon=args.epsilon, wrt=args.wrt.split(",") if args.wrt else None).numpy()
     rel = att.relevance[att.wrt[0]]
     out = att.outputs[att.output]
+    names = _class_names(model)
     print(f"{Path(args.model).name}: preset {args.preset}, dtype {args.dtype}, relevance at {att.wrt[0]} {rel.shape}")
     for b in range(rel.shape[0]):
         tgt = np.asarray(att.target)
         cls = int(tgt[b]) if tgt.ndim == 1 else None
         logit = out[b, -1, cls] if out.ndim == 3 and cls is not None else (out[b, cls] if cls is not None else None)
-        print(f"\nrow {b}: target class {cls}" + (f" (logit {logit:.6g})" if logit is not None else ""))
+        label = f"{cls} ({names[cls]})" if names and cls is not None and cls < len(names) else f"{cls}"
+        print(f"\nrow {b}: target class {label}" + (f", logit {logit:.6g}" if logit is not None else ""))
         if rel.ndim == 3:  # tokens: sum over the hidden size
             scores = rel[b].sum(-1)
             toks = tokens or [f"#{i}" for i in range(len(scores))]
@@ -110,10 +115,10 @@ def cmd_explain(args) -> int:
             print("most relevant tokens: " + ", ".join(f"{viz.clean_token(toks[i])} ({scores[i]:+.4g})" for i in order))
             print(viz.terminal(toks, scores, color=False if args.no_color else None))
             if b == 0 and args.html:
-                Path(args.html).write_text(viz.html_page(toks, scores, f"{Path(args.model).name}: class {cls}",
+                Path(args.html).write_text(viz.html_page(toks, scores, f"{Path(args.model).name}: class {label}",
                                                          f"preset {args.preset}, dtype {args.dtype}"))
             if b == 0 and args.png:
-                viz.token_png(args.png, toks, scores, f"class {cls} ({args.preset})")
+                viz.token_png(args.png, toks, scores, f"class {label} ({args.preset})")
         else:
             flat = rel[b].reshape(-1)
             order = np.argsort(-flat)[: args.top]
@@ -121,7 +126,7 @@ def cmd_explain(args) -> int:
             print("most relevant elements: " + ", ".join(f"{tuple(int(c) for c in co)} ({flat[i]:+.4g})" for i, co in zip(order, coords)))
             if b == 0 and args.png:
                 viz.image_png(args.png, feeds[att.wrt[0]][0] if att.wrt[0] in feeds else rel[b], rel[b],
-                              f"class {cls} ({args.preset})")
+                              f"class {label} ({args.preset})")
             if b == 0 and args.html:
                 raise UserError("--html is for token models; use --png for images")
     print("\nconservation:\n" + att.conservation.text(top=4))
@@ -131,6 +136,16 @@ def cmd_explain(args) -> int:
                 write_golden(path, att, feeds, model)
             print(f"wrote {what}: {path}")
     return 0
+
+
+def _class_names(model):
+    """Class names from the ONNX metadata property ``class_names`` (a JSON list), if the model has it."""
+    import json
+    try:
+        names = json.loads(model.graph.metadata.get("class_names", "null"))
+    except ValueError:
+        return None
+    return names if isinstance(names, list) else None
 
 
 def cmd_plan(args) -> int:

@@ -52,9 +52,10 @@ class Graph:
     opset: int
     producer: Mapping[str, Node] = field(repr=False)
     consumers: Mapping[str, tuple[Node, ...]] = field(repr=False)
+    metadata: Mapping[str, str] = field(default_factory=dict, repr=False)  # ONNX metadata_props
 
     @classmethod
-    def build(cls, nodes, inputs, outputs, initializers, opset) -> "Graph":
+    def build(cls, nodes, inputs, outputs, initializers, opset, metadata=None) -> "Graph":
         ordered = topological_order(nodes, {v.name for v in inputs} | set(initializers))
         producer = {out: n for n in ordered for out in n.outputs if out}
         consumers: dict[str, list[Node]] = {}
@@ -65,7 +66,8 @@ class Graph:
             if out.name not in producer and out.name not in initializers and out.name not in {v.name for v in inputs}:
                 raise GraphError(f"graph output {out.name!r} is produced by no node")
         return cls(tuple(ordered), tuple(inputs), tuple(outputs), MappingProxyType(dict(initializers)), opset,
-                   MappingProxyType(producer), MappingProxyType({k: tuple(v) for k, v in consumers.items()}))
+                   MappingProxyType(producer), MappingProxyType({k: tuple(v) for k, v in consumers.items()}),
+                   MappingProxyType(dict(metadata or {})))
 
     @property
     def input_names(self) -> tuple[str, ...]:

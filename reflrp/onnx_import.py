@@ -67,7 +67,8 @@ def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
     init_names = set(initializers)
     inputs = tuple(_value_info(v) for v in g.input if v.name not in init_names)
     outputs = tuple(_value_info(v) for v in g.output)
-    return Graph.build(nodes, inputs, outputs, initializers, opset)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    return Graph.build(nodes, inputs, outputs, initializers, opset, metadata)
 
 
 def _tensor(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
