@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..backend import erf
+from ..backend import erf, expit
 from ..errors import UnsupportedOpError
 from . import kernel
 
@@ -39,8 +39,7 @@ for _op, _fn in {
 
 
 def _sigmoid(xp, x):
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    return expit(xp, x).astype(x.dtype, copy=False)
 
 
 @kernel("Identity")

@@ -9,9 +9,23 @@ from . import kernel
 from .tensor import _ints
 
 
+def matmul(xp, a, b):
+    """``a @ b`` laid out for BLAS: a stack times a matrix becomes one 2-D product, and strided
+    stacked operands (transposed views, broadcast copies) are made contiguous first, since numpy
+    multiplies those without BLAS."""
+    if b.ndim == 2 and a.ndim > 2:
+        if not a.flags.c_contiguous:
+            a = xp.ascontiguousarray(a)
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+    if a.ndim > 2 or b.ndim > 2:
+        a = a if a.flags.c_contiguous else xp.ascontiguousarray(a)
+        b = b if b.flags.c_contiguous else xp.ascontiguousarray(b)
+    return xp.matmul(a, b)
+
+
 @kernel("MatMul")
 def MatMul(xp, a, b):
-    return xp.matmul(a, b)
+    return matmul(xp, a, b)
 
 
 @kernel("Gemm")

@@ -11,10 +11,15 @@ from .linalg import conv_geometry, windows
 def softmax(xp, x, axis):
     """Numerically stable softmax; a row that is entirely -inf gives zeros, never NaN."""
     m = xp.max(x, axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
-    e = xp.exp(x - m)
+    if not bool(xp.isfinite(m).all()):  # rows that are entirely -inf
+        m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
+    e = x - m
+    xp.exp(e, out=e)
     s = xp.sum(e, axis=axis, keepdims=True)
-    return e / xp.where(s == 0, s.dtype.type(1), s)
+    if not bool(s.all()):
+        s = xp.where(s == 0, s.dtype.type(1), s)
+    e /= s
+    return e
 
 
 def _flattened(fn):

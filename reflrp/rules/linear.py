@@ -10,7 +10,7 @@ import itertools
 
 import numpy as np
 
-from ..ops.linalg import conv_geometry, windows
+from ..ops.linalg import conv_geometry, matmul, windows
 from . import Result, ratio, rule, times, total, unbroadcast
 
 
@@ -24,13 +24,14 @@ def matmul_vjp(xp, A, B, G, need=(True, True)):
         g = xp.expand_dims(g, -1)
     if A.ndim == 1:
         g = xp.expand_dims(g, -2)
-    ga = unbroadcast(xp, g @ xp.swapaxes(b, -1, -2), a.shape).reshape(A.shape) if need[0] else None
+    ga = unbroadcast(xp, matmul(xp, g, xp.swapaxes(b, -1, -2)), a.shape).reshape(A.shape) if need[0] else None
     gb = None
     if need[1]:
         if a.ndim > 2 and b.ndim == 2:  # a weight shared over the batch: one 2-D product
-            gb = a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+            a2 = a if a.flags.c_contiguous else xp.ascontiguousarray(a)
+            gb = a2.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
         else:
-            gb = unbroadcast(xp, xp.swapaxes(a, -1, -2) @ g, b.shape)
+            gb = unbroadcast(xp, matmul(xp, xp.swapaxes(a, -1, -2), g), b.shape)
         gb = gb.reshape(B.shape)
     return ga, gb
 
