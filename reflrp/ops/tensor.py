@@ -82,20 +82,25 @@ def Split(xp, x, split=None, axis=0, num_outputs=None, _n_outputs=1):
     return tuple(out)
 
 
-@kernel("Slice")
-def Slice(xp, data, starts, ends, axes=None, steps=None):
+def slice_index(xp, shape, starts, ends, axes=None, steps=None) -> tuple:
+    """The numpy index tuple of an ONNX Slice on a tensor of ``shape`` (clamped like the spec)."""
     starts, ends = _ints(xp, starts), _ints(xp, ends)
     axes = _ints(xp, axes) or list(range(len(starts)))
     steps = _ints(xp, steps) or [1] * len(starts)
-    index = [slice(None)] * data.ndim
+    index = [slice(None)] * len(shape)
     for s, e, a, st in zip(starts, ends, axes, steps):
-        n = data.shape[a]
+        n = shape[a]
         s = max(-n - 1, min(s, n)) if st < 0 else max(-n, min(s, n))
         e = max(-n - 1, min(e, n))
         if st < 0 and e < -n:
             e = None
-        index[a % data.ndim] = slice(s, e, st)
-    return data[tuple(index)]
+        index[a % len(shape)] = slice(s, e, st)
+    return tuple(index)
+
+
+@kernel("Slice")
+def Slice(xp, data, starts, ends, axes=None, steps=None):
+    return data[slice_index(xp, data.shape, starts, ends, axes, steps)]
 
 
 @kernel("Gather")

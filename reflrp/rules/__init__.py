@@ -81,6 +81,13 @@ def times(xp, x, G):
     return xp.where(G == 0, G.dtype.type(0), r)
 
 
+def passed(xp, y, G) -> float:
+    """``sum(y * G)``: the relevance an epsilon rule passes on (what it keeps of ``sum(R)``), as one
+    dot product; the masked product only where ``y`` has infinities."""
+    v = float(xp.vdot(y.reshape(-1), G.reshape(-1)))
+    return v if v == v and abs(v) != float("inf") else total(xp, times(xp, y, G))
+
+
 def unbroadcast(xp, R, shape):
     """Sum ``R`` over the axes along which a tensor of ``shape`` was broadcast to ``R.shape``."""
     shape = tuple(shape)

@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 
 from ..ops.linalg import conv_geometry, matmul, windows
-from . import Result, ratio, rule, times, total, unbroadcast
+from . import Result, passed, ratio, rule, times, total, unbroadcast
 
 
 def matmul_vjp(xp, A, B, G, need=(True, True)):
@@ -38,7 +38,7 @@ def matmul_vjp(xp, A, B, G, need=(True, True)):
 
 def _finish(ctx, R, y, G, parts):
     """Result with the stabiliser loss: what ``y * G`` did not pass on."""
-    return Result(parts, loss=total(ctx.xp, R) - total(ctx.xp, times(ctx.xp, y, G)))
+    return Result(parts, loss=total(ctx.xp, R) - passed(ctx.xp, y, G))
 
 
 @rule("epsilon")
@@ -120,7 +120,7 @@ def bilinear_uniform_rule(ctx, inputs, outputs, R_out):
     else:
         grads = einsum_vjp(xp, ctx.attrs["equation"], inputs, G)
     parts = [times(xp, x, g) if d else None for x, g, d in zip(inputs, grads, ctx.dynamic)]
-    return Result(parts, loss=total(xp, R) - n * total(xp, times(xp, y, G)))
+    return Result(parts, loss=total(xp, R) - n * passed(xp, y, G))
 
 
 @rule("bilinear-cp")

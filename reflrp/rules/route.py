@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Result, ratio, rule, times, total, unbroadcast
+from . import Result, passed, ratio, rule, times, total, unbroadcast
 
 
 @rule("identity")
@@ -65,7 +65,7 @@ def epsilon_sum_rule(ctx, inputs, outputs, R_out):
         if ctx.node.op_type == "Sub" and i == 1:
             r = -r
         parts.append(unbroadcast(xp, r, x.shape))
-    return Result(parts, loss=total(xp, R) - total(xp, times(xp, y, G)))
+    return Result(parts, loss=total(xp, R) - passed(xp, y, G))
 
 
 @rule("where")
@@ -102,6 +102,12 @@ def route_rule(ctx, inputs, outputs, R_out):
     if op == "Transpose":
         perm = ctx.attrs.get("perm") or list(range(inputs[0].ndim))[::-1]
         return Result([xp.transpose(R_out[0], np.argsort(perm))])
+    if op == "Slice":  # slices never overlap: place R_y where the elements came from
+        from ..ops.tensor import slice_index
+        R = R_out[0]
+        Rx = xp.zeros(inputs[0].shape, dtype=R.dtype)
+        Rx[slice_index(xp, inputs[0].shape, *inputs[1:])] = R
+        return Result([Rx] + [None] * (len(inputs) - 1))
     if op == "Expand":
         return Result([unbroadcast(xp, R_out[0], inputs[0].shape), None])
     if op == "Concat":

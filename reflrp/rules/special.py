@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.nn import attention_parts, rotary_halves, rotary_inputs
-from . import Result, ratio, rule, times, total, unbroadcast
+from . import Result, passed, ratio, rule, times, total, unbroadcast
 
 
 def softmax_relevance(xp, x, s, R, axis):
@@ -41,7 +41,7 @@ def layernorm_rule(ctx, inputs, outputs, R_out):
     parts = [X * (Gc - xp.mean(Gc, axis=axes, keepdims=True)), None, None]
     if beta is not None:
         parts[2] = unbroadcast(xp, times(xp, beta, G), beta.shape)
-    return Result(parts[:len(inputs)], loss=total(xp, R) - total(xp, times(xp, y, G)))
+    return Result(parts[:len(inputs)], loss=total(xp, R) - passed(xp, y, G))
 
 
 @rule("attention")
@@ -60,7 +60,7 @@ def attention_rule(ctx, inputs, outputs, R_out):
     R4 = R.reshape(R.shape[0], R.shape[1], y4.shape[1], -1).transpose(0, 2, 1, 3) if Q.ndim == 3 else R
     cp = ctx.info.get("cp", False)
     G = ratio(xp, R4, y4, ctx.eps) / (1 if cp else 2)
-    loss = total(xp, R4) - (1 if cp else 2) * total(xp, times(xp, y4, G))
+    loss = total(xp, R4) - (1 if cp else 2) * passed(xp, y4, G)
     R_v = times(xp, p["v"], xp.swapaxes(p["probs"], -1, -2) @ G)
     R_q = R_k = None
     deficit = absorbed = 0.0
@@ -70,10 +70,10 @@ def attention_rule(ctx, inputs, outputs, R_out):
         deficit = total(xp, R_probs) - total(xp, R_logits)
         G2 = ratio(xp, R_logits, p["logits"], ctx.eps)  # logits = scores + bias: the bias absorbs
         R_scores = times(xp, p["scores"], G2)  # softcap, if any, is elementwise: identity to the raw scores
-        absorbed = total(xp, times(xp, p["logits"], G2)) - total(xp, R_scores)
-        loss += total(xp, R_logits) - total(xp, times(xp, p["logits"], G2))
+        absorbed = passed(xp, p["logits"], G2) - total(xp, R_scores)
+        loss += total(xp, R_logits) - passed(xp, p["logits"], G2)
         G3 = ratio(xp, R_scores, p["raw"], ctx.eps) / 2  # raw scores = q @ k^T: uniform rule
-        loss += total(xp, R_scores) - 2 * total(xp, times(xp, p["raw"], G3))
+        loss += total(xp, R_scores) - 2 * passed(xp, p["raw"], G3)
         R_q = times(xp, p["q"], G3 @ p["k"])
         R_k = times(xp, p["k"], xp.swapaxes(G3, -1, -2) @ p["q"])
     parts = [None] * len(inputs)
@@ -115,5 +115,5 @@ def rotary_rule(ctx, inputs, outputs, R_out):
     else:
         Rx[..., : rot // 2], Rx[..., rot // 2: rot] = rx1, rx2
     Rx[..., rot:] = Ry[..., rot:]
-    loss = total(xp, R1) + total(xp, R2) - total(xp, times(xp, real, Gr)) - total(xp, times(xp, imag, Gi))
+    loss = total(xp, R1) + total(xp, R2) - passed(xp, real, Gr) - passed(xp, imag, Gi)
     return Result([restore(Rx), None, None, None][:len(inputs)], loss=loss)
