@@ -13,6 +13,7 @@ def propagate(plan_nodes, kernels: dict, values: dict, relevance: dict, accounts
     their prepared forward steps (rules may rerun a kernel). Relevance does not flow past tensors
     in ``stop`` (the attributed tensors). With ``keep`` a set of names, the relevance of other
     tensors is dropped once their producer has passed it on (bounded memory)."""
+    mass = {name: total(xp, r) for name, r in relevance.items()}  # sum of each tensor's relevance so far
     for p in reversed(plan_nodes):
         node = p.node
         R_out = [relevance.get(o) if o else None for o in node.outputs]
@@ -28,15 +29,20 @@ def propagate(plan_nodes, kernels: dict, values: dict, relevance: dict, accounts
         for name, dyn, r in zip(node.inputs, p.dynamic, result.inputs):
             if r is None:
                 continue
+            share = total(xp, r)
             if dyn:
                 relevance[name] = relevance[name] + r if name in relevance else r
-                given += total(xp, r)
+                mass[name] = mass.get(name, 0.0) + share
+                given += share
             else:
-                absorbed += total(xp, r)
+                absorbed += share
         for name, r in result.extra.items():
             relevance[name] = relevance[name] + r if name in relevance else r
-            given += total(xp, r)
-        accounts.append(NodeAccount(node.name, node.op_type, p.rule, sum(total(xp, r) for r in R_out),
+            share = total(xp, r)
+            mass[name] = mass.get(name, 0.0) + share
+            given += share
+        inflow = sum(mass.get(o, 0.0) for o, r in zip(node.outputs, R_out) if r is not None)
+        accounts.append(NodeAccount(node.name, node.op_type, p.rule, inflow,
                                     given, absorbed + result.absorbed, result.loss, result.deficit))
         if keep is not None:
             for o in node.outputs:

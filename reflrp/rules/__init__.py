@@ -100,10 +100,12 @@ def unbroadcast(xp, R, shape):
 
 
 def total(xp, a) -> float:
-    """A float64 sum of ``a`` (0 for None)."""
+    """The sum of ``a`` as a Python float (0 for None); float32 arrays sum pairwise in float32."""
     if a is None:
         return 0.0
-    return float(xp.sum(a, dtype=np.float64))
+    if a.dtype == np.float64:
+        return float(xp.sum(a))
+    return float(xp.sum(a, dtype=np.float32 if a.dtype == np.float32 else np.float64))  # pairwise float32
 
 
 from . import linear, route, special  # noqa: E402,F401  (registration)
