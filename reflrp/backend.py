@@ -62,15 +62,6 @@ def erf(xp: Any, x):
     return _erf(x)
 
 
-def expit(xp: Any, x):
-    """The logistic sigmoid, overflow-free (scipy.special / cupyx.scipy.special)."""
-    if xp is np:
-        from scipy.special import expit as _expit
-    else:
-        from cupyx.scipy.special import expit as _expit
-    return _expit(x)
-
-
 def float_policy(dtype: Any) -> np.dtype | None:
     """Normalise the ``dtype`` argument: None keeps the model's floats, else every float tensor becomes it."""
     if dtype is None:

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..backend import erf, expit
+from ..backend import erf
 from ..errors import UnsupportedOpError
 from . import kernel
 
@@ -39,7 +39,12 @@ for _op, _fn in {
 
 
 def _sigmoid(xp, x):
-    return expit(xp, x).astype(x.dtype, copy=False)
+    """``1 / (1 + exp(-x))`` in place on one buffer; exp overflowing to inf gives exactly 0."""
+    y = xp.negative(x)
+    xp.exp(y, out=y)
+    y += 1
+    xp.reciprocal(y, out=y)
+    return y
 
 
 @kernel("Identity")

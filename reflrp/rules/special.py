@@ -10,8 +10,13 @@ from . import Result, passed, ratio, rule, times, total, unbroadcast
 
 def softmax_relevance(xp, x, s, R, axis):
     """AttnLRP softmax rule ``R_x = x * (R_y - s * sum_axis(R_y))``; 0 where x is not finite."""
-    inner = R - s * xp.sum(R, axis=axis, keepdims=True)
-    return xp.where(xp.isfinite(x), times(xp, xp.where(xp.isfinite(x), x, 0), inner), R.dtype.type(0))
+    inner = s * xp.sum(R, axis=axis, keepdims=True)
+    xp.subtract(R, inner, out=inner)
+    r = x * inner
+    if bool(xp.isfinite(xp.sum(r))):  # fast path: no masked (-inf) logits
+        return r
+    finite = xp.isfinite(x)
+    return xp.where(finite, times(xp, xp.where(finite, x, 0), inner), R.dtype.type(0))
 
 
 @rule("softmax")
