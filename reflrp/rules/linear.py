@@ -114,7 +114,8 @@ def bilinear_uniform_rule(ctx, inputs, outputs, R_out):
     xp = ctx.xp
     R, y = R_out[0], outputs[0]
     n = sum(ctx.dynamic)
-    G = ratio(xp, R, y, ctx.eps) / y.dtype.type(n)
+    G = ratio(xp, R, y, ctx.eps)
+    G *= y.dtype.type(1.0 / n)
     if ctx.node.op_type == "MatMul":
         grads = matmul_vjp(xp, inputs[0], inputs[1], G)
     else:

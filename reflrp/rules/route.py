@@ -59,13 +59,20 @@ def epsilon_sum_rule(ctx, inputs, outputs, R_out):
     xp = ctx.xp
     R, y = R_out[0], outputs[0]
     G = ratio(xp, R, y, ctx.eps)
-    parts = []
+    parts, shares, absorbed = [], 0.0, 0.0
     for i, x in enumerate(inputs):
-        r = times(xp, x, G)
-        if ctx.node.op_type == "Sub" and i == 1:
-            r = -r
-        parts.append(unbroadcast(xp, r, x.shape))
-    return Result(parts, loss=total(xp, R) - passed(xp, y, G))
+        sign = -1 if ctx.node.op_type == "Sub" and i == 1 else 1
+        if ctx.dynamic[i]:
+            r = unbroadcast(xp, times(xp, x, G), x.shape)
+            parts.append(-r if sign < 0 else r)
+            shares += total(xp, parts[-1])
+        else:  # only the total is booked: reduce G to the constant's (smaller) shape first
+            parts.append(None)
+            absorbed += sign * total(xp, times(xp, x, unbroadcast(xp, G, x.shape)))
+    kept = float(xp.vdot(y.reshape(-1), G.reshape(-1)))
+    if not abs(kept) < float("inf"):  # y has infinities (masks): G is 0 there, the parts hold the rest
+        kept = shares + absorbed
+    return Result(parts, loss=total(xp, R) - kept, absorbed=absorbed)
 
 
 @rule("where")
