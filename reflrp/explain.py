@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .analysis import Plan, build_plan, default_wrt
+from .analysis import Plan, default_wrt
 from .backend import namespace, to_numpy
 from .conservation import ConservationReport, report
 from .errors import ReflrpError, TargetError

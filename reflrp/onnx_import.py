@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import GraphError, ModelLoadError, UnsupportedOpError
+from .errors import ModelLoadError, UnsupportedOpError
 from .graph import Graph, Node, ValueInfo
 
 MIN_OPSET, MAX_OPSET = 13, 23

@@ -6,7 +6,6 @@ import itertools
 import numpy as np
 
 from . import kernel
-from .tensor import _ints
 
 
 def matmul(xp, a, b):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Result, passed, ratio, rule, times, total, unbroadcast
+from . import Result, ratio, rule, times, total, unbroadcast
 
 
 @rule("identity")

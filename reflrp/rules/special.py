@@ -2,7 +2,6 @@
 opset-23 fused Attention and RotaryEmbedding, computed as their decompositions."""
 from __future__ import annotations
 
-import numpy as np
 
 from ..ops.nn import attention_parts, rotary_halves, rotary_inputs
 from . import Result, passed, ratio, rule, times, total, unbroadcast
