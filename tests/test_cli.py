@@ -1,12 +1,10 @@
 """The command line: each subcommand, golden determinism/atomicity/resume, check, user errors."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """reflrp.testing: what another backend's test suite uses (the fixture comes from the pytest plugin)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import reflrp

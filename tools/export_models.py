@@ -33,8 +33,7 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import (DEFAULT_MODELS, REF_BATCH, REF_SEED, REF_SEQ, SPECS,  # noqa: E402
-                 build_model, make_feeds)
+from zoo import (DEFAULT_MODELS, REF_BATCH, REF_SEED, REF_SEQ, build_model, make_feeds)
 
 __all__ = ["build_model", "make_feeds", "export_one"]
 
