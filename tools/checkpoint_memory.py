@@ -1,0 +1,73 @@
+"""Peak memory of reflrp.explain with and without checkpoint="sqrt" (bar: <= 0.5x at 16 layers),
+and the agreement of the two (bar: identical to 1e-12).
+
+    python tools/checkpoint_memory.py [MODEL.onnx] [--batch 1] [--seq 512] [--dtype float64]
+
+MODEL defaults to the 16-layer benchmark LLaMA that `python tools/bench.py` caches in .cache/bench/.
+Peak memory = tracemalloc's peak of traced allocations (numpy reports its buffers to tracemalloc)
+during one explain call, above the level before it; the model's weights and prepared plans are
+loaded (and warmed up) before, so they are not counted. Each mode runs in its own subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def measure(path: str, batch: int, seq: int, dtype: str, checkpoint: str | None) -> dict:
+    import tracemalloc
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    import reflrp
+    model = reflrp.load(path)
+    hidden = model.graph.inputs[0].shape[-1]
+    x = np.random.default_rng(0).normal(size=(batch, seq, hidden)).astype(np.float32)
+    reflrp.explain(model, {"inputs_embeds": x[:, :8]}, dtype=dtype, checkpoint=checkpoint)  # warm plans
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    att = reflrp.explain(model, {"inputs_embeds": x}, dtype=dtype, checkpoint=checkpoint)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    rel = att.relevance["inputs_embeds"]
+    out = Path(f"/tmp/reflrp_ckpt_{checkpoint}.npy")
+    np.save(out, rel)
+    return {"checkpoint": checkpoint, "peak_mib": peak / 2**20, "relevance": str(out)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", nargs="?", default=None)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--dtype", default="float64")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    path = args.model or str(sorted((ROOT / ".cache" / "bench").glob("llama_h256_L16_*.onnx"))[-1])
+    if args.worker is not None:
+        ck = None if args.worker == "none" else args.worker
+        print(json.dumps(measure(path, args.batch, args.seq, args.dtype, ck)))
+        return 0
+    rows = []
+    for mode in ("none", "sqrt"):
+        cmd = [sys.executable, __file__, path, "--batch", str(args.batch), "--seq", str(args.seq),
+               "--dtype", args.dtype, "--worker", mode]
+        rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
+    import numpy as np
+    a, b = np.load(rows[0]["relevance"]), np.load(rows[1]["relevance"])
+    err = float(np.abs(a - b).max() / np.abs(a).max())
+    ratio = rows[1]["peak_mib"] / rows[0]["peak_mib"]
+    print(f"model {Path(path).name}, batch {args.batch}, seq {args.seq}, dtype {args.dtype}")
+    print(f"peak MiB: default {rows[0]['peak_mib']:.1f}, checkpoint='sqrt' {rows[1]['peak_mib']:.1f}, "
+          f"ratio {ratio:.3f}; relevance max rel diff {err:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
