@@ -36,6 +36,13 @@ class Prepared:
     constants: dict
     steps: list[Step]
     last_use: dict[str, int]
+    shape_only: frozenset = frozenset()  # step indices whose outputs depend on input shapes only
+    value_steps: tuple = ()  # the other step indices, in order
+    shape_cache: dict = None  # feed shape signature -> outputs of the shape-only steps
+
+    def __post_init__(self):
+        if self.shape_cache is None:
+            self.shape_cache = {}
 
 
 def _policy_dtype(dt: np.dtype, policy: np.dtype | None) -> np.dtype:
@@ -96,7 +103,15 @@ def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
         for n in step.inputs:
             if n and n not in constants:
                 last_use[n] = i
-    return Prepared(xp, policy, constants, steps, last_use)
+    # shape arithmetic and masks that depend on the feeds' shapes but not their values: computed
+    # once per shape signature (Shape reads only a shape; everything else needs shape-only inputs)
+    shape_only, known = set(), set(constants)
+    for i, step in enumerate(steps):
+        if step.node.op_type in ("Shape", "Size") or all(not n or n in known for n in step.inputs):
+            shape_only.add(i)
+            known.update(n for n in step.outputs if n)
+    value_steps = tuple(i for i in range(len(steps)) if i not in shape_only)
+    return Prepared(xp, policy, constants, steps, last_use, frozenset(shape_only), value_steps)
 
 
 def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None, xp, allow_nan=False) -> dict:
@@ -147,17 +162,32 @@ def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
     keep_all = keep is True
     held = set(graph.output_names) | (set() if keep_all else set(keep))
     last_use = prep.last_use
+    signature = tuple((k, tuple(v.shape), v.dtype.str) for k, v in sorted(feeds.items()))
+    cached = prep.shape_cache.get(signature)
+    if cached is not None:
+        env.update(cached)
+        order = prep.value_steps
+    else:
+        order = range(len(prep.steps))
+    fresh = {}
     ctx = np.errstate(all="ignore") if xp is np else _Null()
     with ctx:
-        for i, step in enumerate(prep.steps):
+        for i in order:
+            step = prep.steps[i]
             args = [env[n] if n else None for n in step.inputs]
             for n, v in zip(step.outputs, _call(step, xp, args)):
                 if n:
                     env[n] = v
+                    if cached is None and i in prep.shape_only:
+                        fresh[n] = v
             if not keep_all:
                 for n in step.inputs:
                     if n and last_use.get(n) == i and n not in held:
                         env.pop(n, None)
+    if cached is None and prep.shape_only:
+        if len(prep.shape_cache) >= 16:  # bounded: forget the oldest signature
+            prep.shape_cache.pop(next(iter(prep.shape_cache)))
+        prep.shape_cache[signature] = fresh
     if keep_all:
         return env
     missing = [n for n in held if n not in env]
