@@ -36,6 +36,7 @@ class Prepared:
     constants: dict
     steps: list[Step]
     last_use: dict[str, int]
+    frees: tuple = ()  # per step: the intermediates whose last reader it is
     shape_only: frozenset = frozenset()  # step indices whose outputs depend on input shapes only
     value_steps: tuple = ()  # the other step indices, in order
     shape_cache: dict = None  # feed shape signature -> outputs of the shape-only steps
@@ -111,7 +112,10 @@ def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
             shape_only.add(i)
             known.update(n for n in step.outputs if n)
     value_steps = tuple(i for i in range(len(steps)) if i not in shape_only)
-    return Prepared(xp, policy, constants, steps, last_use, frozenset(shape_only), value_steps)
+    outputs = set(graph.output_names)
+    frees = tuple(tuple(n for n in dict.fromkeys(step.inputs) if n and last_use.get(n) == i and n not in outputs)
+                  for i, step in enumerate(steps))
+    return Prepared(xp, policy, constants, steps, last_use, frees, frozenset(shape_only), value_steps)
 
 
 def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None, xp, allow_nan=False) -> dict:
@@ -161,7 +165,6 @@ def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
     env.update(feeds)
     keep_all = keep is True
     held = set(graph.output_names) | (set() if keep_all else set(keep))
-    last_use = prep.last_use
     signature = tuple((k, tuple(v.shape), v.dtype.str) for k, v in sorted(feeds.items()))
     cached = prep.shape_cache.get(signature)
     if cached is not None:
@@ -170,19 +173,30 @@ def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
     else:
         order = range(len(prep.steps))
     fresh = {}
+    steps, frees, shape_only = prep.steps, prep.frees, prep.shape_only
+    kept = held - set(graph.output_names)
     ctx = np.errstate(all="ignore") if xp is np else _Null()
     with ctx:
         for i in order:
-            step = prep.steps[i]
-            args = [env[n] if n else None for n in step.inputs]
-            for n, v in zip(step.outputs, _call(step, xp, args)):
-                if n:
-                    env[n] = v
-                    if cached is None and i in prep.shape_only:
-                        fresh[n] = v
+            step = steps[i]
+            try:
+                out = step.fn(xp, *[env[n] if n else None for n in step.inputs], **step.attrs)
+            except Exception:  # redo through _call for the error that names the node
+                _call(step, xp, [env[n] if n else None for n in step.inputs])
+                raise
+            if type(out) is not tuple:
+                env[step.outputs[0]] = out
+            else:
+                if len(out) < len(step.outputs):
+                    out = _call(step, xp, [env[n] if n else None for n in step.inputs])
+                for n, v in zip(step.outputs, out):
+                    if n:
+                        env[n] = v
+            if cached is None and i in shape_only:
+                fresh.update((n, env[n]) for n in step.outputs if n)
             if not keep_all:
-                for n in step.inputs:
-                    if n and last_use.get(n) == i and n not in held:
+                for n in frees[i]:
+                    if n not in kept:
                         env.pop(n, None)
     if cached is None and prep.shape_only:
         if len(prep.shape_cache) >= 16:  # bounded: forget the oldest signature
