@@ -103,9 +103,9 @@ def total(xp, a) -> float:
     """The sum of ``a`` as a Python float (0 for None); float32 arrays sum pairwise in float32."""
     if a is None:
         return 0.0
-    if a.dtype == np.float64:
-        return float(xp.sum(a))
-    return float(xp.sum(a, dtype=np.float32 if a.dtype == np.float32 else np.float64))  # pairwise float32
+    if a.dtype == np.float64 or a.dtype == np.float32:  # float32 sums pairwise in float32
+        return float(a.sum())
+    return float(a.sum(dtype=np.float64))
 
 
 from . import linear, route, special  # noqa: E402,F401  (registration)
