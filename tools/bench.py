@@ -66,6 +66,8 @@ CACHE = ROOT / ".cache" / "bench"
 MINILM = ROOT / ".cache" / "minilm" / "minilm.onnx"
 MODELS = ROOT / "models"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+from torch_common import import_lxt  # noqa: E402
 
 HIDDEN, HEADS, KV_HEADS, INTER, VOCAB = 256, 8, 2, 688, 1024
 MAX_POS = 1024
@@ -304,18 +306,7 @@ def worker_export(spec: dict) -> dict:
 
 
 def _import_lxt():
-    """LXT 2.1 without torchvision: import transformers first, then stub torchvision."""
-    import types
-
-    import torch
-    import transformers  # noqa: F401  (must precede the stub)
-    if "torchvision" not in sys.modules:
-        tv, tvm, vt = (types.ModuleType(n) for n in
-                       ("torchvision", "torchvision.models", "torchvision.models.vision_transformer"))
-        vt.nn, tvm.vision_transformer, tv.models = torch.nn, vt, tvm
-        sys.modules.update({"torchvision": tv, "torchvision.models": tvm,
-                            "torchvision.models.vision_transformer": vt})
-    import lxt  # noqa: F401
+    import_lxt()
     import lxt.efficient.models.llama
     from lxt.efficient import monkey_patch
     return monkey_patch, lxt.efficient.models.llama
@@ -724,7 +715,7 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
         w("| pass | shape (L, b, s) | fwd / ort | explain32 / fwd | explain32 / LXT | explain64 / fwd | "
           "explain64 / LXT | others' CPU |")
         w("|---|---|---:|---:|---:|---:|---:|---:|")
-        for label, rows in ((f"single-thread CPU time", data.get("cpu_main") or []),
+        for label, rows in (("single-thread CPU time", data.get("cpu_main") or []),
                             (f"wall, {info['threads']} threads", data["main"])):
             for row in rows:
                 t = row["times"]

@@ -25,7 +25,6 @@ import os
 import sys
 import traceback
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,9 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_common import save_npz, strip_stack_traces  # noqa: E402
 from zoo import (DEFAULT_MODELS, REF_BATCH, REF_SEED, REF_SEQ, build_model, make_feeds)
+
 
 __all__ = ["build_model", "make_feeds", "export_one"]
 
@@ -65,31 +66,6 @@ def _export_proto(model, feeds, meta) -> onnx.ModelProto:
                                     meta["output_names"][0]: {0: "batch"}},
                       **meta["export_kwargs"])
     return onnx.load_from_string(buf.getvalue())
-
-
-def _strip_stack_traces(proto: onnx.ModelProto) -> None:
-    """Drop the dynamo exporter's per-node Python stack traces (they embed absolute
-    source paths and line numbers, which would make the bytes machine-dependent).
-    The other node metadata (namespace, name_scopes, class_hierarchy) is kept."""
-    def strip(nodes):
-        for n in nodes:
-            keep = [p for p in n.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
-            del n.metadata_props[:]
-            n.metadata_props.extend(keep)
-            for a in n.attribute:
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    strip(g.node)
-    strip(proto.graph.node)
-    for f in proto.functions:
-        strip(f.node)
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez, but with fixed zip timestamps so the bytes are reproducible."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for key, arr in arrays.items():
-            with zf.open(zipfile.ZipInfo(f"{key}.npy", (1980, 1, 1, 0, 0, 0)), "w") as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
 def _op_types(proto: onnx.ModelProto) -> list[str]:
@@ -174,7 +150,7 @@ def export_one(name: str, out_dir: Path) -> dict:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         proto = _export_proto(model, feeds, meta)
-    _strip_stack_traces(proto)
+    strip_stack_traces(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path), save_as_external_data=False)
 
@@ -184,7 +160,7 @@ def export_one(name: str, out_dir: Path) -> dict:
         y = model(**ref_feeds)
     np_feeds = {k: v.numpy() for k, v in ref_feeds.items()}
     outputs = {meta["output_names"][0]: y.float().numpy()}
-    _save_npz(ref_path, {**np_feeds, **{f"out:{k}": v for k, v in outputs.items()}})
+    save_npz(ref_path, {**np_feeds, **{f"out:{k}": v for k, v in outputs.items()}})
 
     data = onnx_path.read_bytes()
     entry = {

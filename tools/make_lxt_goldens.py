@@ -35,8 +35,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import types
-import zipfile
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -47,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
 MINILM_DIR = ROOT / ".cache" / "minilm"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_common import import_lxt, save_npz  # noqa: E402
+
 
 # Presets per zoo family; "map" documents where the patch map comes from.
 PRESETS = {
@@ -64,15 +64,6 @@ LXT_ATTR = {"attnlrp": "attnLRP", "cp-lrp": "cp_LRP"}
 
 # ------------------------------------------------------------------ helpers
 
-def _save_npz(path: Path, arrays: dict) -> None:
-    """np.savez with fixed zip timestamps (reproducible bytes); 0-d arrays stay 0-d."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for key, arr in arrays.items():
-            arr = np.asarray(arr)
-            with zf.open(zipfile.ZipInfo(f"{key}.npy", (1980, 1, 1, 0, 0, 0)), "w") as f:
-                np.lib.format.write_array(f, arr.copy(order="C"), allow_pickle=False)
-
-
 def _paths(name: str) -> tuple[Path, Path, Path]:
     d = MINILM_DIR if name == "minilm" else MODELS_DIR
     return d / f"{name}.onnx", d / f"{name}.ref.npz", d / f"{name}.lxt.npz"
@@ -81,19 +72,6 @@ def _paths(name: str) -> tuple[Path, Path, Path]:
 def _ref_feeds(name: str) -> dict[str, np.ndarray]:
     with np.load(_paths(name)[1]) as z:
         return {k: z[k] for k in z.files if not k.startswith("out:")}
-
-
-def _import_lxt():
-    """Import LXT without torchvision (PyPI's wheel does not load beside this torch)."""
-    import torch
-    import transformers  # noqa: F401  (must precede the stub)
-    if "torchvision" not in sys.modules:
-        tv, tvm, vt = (types.ModuleType(n) for n in
-                       ("torchvision", "torchvision.models", "torchvision.models.vision_transformer"))
-        vt.nn, tvm.vision_transformer, tv.models = torch.nn, vt, tvm
-        sys.modules.update({"torchvision": tv, "torchvision.models": tvm,
-                            "torchvision.models.vision_transformer": vt})
-    import lxt.efficient.models  # noqa: F401
 
 
 # ------------------------------------------------------------ float64 mode
@@ -191,7 +169,7 @@ def _vit_map(preset: str) -> tuple[dict, str]:
 def _patch(family: str, preset: str):
     """Apply the LXT map; returns (description, hf modeling module)."""
     import importlib
-    _import_lxt()
+    import_lxt()
     from lxt.efficient import monkey_patch
     if family == "vit":
         pmap, desc = _vit_map(preset)
@@ -369,7 +347,7 @@ def worker(name: str, preset: str, out: Path) -> None:
     meta["versions"] = {"lxt": version("lxt"), "torch": torch.__version__,
                         "transformers": transformers.__version__}
     arrays["meta"] = np.array(json.dumps(meta))
-    _save_npz(out, arrays)
+    save_npz(out, arrays)
 
 
 # ------------------------------------------------------------------- parent
@@ -434,7 +412,7 @@ def make_one(name: str, tmp: Path) -> dict:
         meta["notes"].append(f"zoo: {spec.notes}")
     arrays["meta"] = np.array(json.dumps(meta, indent=1))
     out = _paths(name)[2]
-    _save_npz(out, arrays)
+    save_npz(out, arrays)
     return meta
 
 

@@ -35,13 +35,16 @@ import random
 import sys
 import time
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_common import save_npz, strip_stack_traces  # noqa: E402
+
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
@@ -55,29 +58,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez, with fixed zip timestamps so the bytes are reproducible."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for key, arr in arrays.items():
-            with zf.open(zipfile.ZipInfo(f"{key}.npy", (1980, 1, 1, 0, 0, 0)), "w") as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
-
-
-def _strip_stack_traces(proto: onnx.ModelProto) -> None:
-    """Drop the dynamo exporter's per-node Python stack traces (absolute paths, line numbers)."""
-    def strip(nodes):
-        for n in nodes:
-            keep = [p for p in n.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
-            del n.metadata_props[:]
-            n.metadata_props.extend(keep)
-            for a in n.attribute:
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    strip(g.node)
-    strip(proto.graph.node)
-    for f in proto.functions:
-        strip(f.node)
 
 
 def set_class_names(path: Path, names: list[str]) -> None:
@@ -101,7 +81,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, input_name:
                                  dynamic_shapes=(dynamic,), external_data=False,
                                  verbose=False)
     proto = prog.model_proto
-    _strip_stack_traces(proto)
+    strip_stack_traces(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path), save_as_external_data=False)
     data = Path(str(path) + ".data")
