@@ -49,10 +49,6 @@ def to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-def asarray(xp: Any, a: Any, dtype=None):
-    return xp.asarray(a, dtype=dtype)
-
-
 def erf(xp: Any, x):
     """The error function on ``xp`` arrays (scipy.special / cupyx.scipy.special)."""
     if xp is np:
@@ -60,6 +56,12 @@ def erf(xp: Any, x):
     else:
         from cupyx.scipy.special import erf as _erf
     return _erf(x)
+
+
+def quiet(xp: Any):
+    """A context that silences numpy's floating-point warnings (inf/NaN are handled explicitly)."""
+    from contextlib import nullcontext
+    return np.errstate(all="ignore") if xp is np else nullcontext()
 
 
 def float_policy(dtype: Any) -> np.dtype | None:

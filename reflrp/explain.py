@@ -1,14 +1,13 @@
 """``reflrp.explain``: forward pass, seed at the target, relevance pass, conservation report."""
 from __future__ import annotations
 
-from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from .analysis import Plan, default_wrt
-from .backend import namespace, to_numpy
+from .backend import namespace, quiet, to_numpy
 from .conservation import ConservationReport, report
 from .errors import ReflrpError, TargetError
 from .interpreter import check_feeds, execute, execute_segments, run_segment
@@ -155,14 +154,12 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     checked = check_feeds(graph, feeds, prep.policy, xp)
     kernels = {s.node.name: s for s in prep.steps}
     accounts: list = []
-    def quiet():
-        return np.errstate(all="ignore") if xp is np else _nullcontext()
     if checkpoint is None:
         values = execute(prep, graph, checked, keep=True)
         outputs = {n: values[n] for n in graph.output_names}
         seed, classes = _seed(xp, outputs[output], target, output)
         relevance = {output: seed}
-        with quiet():
+        with quiet(xp):
             propagate(plan.nodes, kernels, values, relevance, accounts, xp, eps, frozenset(wrt))
         shapes = {w: values[w].shape for w in wrt}
     else:
@@ -182,7 +179,7 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
                 continue
             values = run_segment(prep, snapshots[seg], lo, hi)
             shapes.update({w: values[w].shape for w in wrt if w in values})
-            with quiet():
+            with quiet(xp):
                 propagate(nodes, kernels, values, relevance, accounts, xp, eps, frozenset(wrt), kept)
             del values
             snapshots[seg] = None

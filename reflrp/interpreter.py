@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import quiet
 from .dtypes import numpy_dtype
 from .errors import FeedError, KernelError, ReflrpError, UnsupportedOpError
 from .graph import Graph, Node
@@ -94,7 +94,7 @@ def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
         step = Step(node, resolve(node.op_type, graph.opset, node.label()), _attrs_for(node, policy),
                     node.inputs, node.outputs)
         if all(not n or n in constants for n in node.inputs) and not (set(node.inputs) & inputs):
-            with np.errstate(all="ignore"):
+            with quiet(xp):
                 values = _call(step, xp, [constants[n] if n else None for n in node.inputs])
             constants.update((n, v) for n, v in zip(node.outputs, values) if n)
         else:
@@ -158,26 +158,14 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None,
     return out
 
 
-def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
-    """Run the steps. ``keep`` names intermediates to return too; ``keep=True`` keeps every tensor."""
-    xp = prep.xp
-    env = dict(prep.constants)
-    env.update(feeds)
-    keep_all = keep is True
-    held = set(graph.output_names) | (set() if keep_all else set(keep))
-    signature = tuple((k, tuple(v.shape), v.dtype.str) for k, v in sorted(feeds.items()))
-    cached = prep.shape_cache.get(signature)
-    if cached is not None:
-        env.update(cached)
-        order = prep.value_steps
-    else:
-        order = range(len(prep.steps))
-    fresh = {}
-    steps, frees, shape_only = prep.steps, prep.frees, prep.shape_only
-    kept = held - set(graph.output_names)
-    ctx = np.errstate(all="ignore") if xp is np else _Null()
-    with ctx:
-        for i in order:
+def _run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=frozenset(), fresh=None) -> None:
+    """Run ``prep.steps[i]`` for ``i`` in ``indices`` on ``env`` in place (the one forward loop).
+
+    ``free`` drops intermediates after their last reader (except ``kept``); ``fresh`` collects the
+    outputs of shape-only steps for the shape cache."""
+    xp, steps, frees, shape_only = prep.xp, prep.steps, prep.frees, prep.shape_only
+    with quiet(xp):
+        for i in indices:
             step = steps[i]
             try:
                 out = step.fn(xp, *[env[n] if n else None for n in step.inputs], **step.attrs)
@@ -192,13 +180,28 @@ def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
                 for n, v in zip(step.outputs, out):
                     if n:
                         env[n] = v
-            if cached is None and i in shape_only:
+            if fresh is not None and i in shape_only:
                 fresh.update((n, env[n]) for n in step.outputs if n)
-            if not keep_all:
+            if free:
                 for n in frees[i]:
                     if n not in kept:
                         env.pop(n, None)
-    if cached is None and prep.shape_only:
+
+
+def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
+    """Run the steps. ``keep`` names intermediates to return too; ``keep=True`` keeps every tensor."""
+    env = dict(prep.constants)
+    env.update(feeds)
+    keep_all = keep is True
+    held = set(graph.output_names) | (set() if keep_all else set(keep))
+    signature = tuple((k, tuple(v.shape), v.dtype.str) for k, v in sorted(feeds.items()))
+    cached = prep.shape_cache.get(signature)
+    fresh = None if cached is not None or not prep.shape_only else {}
+    if cached is not None:
+        env.update(cached)
+    order = prep.value_steps if cached is not None else range(len(prep.steps))
+    _run_steps(prep, env, order, free=not keep_all, kept=held - set(graph.output_names), fresh=fresh)
+    if fresh is not None:
         if len(prep.shape_cache) >= 16:  # bounded: forget the oldest signature
             prep.shape_cache.pop(next(iter(prep.shape_cache)))
         prep.shape_cache[signature] = fresh
@@ -215,49 +218,18 @@ def execute_segments(prep: Prepared, graph: Graph, feeds: dict, bounds: list[int
 
     Returns (graph outputs, snapshots); a snapshot plus the constants is enough to rerun its segment
     (``run_segment``). Only tensors still needed later are alive, so snapshots are small."""
-    xp = prep.xp
     env = dict(prep.constants)
     env.update(feeds)
-    held = set(graph.output_names)
     snapshots = []
-    ctx = np.errstate(all="ignore") if xp is np else _Null()
-    with ctx:
-        for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-            snapshots.append({k: v for k, v in env.items() if k not in prep.constants})
-            for i in range(lo, hi):
-                step = prep.steps[i]
-                args = [env[n] if n else None for n in step.inputs]
-                for n, v in zip(step.outputs, _call(step, xp, args)):
-                    if n:
-                        env[n] = v
-                for n in step.inputs:
-                    if n and prep.last_use.get(n) == i and n not in held:
-                        env.pop(n, None)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        snapshots.append({k: v for k, v in env.items() if k not in prep.constants})
+        _run_steps(prep, env, range(lo, hi))
     return {n: env[n] for n in graph.output_names}, snapshots
 
 
 def run_segment(prep: Prepared, snapshot: dict, lo: int, hi: int) -> dict:
     """Rerun steps ``lo:hi`` from a snapshot, keeping every tensor (for the relevance pass)."""
-    xp = prep.xp
     env = dict(prep.constants)
     env.update(snapshot)
-    ctx = np.errstate(all="ignore") if xp is np else _Null()
-    with ctx:
-        for step in prep.steps[lo:hi]:
-            args = [env[n] if n else None for n in step.inputs]
-            for n, v in zip(step.outputs, _call(step, xp, args)):
-                if n:
-                    env[n] = v
+    _run_steps(prep, env, range(lo, hi), free=False)
     return env
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def host(outputs: dict) -> dict:
-    return {k: to_numpy(v) for k, v in outputs.items()}
