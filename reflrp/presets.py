@@ -1,5 +1,11 @@
 """Named rule maps. Each maps an op type to a rule name; ``gate``/``bilinear`` pick the variant used for
-products of two dynamic tensors. Defaults for epsilon per preset in ``EPSILON``."""
+products of two dynamic tensors. Defaults for epsilon per preset in ``EPSILON``.
+
+- ``attnlrp``: ../shared/RULES.md's table (equals LXT 2.1 efficient mode), epsilon 0.
+- ``cp-lrp``: attention weights held constant (all of ``A @ V`` to V), gates give all to ``up``.
+- ``epsilon``: classic LRP-epsilon (1e-6) on every linear map and sum, identity on every elementwise
+  function including the softmax; products of two dynamic tensors and the norms keep attnlrp's rules.
+"""
 from __future__ import annotations
 
 from .analysis import ROUTE
