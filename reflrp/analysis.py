@@ -340,6 +340,11 @@ def _decide(G: _Graph, node: Node, dyn: tuple[bool, ...], preset: str, region_en
         if op == "MatMul" and table.get("bilinear") == "bilinear-cp" and _from_softmax(G, node.inputs[0]):
             return NodePlan(node, "bilinear-cp", dyn, {}, "CP-LRP: attention weights held constant")
         return NodePlan(node, "bilinear-uniform", dyn)
+    if op == "Einsum" and "." in node.attrs.get("equation", ""):
+        raise RuleError(f"{node.label()}: Einsum relevance needs an equation without ellipsis, got "
+                        f"{node.attrs['equation']!r}")
+    if op == "Conv" and len(dyn) > 1 and dyn[1]:
+        raise RuleError(f"{node.label()}: Conv with a dynamic weight has no relevance rule (only the input may be dynamic)")
     if op in ("Gemm", "Conv", "BatchNormalization") and n >= 2:
         raise RuleError(f"{node.label()}: more than one dynamic operand (weights computed from the input) is not supported")
     if op == "ScatterND" and node.attrs.get("reduction", "none") != "none":

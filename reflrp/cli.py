@@ -124,6 +124,8 @@ def cmd_explain(args) -> int:
             order = np.argsort(-flat)[: args.top]
             coords = [np.unravel_index(i, rel[b].shape) for i in order]
             print("most relevant elements: " + ", ".join(f"{tuple(int(c) for c in co)} ({flat[i]:+.4g})" for i, co in zip(order, coords)))
+            if b == 0 and args.png and rel[b].ndim < 2:
+                raise UserError(f"--png needs token or image inputs; relevance at {att.wrt[0]} has shape {rel.shape}")
             if b == 0 and args.png:
                 viz.image_png(args.png, feeds[att.wrt[0]][0] if att.wrt[0] in feeds else rel[b], rel[b],
                               f"class {label} ({args.preset})")
@@ -157,6 +159,9 @@ def _default_feeds(model, path):
     ref = Path(path).with_suffix(".ref.npz")
     if ref.is_file():
         data = np.load(ref)
+        missing = [k for k in model.input_names if k not in data.files]
+        if missing:
+            raise UserError(f"{ref} lacks input(s) {missing}; pass --input")
         return {k: data[k] for k in model.input_names}
     rng = np.random.default_rng(0)
     feeds = {}

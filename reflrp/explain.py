@@ -166,19 +166,20 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
         n = len(prep.steps)
         size = max(1, int(round(n ** 0.5)))
         bounds = list(range(0, n, size)) + [n]
-        outputs, snapshots = execute_segments(prep, graph, checked, bounds)
+        shapes = {w: checked[w].shape if w in checked else prep.constants[w].shape if w in prep.constants else None
+                  for w in wrt}
+        outputs, snapshots = execute_segments(prep, graph, checked, bounds, shapes)
         seed, classes = _seed(xp, outputs[output], target, output)
         relevance = {output: seed}
         position = {s.node.name: i for i, s in enumerate(prep.steps)}
         kept = set(wrt) | set(keep or ())
-        shapes = {w: checked[w].shape for w in wrt if w in checked}
         for seg in reversed(range(len(bounds) - 1)):
             lo, hi = bounds[seg], bounds[seg + 1]
-            nodes = [p for p in plan.nodes if lo <= position.get(p.node.name, -1) < hi]
+            # folded nodes (no step) read only constants: they belong to the first segment
+            nodes = [p for p in plan.nodes if lo <= position.get(p.node.name, 0) < hi]
             if not nodes:
                 continue
             values = run_segment(prep, snapshots[seg], lo, hi)
-            shapes.update({w: values[w].shape for w in wrt if w in values})
             with quiet(xp):
                 propagate(nodes, kernels, values, relevance, accounts, xp, eps, frozenset(wrt), kept)
             del values

@@ -107,10 +107,21 @@ def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
     # shape arithmetic and masks that depend on the feeds' shapes but not their values: computed
     # once per shape signature (Shape reads only a shape; everything else needs shape-only inputs)
     shape_only, known = set(), set(constants)
+    float_dependent = {v.name for v in graph.inputs if v.dtype is not None and v.dtype.kind == "f"}
+    cacheable = True
     for i, step in enumerate(steps):
         if step.node.op_type in ("Shape", "Size") or all(not n or n in known for n in step.inputs):
             shape_only.add(i)
             known.update(n for n in step.outputs if n)
+        elif any(n in float_dependent for n in step.inputs):
+            float_dependent.update(n for n in step.outputs if n)
+            # float values turned into integers could become shape arguments: no shape cache then
+            # (integer feeds are part of the cache key, so ids-driven shapes are safe)
+            to_int = step.node.op_type in ("ArgMax", "ArgMin") or (
+                step.node.op_type == "Cast" and np.dtype(step.attrs["to"]).kind in "iub")
+            cacheable = cacheable and not to_int
+    if not cacheable:
+        shape_only = set()
     value_steps = tuple(i for i in range(len(steps)) if i not in shape_only)
     outputs = set(graph.output_names)
     frees = tuple(tuple(n for n in dict.fromkeys(step.inputs) if n and last_use.get(n) == i and n not in outputs)
@@ -158,7 +169,8 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None,
     return out
 
 
-def _run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=frozenset(), fresh=None) -> None:
+def _run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=frozenset(), fresh=None,
+               shapes=None) -> None:
     """Run ``prep.steps[i]`` for ``i`` in ``indices`` on ``env`` in place (the one forward loop).
 
     ``free`` drops intermediates after their last reader (except ``kept``); ``fresh`` collects the
@@ -182,6 +194,8 @@ def _run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=froze
                         env[n] = v
             if fresh is not None and i in shape_only:
                 fresh.update((n, env[n]) for n in step.outputs if n)
+            if shapes is not None:
+                shapes.update((n, env[n].shape) for n in step.outputs if n in shapes)
             if free:
                 for n in frees[i]:
                     if n not in kept:
@@ -194,7 +208,8 @@ def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
     env.update(feeds)
     keep_all = keep is True
     held = set(graph.output_names) | (set() if keep_all else set(keep))
-    signature = tuple((k, tuple(v.shape), v.dtype.str) for k, v in sorted(feeds.items()))
+    signature = tuple((k, tuple(v.shape), v.dtype.str, v.tobytes() if v.dtype.kind in "iub" else None)
+                      for k, v in sorted(feeds.items()))
     cached = prep.shape_cache.get(signature)
     fresh = None if cached is not None or not prep.shape_only else {}
     if cached is not None:
@@ -205,6 +220,10 @@ def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
         if len(prep.shape_cache) >= 16:  # bounded: forget the oldest signature
             prep.shape_cache.pop(next(iter(prep.shape_cache)))
         prep.shape_cache[signature] = fresh
+    shared = cached if cached is not None else fresh
+    if shared:  # the caller gets copies: the cache's arrays must stay as they are
+        for n in held & shared.keys():  # (with keep=True only the graph outputs leave explain)
+            env[n] = env[n].copy()
     if keep_all:
         return env
     missing = [n for n in held if n not in env]
@@ -213,17 +232,18 @@ def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
     return {n: env[n] for n in graph.output_names} | {n: env[n] for n in keep if n not in graph.output_names}
 
 
-def execute_segments(prep: Prepared, graph: Graph, feeds: dict, bounds: list[int]):
+def execute_segments(prep: Prepared, graph: Graph, feeds: dict, bounds: list[int], shapes=None):
     """Forward pass that snapshots the live tensors at the start of each segment ``bounds[i]:bounds[i+1]``.
 
     Returns (graph outputs, snapshots); a snapshot plus the constants is enough to rerun its segment
-    (``run_segment``). Only tensors still needed later are alive, so snapshots are small."""
+    (``run_segment``). Only tensors still needed later are alive, so snapshots are small. ``shapes``
+    (a dict keyed by tensor names) receives the shapes of those tensors as they are computed."""
     env = dict(prep.constants)
     env.update(feeds)
     snapshots = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         snapshots.append({k: v for k, v in env.items() if k not in prep.constants})
-        _run_steps(prep, env, range(lo, hi))
+        _run_steps(prep, env, range(lo, hi), shapes=shapes)
     return {n: env[n] for n in graph.output_names}, snapshots
 
 

@@ -55,9 +55,12 @@ def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
         initializers[t.name] = _tensor(t, base_dir)
     for t in g.sparse_initializer:
         raise UnsupportedOpError(f"sparse initializer {t.values.name!r} is not supported")
-    nodes = []
+    nodes, seen = [], set()
     for i, n in enumerate(g.node):
         name = n.name or f"{n.op_type}_{i}"
+        while name in seen:  # node names key the plan: make them unique (ONNX does not require it)
+            name = f"{name}_{i}"
+        seen.add(name)
         if n.domain not in DEFAULT_DOMAINS:
             raise UnsupportedOpError(
                 f"node {name!r} ({n.op_type}) is in domain {n.domain!r}; reflrp runs only the default "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .conservation import NodeAccount
+from .errors import ReflrpError, RuleError
 from .rules import RULES, Context, total
 
 
@@ -24,7 +25,12 @@ def propagate(plan_nodes, kernels: dict, values: dict, relevance: dict, accounts
                       step.attrs if step else dict(node.attrs), p.info)
         inputs = [values[i] if i else None for i in node.inputs]
         outputs = [values.get(o) if o else None for o in node.outputs]
-        result = RULES[p.rule](ctx, inputs, outputs, R_out)
+        try:
+            result = RULES[p.rule](ctx, inputs, outputs, R_out)
+        except ReflrpError:
+            raise
+        except Exception as exc:
+            raise RuleError(f"{node.label()}: rule {p.rule!r} failed: {type(exc).__name__}: {exc}") from None
         given = absorbed = 0.0
         for name, dyn, r in zip(node.inputs, p.dynamic, result.inputs):
             if r is None:
