@@ -32,7 +32,7 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_common import save_npz, strip_stack_traces  # noqa: E402
+from torch_common import io_summary, op_types, save_npz, strip_stack_traces  # noqa: E402
 from zoo import (DEFAULT_MODELS, REF_BATCH, REF_SEED, REF_SEQ, build_model, make_feeds)
 
 
@@ -66,35 +66,6 @@ def _export_proto(model, feeds, meta) -> onnx.ModelProto:
                                     meta["output_names"][0]: {0: "batch"}},
                       **meta["export_kwargs"])
     return onnx.load_from_string(buf.getvalue())
-
-
-def _op_types(proto: onnx.ModelProto) -> list[str]:
-    """Sorted op types of the main graph, its subgraphs and local functions."""
-    ops: set[str] = set()
-
-    def walk(nodes):
-        for n in nodes:
-            ops.add(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}")
-            for a in n.attribute:
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    walk(g.node)
-
-    walk(proto.graph.node)
-    for f in proto.functions:
-        walk(f.node)
-    return sorted(ops)
-
-
-def _io(values) -> list[dict]:
-    out = []
-    for v in values:
-        t = v.type.tensor_type
-        shape = [d.dim_param if d.HasField("dim_param") else
-                 (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-        out.append({"name": v.name,
-                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                    "shape": shape})
-    return out
 
 
 def _ort_rel_err(path: Path, feeds: dict[str, np.ndarray], ref: dict[str, np.ndarray]):
@@ -178,9 +149,9 @@ def export_one(name: str, out_dir: Path) -> dict:
         "opset": meta["opset"],
         "sha256": hashlib.sha256(data).hexdigest(),
         "size_bytes": len(data),
-        "inputs": _io(proto.graph.input),
-        "outputs": _io(proto.graph.output),
-        "op_types": _op_types(proto),
+        "inputs": io_summary(proto.graph.input),
+        "outputs": io_summary(proto.graph.output),
+        "op_types": op_types(proto),
         "ort_vs_torch": _ort_rel_err(onnx_path, np_feeds, outputs),
         "ort_vs_torch_batch1": None,
         "onnx_reference_vs_torch": _onnx_reference_rel_err(onnx_path, np_feeds, outputs),

@@ -20,20 +20,44 @@ def save_npz(path: Path, arrays: dict) -> None:
                                           allow_pickle=False)
 
 
+def iter_nodes(proto: onnx.ModelProto):
+    """Every node of the main graph, its subgraphs and the model's local functions."""
+    def walk(nodes):
+        for n in nodes:
+            yield n
+            for a in n.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from walk(g.node)
+    yield from walk(proto.graph.node)
+    for f in proto.functions:
+        yield from walk(f.node)
+
+
 def strip_stack_traces(proto: onnx.ModelProto) -> None:
     """Drop the dynamo exporter's per-node Python stack traces (absolute paths and line numbers make
     the bytes machine-dependent); the other node metadata is kept."""
-    def strip(nodes):
-        for n in nodes:
-            keep = [p for p in n.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
-            del n.metadata_props[:]
-            n.metadata_props.extend(keep)
-            for a in n.attribute:
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    strip(g.node)
-    strip(proto.graph.node)
-    for f in proto.functions:
-        strip(f.node)
+    for n in iter_nodes(proto):
+        keep = [p for p in n.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del n.metadata_props[:]
+        n.metadata_props.extend(keep)
+
+
+def op_types(proto: onnx.ModelProto) -> list[str]:
+    """Sorted op types (domain-qualified outside the default domain) of every node."""
+    return sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                   for n in iter_nodes(proto)})
+
+
+def io_summary(values) -> list[dict]:
+    """Name, numpy dtype and shape (symbolic dims as names, unknown as '?') of graph inputs/outputs."""
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = [d.dim_param if d.HasField("dim_param") else
+                 (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+        out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                    "shape": shape})
+    return out
 
 
 def import_lxt():

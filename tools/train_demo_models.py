@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_common import save_npz, strip_stack_traces  # noqa: E402
+from torch_common import io_summary, op_types, save_npz, strip_stack_traces  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,22 +90,6 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, input_name:
         data.unlink()
     set_class_names(path, class_names)
     return onnx.load(str(path))
-
-
-def _io(values) -> list[dict]:
-    out = []
-    for v in values:
-        t = v.type.tensor_type
-        shape = [d.dim_param if d.HasField("dim_param") else
-                 (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-        out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                    "shape": shape})
-    return out
-
-
-def _op_types(proto: onnx.ModelProto) -> list[str]:
-    return sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-                   for n in proto.graph.node})
 
 
 def ort_logits(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -243,8 +227,8 @@ def train_digits() -> dict:
         "test_accuracy": acc_onnx, "test_accuracy_torch": acc_torch,
         "ort_vs_torch_rel_err": rel_err(onnx_logits, torch_logits),
         "seeds": {"torch/numpy/random": DIGITS_SEED, "split random_state": 0},
-        "inputs": _io(proto.graph.input), "outputs": _io(proto.graph.output),
-        "op_types": _op_types(proto), "opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
+        "inputs": io_summary(proto.graph.input), "outputs": io_summary(proto.graph.output),
+        "op_types": op_types(proto), "opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
         "class_names": [str(c) for c in range(10)],
         "test_set": "digits_test.npz", "samples": "digits_samples.npz", "tokenizer": None,
     }
@@ -520,8 +504,8 @@ def train_sentiment() -> dict:
         "test_accuracy_negated": acc_negated, "test_accuracy_unpadded": acc_unpadded,
         "ort_vs_torch_rel_err": rel_err(onnx_logits, torch_logits),
         "seeds": {"torch/numpy/random": SENT_SEED, "sentence generator": SENT_SEED},
-        "inputs": _io(proto.graph.input), "outputs": _io(proto.graph.output),
-        "op_types": _op_types(proto), "opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
+        "inputs": io_summary(proto.graph.input), "outputs": io_summary(proto.graph.output),
+        "op_types": op_types(proto), "opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
         "class_names": ["negative", "positive"],
         "tokenizer": tok_path.name, "tokenizer_sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest(),
         "vocabulary": vocab,
