@@ -233,17 +233,21 @@ def only_through_reduction(G: _Graph, b: str, a: str) -> bool:
     return reached
 
 
-def _from_softmax(G: _Graph, t: str) -> bool:
+def _origin(G: _Graph, t: str):
+    """The node that computed ``t``'s values, looking through pass-through copies (Cast, Reshape, ...)."""
     p = G.producer(t)
     while p is not None and p.op_type in PASS_THROUGH:
         p = G.producer(p.inputs[0])
+    return p
+
+
+def _from_softmax(G: _Graph, t: str) -> bool:
+    p = _origin(G, t)
     return p is not None and p.op_type == "Softmax"
 
 
 def _is_activation_output(G: _Graph, t: str, region_ends: set) -> bool:
-    p = G.producer(t)
-    while p is not None and p.op_type in PASS_THROUGH:
-        p = G.producer(p.inputs[0])
+    p = _origin(G, t)
     return p is not None and (p.op_type in ACTIVATIONS or p.name in region_ends)
 
 

@@ -35,7 +35,6 @@ class Prepared:
     policy: np.dtype | None
     constants: dict
     steps: list[Step]
-    last_use: dict[str, int]
     frees: tuple = ()  # per step: the intermediates whose last reader it is
     shape_only: frozenset = frozenset()  # step indices whose outputs depend on input shapes only
     value_steps: tuple = ()  # the other step indices, in order
@@ -126,7 +125,7 @@ def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
     outputs = set(graph.output_names)
     frees = tuple(tuple(n for n in dict.fromkeys(step.inputs) if n and last_use.get(n) == i and n not in outputs)
                   for i, step in enumerate(steps))
-    return Prepared(xp, policy, constants, steps, last_use, frees, frozenset(shape_only), value_steps)
+    return Prepared(xp, policy, constants, steps, frees, frozenset(shape_only), value_steps)
 
 
 def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None, xp, allow_nan=False) -> dict:

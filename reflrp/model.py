@@ -18,6 +18,7 @@ class Model:
         self.graph = graph
         self.source = source
         self._prepared: dict[tuple, Prepared] = {}
+        self._plans: dict[tuple, object] = {}
 
     def __repr__(self) -> str:
         return (f"Model({self.source!r}, opset {self.graph.opset}, {len(self.graph.nodes)} nodes, "
@@ -68,10 +69,9 @@ class Model:
         eps = EPSILON.get(preset, 0.0) if epsilon is None else float(epsilon)
         wrt = tuple(wrt) if wrt is not None else default_wrt(self.graph)
         key = (preset, eps, wrt, tuple(sorted((rules or {}).items())))
-        cache = self.__dict__.setdefault("_plans", {})
-        if key not in cache:
-            cache[key] = build_plan(self.graph, preset, eps, wrt, rules)
-        return cache[key]
+        if key not in self._plans:
+            self._plans[key] = build_plan(self.graph, preset, eps, wrt, rules)
+        return self._plans[key]
 
 
 def load(source: Any) -> Model:

@@ -23,9 +23,7 @@ def identity_rule(ctx, inputs, outputs, R_out):
 def normalizer_rule(ctx, inputs, outputs, R_out):
     """Mul/Div by a normalizer (a factor that depends on the other only through a reduction): the
     normalizer is held constant and all relevance goes to the normalized operand."""
-    xp = ctx.xp
-    keep = ctx.info["normalized"]
-    return Result([unbroadcast(xp, R_out[0], x.shape) if i == keep else None for i, x in enumerate(inputs)])
+    return _all_to(ctx, inputs, R_out[0], ctx.info["normalized"])
 
 
 @rule("gate-uniform")
@@ -40,9 +38,12 @@ def gate_uniform_rule(ctx, inputs, outputs, R_out):
 @rule("gate-up")
 def gate_up_rule(ctx, inputs, outputs, R_out):
     """CP-LRP on a gated product ``act(gate) * up``: all relevance to ``up``."""
-    xp = ctx.xp
-    keep = ctx.info["up"]
-    return Result([unbroadcast(xp, R_out[0], x.shape) if i == keep else None for i, x in enumerate(inputs)])
+    return _all_to(ctx, inputs, R_out[0], ctx.info["up"])
+
+
+def _all_to(ctx, inputs, R, keep: int) -> Result:
+    """Every bit of ``R`` to input ``keep`` (summed over its broadcast axes), nothing to the others."""
+    return Result([unbroadcast(ctx.xp, R, x.shape) if i == keep else None for i, x in enumerate(inputs)])
 
 
 @rule("region")
