@@ -4,10 +4,11 @@ from __future__ import annotations
 from .errors import (FeedError, GraphError, KernelError, ModelLoadError, ReflrpError, RuleError, TargetError,
                      UnsupportedOpError)
 from .explain import Attribution, explain
+from .memory import release_memory, set_allocator_policy
 from .model import Model, load
 from .ops import supported_ops
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "Model", "explain", "Attribution", "supported_ops", "ReflrpError", "ModelLoadError", "UnsupportedOpError",
+__all__ = ["load", "Model", "explain", "Attribution", "supported_ops", "set_allocator_policy", "release_memory", "ReflrpError", "ModelLoadError", "UnsupportedOpError",
            "GraphError", "FeedError", "KernelError", "TargetError", "RuleError", "__version__"]

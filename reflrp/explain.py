@@ -11,6 +11,7 @@ from .backend import namespace, quiet, to_numpy
 from .conservation import ConservationReport, report
 from .errors import ReflrpError, TargetError
 from .interpreter import check_feeds, execute, execute_segments, run_segment
+from .memory import apply_allocator_policy
 from .presets import EPSILON
 from .propagate import propagate
 from .rules import total
@@ -134,6 +135,7 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     from .model import Model, load
     if not isinstance(model, Model):
         model = load(model)
+    apply_allocator_policy()
     graph = model.graph
     xp = namespace(device, feeds.values())
     eps = EPSILON.get(preset, 0.0) if epsilon is None else float(epsilon)

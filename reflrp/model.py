@@ -9,6 +9,7 @@ from . import onnx_import
 from .backend import float_policy, namespace
 from .graph import Graph
 from .interpreter import Prepared, check_feeds, execute, prepare
+from .memory import apply_allocator_policy
 
 
 class Model:
@@ -57,6 +58,7 @@ class Model:
         -------
         dict of tensor name to array, graph outputs first.
         """
+        apply_allocator_policy()
         xp = namespace(device, feeds.values())
         prep = self.prepared(dtype, xp)
         return execute(prep, self.graph, check_feeds(self.graph, feeds, prep.policy, xp, allow_nan), keep)

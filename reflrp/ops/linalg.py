@@ -17,8 +17,17 @@ def matmul(xp, a, b):
             a = xp.ascontiguousarray(a)
         return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
     if a.ndim > 2 or b.ndim > 2:
-        a = a if a.flags.c_contiguous else xp.ascontiguousarray(a)
-        b = b if b.flags.c_contiguous else xp.ascontiguousarray(b)
+        copies = (0 if a.flags.c_contiguous else a.size) + (0 if b.flags.c_contiguous else b.size)
+        if copies:
+            # (a @ b) = (b^T @ a^T)^T: when the transposed operands need less copying (a^T of a large
+            # contiguous stack, e.g. A^T @ G in the relevance pass), multiply those and return a
+            # transposed view (counted as a copy too: whoever reads it may have to make one)
+            at, bt = xp.swapaxes(a, -1, -2), xp.swapaxes(b, -1, -2)
+            out = a.size // a.shape[-1] * b.shape[-1]
+            if (0 if bt.flags.c_contiguous else b.size) + (0 if at.flags.c_contiguous else a.size) + out < copies:
+                return xp.swapaxes(matmul(xp, bt, at), -1, -2)
+            a = a if a.flags.c_contiguous else xp.ascontiguousarray(a)
+            b = b if b.flags.c_contiguous else xp.ascontiguousarray(b)
     return xp.matmul(a, b)
 
 

@@ -42,6 +42,7 @@ class Result:
 
 
 RULES: dict[str, Callable] = {}
+_PAIRWISE = (np.dtype(np.float32), np.dtype(np.float64))  # dtypes whose total is their own sum
 
 
 def rule(name: str):
@@ -71,13 +72,30 @@ def ratio(xp, R, z, eps: float):
     return xp.where(ok, R / xp.where(ok, d, d.dtype.type(1)), R.dtype.type(0))
 
 
+# Sums already computed (for a finiteness check, or by the propagator): ``id -> (array, sum)``, so
+# ``total`` does not read a large array twice. The propagator clears it after every node; an entry
+# holds its array, so the id cannot be reused while it is there. Only arrays nobody modifies later.
+_sums: dict[int, tuple[Any, float]] = {}
+
+
+def note_total(a, s: float):
+    """Remember that ``total(a)`` is ``s`` (``s`` must be exactly what :func:`total` computes)."""
+    _sums[id(a)] = (a, s)
+    return a
+
+
+def forget_totals() -> None:
+    _sums.clear()
+
+
 def times(xp, x, G):
     """``x * G`` that is 0 wherever ``G`` is 0 (so ``-inf * 0`` gives 0, not NaN).
 
     Fast path: one product and one sum; the masked form runs only when the sum is not finite."""
     r = x * G
-    if bool(xp.isfinite(xp.sum(r))):
-        return r
+    s = xp.sum(r)
+    if bool(xp.isfinite(s)):
+        return note_total(r, float(s)) if r.dtype in _PAIRWISE else r
     return xp.where(G == 0, G.dtype.type(0), r)
 
 
@@ -103,7 +121,10 @@ def total(xp, a) -> float:
     """The sum of ``a`` as a Python float (0 for None); float32 arrays sum pairwise in float32."""
     if a is None:
         return 0.0
-    if a.dtype == np.float64 or a.dtype == np.float32:  # float32 sums pairwise in float32
+    hit = _sums.get(id(a))
+    if hit is not None and hit[0] is a:
+        return hit[1]
+    if a.dtype in _PAIRWISE:  # float32 sums pairwise in float32
         return float(a.sum())
     return float(a.sum(dtype=np.float64))
 

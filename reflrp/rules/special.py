@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from ..ops.nn import attention_parts, rotary_halves, rotary_inputs
-from . import Result, passed, ratio, rule, times, total, unbroadcast
+from . import _PAIRWISE, Result, note_total, passed, ratio, rule, times, total, unbroadcast
 
 
 def softmax_relevance(xp, x, s, R, axis):
@@ -12,8 +12,9 @@ def softmax_relevance(xp, x, s, R, axis):
     inner = s * xp.sum(R, axis=axis, keepdims=True)
     xp.subtract(R, inner, out=inner)
     r = x * inner
-    if bool(xp.isfinite(xp.sum(r))):  # fast path: no masked (-inf) logits
-        return r
+    t = xp.sum(r)
+    if bool(xp.isfinite(t)):  # fast path: no masked (-inf) logits
+        return note_total(r, float(t)) if r.dtype in _PAIRWISE else r
     finite = xp.isfinite(x)
     return xp.where(finite, times(xp, xp.where(finite, x, 0), inner), R.dtype.type(0))
 
