@@ -115,3 +115,22 @@ def test_allocator_policy_serves_arrays_from_the_heap(policy):
 def test_set_allocator_policy_validates():
     with pytest.raises(ValueError, match="reuse"):
         reflrp.set_allocator_policy("jemalloc")
+
+
+@pytest.mark.parametrize("nonzero_rows", [[], [5], [0, 9, 17], list(range(0, 24, 2))])
+def test_rows_times_matrix_equals_the_dense_product(nonzero_rows):
+    """The relevance pass multiplies only the rows of G that are not zero; the rest stay exactly 0."""
+    from reflrp.rules.linear import _rows_times_matrix, matmul_vjp
+    g = np.zeros((2, 12, 7))
+    flat = g.reshape(-1, 7)
+    flat[nonzero_rows] = rng.standard_normal((len(nonzero_rows), 7))
+    m = rng.standard_normal((7, 5))
+    got = _rows_times_matrix(np, g, m)
+    if 2 * len(nonzero_rows) > 24:
+        assert got is None  # mostly non-zero: the plain product is cheaper
+    else:
+        np.testing.assert_allclose(got, g @ m, rtol=1e-13, atol=0)
+        assert not got.reshape(-1, 5)[[i for i in range(24) if i not in nonzero_rows]].any()
+    x = rng.standard_normal((2, 12, 5))
+    ga, _ = matmul_vjp(np, x, m.T, g, (True, False))
+    np.testing.assert_allclose(ga, g @ m, rtol=1e-13, atol=1e-15)

@@ -67,6 +67,8 @@ def ratio(xp, R, z, eps: float):
     d = stab(xp, z, eps)
     G = R / d  # R / +-inf is already 0; 0/0 and R/0 give NaN / inf, repaired below
     if bool(xp.isfinite(xp.sum(G))):
+        if eps == 0:  # nothing stabilised or repaired: z * G gives back R (rounding aside)
+            _exact[id(G)] = (G, z, R)
         return G
     ok = (R != 0) & (d != 0) & xp.isfinite(d)
     return xp.where(ok, R / xp.where(ok, d, d.dtype.type(1)), R.dtype.type(0))
@@ -84,8 +86,12 @@ def note_total(a, s: float):
     return a
 
 
+_exact: dict[int, tuple[Any, Any, Any]] = {}  # id(G) -> (G, z, R) for G = R / z computed with eps = 0
+
+
 def forget_totals() -> None:
     _sums.clear()
+    _exact.clear()
 
 
 def times(xp, x, G):
@@ -101,7 +107,13 @@ def times(xp, x, G):
 
 def passed(xp, y, G) -> float:
     """``sum(y * G)``: the relevance an epsilon rule passes on (what it keeps of ``sum(R)``), as one
-    dot product; the masked product only where ``y`` has infinities."""
+    dot product; the masked product only where ``y`` has infinities. For ``G = ratio(R, y, 0)`` with
+    every element finite this is ``sum(R)`` exactly in real arithmetic (nothing was stabilised or
+    dropped): then ``total(R)`` is returned and the pass over ``y`` skipped; the float rounding of
+    the products shows in the node's residual instead."""
+    hit = _exact.get(id(G))
+    if hit is not None and hit[0] is G and hit[1] is y:
+        return total(xp, hit[2])
     v = float(xp.vdot(y.reshape(-1), G.reshape(-1)))
     return v if v == v and abs(v) != float("inf") else total(xp, times(xp, y, G))
 

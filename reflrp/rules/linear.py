@@ -24,7 +24,12 @@ def matmul_vjp(xp, A, B, G, need=(True, True)):
         g = xp.expand_dims(g, -1)
     if A.ndim == 1:
         g = xp.expand_dims(g, -2)
-    ga = unbroadcast(xp, matmul(xp, g, xp.swapaxes(b, -1, -2)), a.shape).reshape(A.shape) if need[0] else None
+    ga = None
+    if need[0]:
+        ga = _rows_times_matrix(xp, g, b.T) if b.ndim == 2 and g.ndim >= 2 else None
+        if ga is None:
+            ga = matmul(xp, g, xp.swapaxes(b, -1, -2))
+        ga = unbroadcast(xp, ga, a.shape).reshape(A.shape)
     gb = None
     if need[1]:
         if a.ndim > 2 and b.ndim == 2:  # a weight shared over the batch: one 2-D product
@@ -34,6 +39,22 @@ def matmul_vjp(xp, A, B, G, need=(True, True)):
             gb = unbroadcast(xp, matmul(xp, xp.swapaxes(a, -1, -2), g), b.shape)
         gb = gb.reshape(B.shape)
     return ga, gb
+
+
+def _rows_times_matrix(xp, g, m):
+    """``g @ m`` for a matrix ``m`` computed on the rows of ``g`` that are not all zero, or None when
+    most rows are non-zero. Relevance is often confined to a few positions (a language model's seed
+    is the last position; the last block's MLP and query projection see only that row)."""
+    g2 = g.reshape(-1, g.shape[-1])
+    if g2.shape[0] < 8:
+        return None
+    rows = xp.flatnonzero(g2.any(axis=1))
+    if 2 * rows.size > g2.shape[0]:
+        return None
+    out = xp.zeros((g2.shape[0], m.shape[1]), dtype=xp.result_type(g2, m))
+    if rows.size:
+        out[rows] = matmul(xp, g2[rows], m)
+    return out.reshape(g.shape[:-1] + (m.shape[1],))
 
 
 def _finish(ctx, R, y, G, parts):
@@ -115,13 +136,17 @@ def bilinear_uniform_rule(ctx, inputs, outputs, R_out):
     R, y = R_out[0], outputs[0]
     n = sum(ctx.dynamic)
     G = ratio(xp, R, y, ctx.eps)
-    G *= y.dtype.type(1.0 / n)
+    share = y.dtype.type(1.0 / n)
+    # the 1/n goes on whichever is smaller: G (A @ V: s x d) or the operand gradients (Q @ K^T)
+    scale_g = G.size <= sum(x.size for x, d in zip(inputs, ctx.dynamic) if d)
+    Gs = G * share if scale_g else G
     if ctx.node.op_type == "MatMul":
-        grads = matmul_vjp(xp, inputs[0], inputs[1], G)
+        grads = matmul_vjp(xp, inputs[0], inputs[1], Gs)
     else:
-        grads = einsum_vjp(xp, ctx.attrs["equation"], inputs, G)
-    parts = [times(xp, x, g) if d else None for x, g, d in zip(inputs, grads, ctx.dynamic)]
-    return Result(parts, loss=total(xp, R) - n * passed(xp, y, G))
+        grads = einsum_vjp(xp, ctx.attrs["equation"], inputs, Gs)
+    parts = [times(xp, x, g if scale_g else g * share) if d else None
+             for x, g, d in zip(inputs, grads, ctx.dynamic)]
+    return Result(parts, loss=total(xp, R) - passed(xp, y, G))
 
 
 @rule("bilinear-cp")
