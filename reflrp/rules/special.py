@@ -2,21 +2,43 @@
 opset-23 fused Attention and RotaryEmbedding, computed as their decompositions."""
 from __future__ import annotations
 
+import numpy as np
 
 from ..ops.nn import attention_parts, rotary_halves, rotary_inputs
-from . import _PAIRWISE, Result, note_total, passed, ratio, rule, times, total, unbroadcast
+from . import _PAIRWISE, Result, blocks, note_total, passed, ratio, rule, times, total, unbroadcast
 
 
 def softmax_relevance(xp, x, s, R, axis):
-    """AttnLRP softmax rule ``R_x = x * (R_y - s * sum_axis(R_y))``; 0 where x is not finite."""
+    """AttnLRP softmax rule ``R_x = x * (R_y - s * sum_axis(R_y))``; 0 where x is not finite.
+    Over the last axis of a large array it runs in blocks of rows (see :func:`reflrp.rules.blocks`)."""
+    parts = blocks(xp, (x, s, R), x.shape[-1]) if axis % x.ndim == x.ndim - 1 else None
+    if parts is None:
+        r, t = _softmax_relevance(xp, x, s, R, axis)
+        return note_total(r, t) if t is not None and r.dtype in _PAIRWISE else r
+    rows = (-1, x.shape[-1])
+    flat = [a.reshape(rows) for a in (x, s, R)]
+    r = xp.empty(x.shape, dtype=xp.result_type(x, s, R))
+    flat_r = r.reshape(rows)
+    n = x.shape[-1]
+    sums = [_softmax_relevance(xp, *(a[b.start // n:b.stop // n] for a in flat), -1,
+                               out=flat_r[b.start // n:b.stop // n])[1] for b in parts]
+    return note_total(r, float(np.sum(sums, dtype=np.float64))) if None not in sums else r
+
+
+def _softmax_relevance(xp, x, s, R, axis, out=None):
+    """(the rule's relevance, its sum or None when masked logits needed the slow form)."""
     inner = s * xp.sum(R, axis=axis, keepdims=True)
     xp.subtract(R, inner, out=inner)
-    r = x * inner
+    r = xp.multiply(x, inner, out=out)
     t = xp.sum(r)
     if bool(xp.isfinite(t)):  # fast path: no masked (-inf) logits
-        return note_total(r, float(t)) if r.dtype in _PAIRWISE else r
+        return r, float(t)
     finite = xp.isfinite(x)
-    return xp.where(finite, times(xp, xp.where(finite, x, 0), inner), R.dtype.type(0))
+    fixed = xp.where(finite, times(xp, xp.where(finite, x, 0), inner), R.dtype.type(0))
+    if out is None:
+        return fixed, None
+    out[...] = fixed
+    return out, None
 
 
 @rule("softmax")
