@@ -220,7 +220,7 @@ def cmd_golden(args) -> int:
         arrays = read_npz(f, "input file")
         feeds = {k: v for k, v in arrays.items() if k in model.input_names}
         att = explain(model, feeds, target=_target(args.target), preset=args.preset, dtype=args.dtype,
-                      epsilon=args.epsilon).numpy()
+                      epsilon=args.epsilon, keep=None if args.all_tensors else ()).numpy()
         write_golden(target_path, att, feeds, model, all_tensors=args.all_tensors)
         done += 1
     _progress(len(files), len(files), "")

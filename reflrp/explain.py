@@ -129,8 +129,9 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     checkpoint : None keeps every activation for the relevance pass; ``"sqrt"`` keeps only the live
         tensors at ~sqrt(steps) segment boundaries and recomputes each segment during the relevance
         pass (peak activation memory ~ sqrt(layers); same numbers).
-    keep : with ``checkpoint``, latent relevance is dropped once passed on; name tensors to keep
-        (the attributed ones are always kept). Without ``checkpoint`` every relevance is kept.
+    keep : None keeps the relevance of every tensor (without ``checkpoint``); a list of names keeps
+        only those and the attributed tensors, dropping latent relevance once it is passed on (less
+        memory). With ``checkpoint`` latent relevance is always dropped except for ``keep``.
     """
     from .model import Model, load
     if not isinstance(model, Model):
@@ -159,11 +160,13 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     if checkpoint is None:
         values = execute(prep, graph, checked, keep=True)
         outputs = {n: values[n] for n in graph.output_names}
+        shapes = {w: values[w].shape for w in wrt}
         seed, classes = _seed(xp, outputs[output], target, output)
         relevance = {output: seed}
+        kept = None if keep is None else set(wrt) | set(keep)
         with quiet(xp):
-            propagate(plan.nodes, kernels, values, relevance, accounts, xp, eps, frozenset(wrt))
-        shapes = {w: values[w].shape for w in wrt}
+            propagate(plan.nodes, kernels, values, relevance, accounts, xp, eps, frozenset(wrt), kept)
+        del values
     else:
         n = len(prep.steps)
         size = max(1, int(round(n ** 0.5)))

@@ -11,15 +11,19 @@ def propagate(plan_nodes, kernels: dict, values: dict, relevance: dict, accounts
     """Walk ``plan_nodes`` backward, updating ``relevance`` (tensor -> array) and ``accounts`` in place.
 
     ``values`` holds the forward tensors these nodes read and write; ``kernels`` maps node names to
-    their prepared forward steps (rules may rerun a kernel). Relevance does not flow past tensors
-    in ``stop`` (the attributed tensors). With ``keep`` a set of names, the relevance of other
-    tensors is dropped once their producer has passed it on (bounded memory)."""
+    their prepared forward steps (rules may rerun a kernel). A node's output values are dropped from
+    ``values`` once its rule ran: every rule that reads a tensor (its consumers', its producer's)
+    comes before that in reverse order, and the memory serves the relevance arrays that follow.
+    Relevance does not flow past tensors in ``stop`` (the attributed tensors). With ``keep`` a set
+    of names, the relevance of other tensors is dropped once their producer has passed it on."""
     mass = {name: total(xp, r) for name, r in relevance.items()}  # sum of each tensor's relevance so far
     single = set(mass)  # tensors whose relevance array came in one piece: its total is its mass
     try:
         for p in reversed(plan_nodes):
             _node(p, kernels, values, relevance, accounts, xp, eps, stop, keep, mass, single)
             forget_totals()
+            for o in p.node.outputs:
+                values.pop(o, None)
     finally:
         forget_totals()
 

@@ -200,3 +200,16 @@ def test_checkpoint_sqrt_gives_identical_relevance(name, explained):
     assert set(ck.relevance) == set(full.wrt)  # latent relevance is not kept in checkpoint mode
     assert [a.node for a in ck.conservation.nodes] == [a.node for a in full.conservation.nodes]
     assert ck.conservation.max_residual <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_keep_without_checkpoint_keeps_only_what_was_asked(name, explained):
+    """keep=[...] drops latent relevance once passed on; what is kept is identical to the full run."""
+    full = explained(name)
+    latent = next(a.node for a in full.conservation.nodes if a.op == "MatMul")
+    tensor = next(n for n in model(name).graph.nodes if n.name == latent).outputs[0]
+    some = reflrp.explain(model(name), feeds(name), keep=[tensor])
+    assert set(some.relevance) == set(full.wrt) | {tensor}
+    for k, v in some.relevance.items():
+        assert np.array_equal(v, full.relevance[k]), k
+    assert [a.node for a in some.conservation.nodes] == [a.node for a in full.conservation.nodes]
