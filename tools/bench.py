@@ -175,15 +175,11 @@ def pin_malloc() -> bool:
 
 
 def unpin_malloc() -> None:
-    """After pin_malloc: glibc thresholds as its dynamic heuristic leaves them once large blocks have
-    been freed (mmap threshold 32 MiB, trim threshold 64 MiB), for the timings that follow."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 2**20)
-        libc.mallopt(-1, 64 * 2**20)
-    except Exception:
-        pass
+    """After pin_malloc: back to reflrp's allocator policy (``reflrp.memory``: heap up to 32 MiB,
+    1 GiB of free heap kept), the state the main timings ran in, for the timings that follow."""
+    import reflrp
+    reflrp.set_allocator_policy("reuse")
+    reflrp.memory.apply_allocator_policy()
 
 
 def _trim():
@@ -599,7 +595,10 @@ def machine_info(threads: int) -> dict:
                                     cwd=str(ROOT)).stdout.strip())
     except OSError:
         commit, dirty = "?", False
-    return {"cpu": cpu, "simd": simd, "cores": os.cpu_count(), "threads": threads, "blas": blas,
+    import reflrp.memory
+    allocator = reflrp.memory.allocator_policy() + (" (glibc)" if reflrp.memory._libc() is not None else
+                                                     " (no glibc: no-op)")
+    return {"allocator": allocator, "cpu": cpu, "simd": simd, "cores": os.cpu_count(), "threads": threads, "blas": blas,
             "env": {k: os.environ.get(k, "(unset)") for k in BLAS_ENV + ("OMP_NUM_THREADS",)},
             "versions": vers, "platform": platform.platform(),
             "commit": commit + (" (reflrp/ modified)" if dirty else "")}
@@ -693,6 +692,11 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
       "the calls, at least 2, half the budget). When one call takes more than a third of the budget, that "
       "first call is timed too and `n` may be 1 (see the raw data). Cells that would not fit "
       f"`--max-minutes {args.max_minutes:g}` are skipped (ReferenceEvaluator and MiniLM first).")
+    w(f"- Allocator: reflrp's default policy (`reflrp.memory`, {info.get('allocator', '?')}) applies from "
+      "the first reflrp call, process-wide: glibc serves arrays up to 32 MiB from the heap and keeps up to "
+      "1 GiB of freed heap for reuse (onnxruntime's counterpart is its memory arena, on by default). The "
+      "engines in this process (onnxruntime, ReferenceEvaluator) run under it too; LXT runs in its own "
+      "process with glibc's defaults.")
     w("- GFLOP/s: analytic matmul FLOPs of the forward (2 × tokens × linear weights including lm_head, "
       "plus 4·b·H·s²·d for Q·Kᵀ and A·V) over the median forward time; compare with the BLAS ceiling.")
     w("- Peak memory (MiB), measured after the main timings, in the same process, single-threaded (memory "
@@ -702,9 +706,8 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
       "VmRSS around one call**. It counts what the call allocates and returns (explain returns the "
       "relevance of every tensor), not the weights or plans loaded before. onnxruntime is measured on a "
       "second session without its memory arena. LXT is measured the same way in its worker after its "
-      "timings (with the pass's thread count). Afterwards glibc's thresholds are set to 32 / 64 MiB (the "
-      "state its dynamic heuristic reaches once large blocks were freed) for the remaining "
-      "ReferenceEvaluator / MiniLM timings. *np peak* = tracemalloc's peak of traced allocations (numpy "
+      "timings (with the pass's thread count). Afterwards reflrp's allocator policy is restored for the "
+      "remaining ReferenceEvaluator / MiniLM timings. *np peak* = tracemalloc's peak of traced allocations (numpy "
       "arrays and Python objects) "
       "during a second reflrp call, above the level before it (only when a call takes < 5 s).\n")
 
