@@ -1,5 +1,5 @@
-"""Peak memory of reflrp.explain with and without checkpoint="sqrt" (bar: <= 0.5x at 16 layers),
-and the agreement of the two (bar: identical to 1e-12).
+"""Peak memory of reflrp.explain by default, with keep=() and with checkpoint="sqrt" (bar: <= 0.5x
+at 16 layers), and the agreement of the input relevance (bar: identical to 1e-12).
 
     python tools/checkpoint_memory.py [MODEL.onnx] [--batch 1] [--seq 512] [--dtype float64]
 
@@ -19,7 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(path: str, batch: int, seq: int, dtype: str, checkpoint: str | None) -> dict:
+def measure(path: str, batch: int, seq: int, dtype: str, mode: str) -> dict:
+    """One explain call in ``mode``: "none" (default: every relevance kept), "keep" (``keep=()``: only
+    the input's relevance) or "sqrt" (``checkpoint="sqrt"``)."""
     import tracemalloc
 
     import numpy as np
@@ -29,16 +31,17 @@ def measure(path: str, batch: int, seq: int, dtype: str, checkpoint: str | None)
     model = reflrp.load(path)
     hidden = model.graph.inputs[0].shape[-1]
     x = np.random.default_rng(0).normal(size=(batch, seq, hidden)).astype(np.float32)
-    reflrp.explain(model, {"inputs_embeds": x[:, :8]}, dtype=dtype, checkpoint=checkpoint)  # warm plans
+    options = {"none": {}, "keep": {"keep": ()}, "sqrt": {"checkpoint": "sqrt"}}[mode]
+    reflrp.explain(model, {"inputs_embeds": x[:, :8]}, dtype=dtype, **options)  # warm plans
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    att = reflrp.explain(model, {"inputs_embeds": x}, dtype=dtype, checkpoint=checkpoint)
+    att = reflrp.explain(model, {"inputs_embeds": x}, dtype=dtype, **options)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     rel = att.relevance["inputs_embeds"]
-    out = Path(f"/tmp/reflrp_ckpt_{checkpoint}.npy")
+    out = Path(f"/tmp/reflrp_ckpt_{mode}.npy")
     np.save(out, rel)
-    return {"checkpoint": checkpoint, "peak_mib": peak / 2**20, "relevance": str(out)}
+    return {"mode": mode, "peak_mib": peak / 2**20, "relevance": str(out)}
 
 
 def main(argv=None) -> int:
@@ -51,21 +54,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     path = args.model or str(sorted((ROOT / ".cache" / "bench").glob("llama_h256_L16_*.onnx"))[-1])
     if args.worker is not None:
-        ck = None if args.worker == "none" else args.worker
-        print(json.dumps(measure(path, args.batch, args.seq, args.dtype, ck)))
+        print(json.dumps(measure(path, args.batch, args.seq, args.dtype, args.worker)))
         return 0
     rows = []
-    for mode in ("none", "sqrt"):
+    for mode in ("none", "keep", "sqrt"):
         cmd = [sys.executable, __file__, path, "--batch", str(args.batch), "--seq", str(args.seq),
                "--dtype", args.dtype, "--worker", mode]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
     import numpy as np
-    a, b = np.load(rows[0]["relevance"]), np.load(rows[1]["relevance"])
-    err = float(np.abs(a - b).max() / np.abs(a).max())
-    ratio = rows[1]["peak_mib"] / rows[0]["peak_mib"]
+    a = np.load(rows[0]["relevance"])
+    errs = [float(np.abs(a - np.load(r["relevance"])).max() / np.abs(a).max()) for r in rows[1:]]
     print(f"model {Path(path).name}, batch {args.batch}, seq {args.seq}, dtype {args.dtype}")
-    print(f"peak MiB: default {rows[0]['peak_mib']:.1f}, checkpoint='sqrt' {rows[1]['peak_mib']:.1f}, "
-          f"ratio {ratio:.3f}; relevance max rel diff {err:.1e}")
+    print(f"peak MiB: default {rows[0]['peak_mib']:.1f}, keep=() {rows[1]['peak_mib']:.1f} "
+          f"(ratio {rows[1]['peak_mib'] / rows[0]['peak_mib']:.3f}), checkpoint='sqrt' {rows[2]['peak_mib']:.1f} "
+          f"(ratio {rows[2]['peak_mib'] / rows[0]['peak_mib']:.3f}); input relevance max rel diff vs default: "
+          f"keep=() {errs[0]:.1e}, sqrt {errs[1]:.1e}")
     return 0
 
 
