@@ -959,8 +959,8 @@ def profile_section(path: Path, top: int = 25) -> str:
                     res = res if isinstance(res, tuple) else (res,)
                     env.update((n, v) for n, v in zip(st.outputs, res) if n)
                     del args, res
-                    for n in st.inputs:
-                        if n and prep.last_use.get(n) == i and n not in outs:
+                    for n in prep.frees[i]:
+                        if n not in outs:
                             env.pop(n, None)
                     per_op.setdefault(st.node.op_type, []).append(dtm)
             tot = sum(map(sum, per_op.values()))
@@ -1194,7 +1194,10 @@ def main(argv=None) -> int:
     if args.profile and deadline.fits(60):
         log(f"[profile]  ({deadline.left() / 60:.1f} min left)")
         with set_blas_threads(1):
-            data["profile"] = profile_section(paths[L][0])
+            try:
+                data["profile"] = profile_section(paths[L][0])
+            except Exception as exc:  # a report without the profile beats no report
+                data["profile"] = f"## Profile\n\nfailed: {type(exc).__name__}: {exc}\n"
 
     # 6. MiniLM at the smallest shape
     me = None
