@@ -1,8 +1,6 @@
 """Linear algebra kernels: MatMul, Gemm, Einsum, Conv (im2col over kernel offsets)."""
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from . import kernel
@@ -87,17 +85,19 @@ def windows(xp, x, kernel_shape, out, begin, end, strides, dilations, fill=0.0):
     n = len(kernel_shape)
     need = [(out[i] - 1) * strides[i] + (kernel_shape[i] - 1) * dilations[i] + 1 for i in range(n)]
     extra = [max(need[i] - (x.shape[2 + i] + begin[i] + end[i]), 0) for i in range(n)]
-    width = [(0, 0), (0, 0)] + [(begin[i], end[i] + extra[i]) for i in range(n)]
-    if any(w != (0, 0) for w in width):
-        x = xp.pad(x, width, mode="constant", constant_values=fill)
-    views = []
-    for offset in itertools.product(*[range(k) for k in kernel_shape]):
-        index = (slice(None), slice(None)) + tuple(
-            slice(offset[i] * dilations[i], offset[i] * dilations[i] + (out[i] - 1) * strides[i] + 1, strides[i])
-            for i in range(n))
-        views.append(x[index])
-    stacked = xp.stack(views, axis=2)
-    return stacked.reshape(x.shape[:2] + tuple(kernel_shape) + tuple(out))
+    if any(begin) or any(e + x_ for e, x_ in zip(end, extra)):
+        padded = xp.full(x.shape[:2] + tuple(x.shape[2 + i] + begin[i] + end[i] + extra[i] for i in range(n)),
+                         fill, dtype=x.dtype)
+        padded[(slice(None), slice(None)) + tuple(slice(begin[i], begin[i] + x.shape[2 + i]) for i in range(n))] = x
+        x = padded
+    x = xp.ascontiguousarray(x)
+    # one strided view (N, C, *kernel offsets, *output positions), copied once: im2col
+    item = x.itemsize
+    step = [st // item for st in x.strides]
+    shape = x.shape[:2] + tuple(kernel_shape) + tuple(out)
+    view_strides = tuple(x.strides[:2]) + tuple(dilations[i] * step[2 + i] * item for i in range(n)) + tuple(
+        strides[i] * step[2 + i] * item for i in range(n))
+    return xp.ascontiguousarray(xp.lib.stride_tricks.as_strided(x, shape=shape, strides=view_strides))
 
 
 @kernel("Conv")
