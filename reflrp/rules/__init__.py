@@ -77,6 +77,33 @@ def blocks(xp, arrays, row: int = 1) -> list[slice] | None:
     return [slice(i, i + step) for i in range(0, a.size, step)]
 
 
+def blockwise(xp, fn, arrays, parts, row: int = 1):
+    """``fn(*blocks, out=out_block) -> (value, extra)`` over ``parts`` (from :func:`blocks`) into one new
+    array shaped like ``arrays[0]``; returns it and the list of ``extra`` per block."""
+    out = xp.empty(arrays[0].shape, dtype=xp.result_type(*arrays))
+    flat = [a.reshape(-1, row) for a in arrays]
+    flat_out = out.reshape(-1, row)
+    extras = [fn(*(f[b.start // row:b.stop // row] for f in flat), out=flat_out[b.start // row:b.stop // row])[1]
+              for b in parts]
+    return out, extras
+
+
+def into(out, value):
+    """``value`` written into ``out`` (returned), or ``value`` itself when there is no ``out``."""
+    if out is None:
+        return value
+    out[...] = value
+    return out
+
+
+def noted(r, sums):
+    """``r`` with its total remembered when every block's sum was finite (see :func:`note_total`)."""
+    if r.dtype not in _PAIRWISE or any(t is None for t in sums):
+        return r
+    # one block: its own sum; several: the float64 sum of the block sums (as good as the pairwise one)
+    return note_total(r, sums[0] if len(sums) == 1 else float(np.sum(sums, dtype=np.float64)))
+
+
 def ratio(xp, R, z, eps: float):
     """``R / stab(z)``, 0 where ``R`` is 0, ``z`` is 0 (with eps = 0) or ``z`` is not finite.
 
@@ -85,12 +112,8 @@ def ratio(xp, R, z, eps: float):
     if parts is None:
         G, clean = _ratio(xp, R, z, eps)
     else:
-        G = xp.empty(R.shape, dtype=xp.result_type(R, z))
-        flat_R, flat_z, flat_G = R.reshape(-1), z.reshape(-1), G.reshape(-1)
-        clean = True
-        for b in parts:
-            _, ok = _ratio(xp, flat_R[b], flat_z[b], eps, out=flat_G[b])
-            clean = clean and ok
+        G, oks = blockwise(xp, lambda r, d, out: _ratio(xp, r, d, eps, out), (R, z), parts)
+        clean = all(oks)
     if clean and eps == 0:  # nothing stabilised or repaired: z * G gives back R (rounding aside)
         _exact[id(G)] = (G, z, R)
     return G
@@ -103,11 +126,7 @@ def _ratio(xp, R, z, eps, out=None):
     if bool(xp.isfinite(xp.sum(G))):
         return G, True
     ok = (R != 0) & (d != 0) & xp.isfinite(d)
-    fixed = xp.where(ok, R / xp.where(ok, d, d.dtype.type(1)), R.dtype.type(0))
-    if out is None:
-        return fixed, False
-    out[...] = fixed
-    return out, False
+    return into(out, xp.where(ok, R / xp.where(ok, d, d.dtype.type(1)), R.dtype.type(0))), False
 
 
 # Sums already computed (for a finiteness check, or by the propagator): ``id -> (array, sum)``, so
@@ -136,13 +155,9 @@ def times(xp, x, G):
     Fast path: one product and one sum; the masked form runs only when the sum is not finite."""
     parts = blocks(xp, (x, G))
     if parts is None:
-        r, s = _times(xp, x, G)
-        return note_total(r, s) if s is not None and r.dtype in _PAIRWISE else r
-    r = xp.empty(G.shape, dtype=xp.result_type(x, G))
-    flat_x, flat_G, flat_r = x.reshape(-1), G.reshape(-1), r.reshape(-1)
-    sums = [_times(xp, flat_x[b], flat_G[b], out=flat_r[b])[1] for b in parts]
-    # the sum of the block sums (float64): as good a total as the pairwise one, and already paid for
-    return note_total(r, float(np.sum(sums, dtype=np.float64))) if None not in sums else r
+        r, t = _times(xp, x, G)
+        return noted(r, [t])
+    return noted(*blockwise(xp, lambda a, g, out: _times(xp, a, g, out), (x, G), parts))
 
 
 def _times(xp, x, G, out=None):
@@ -151,11 +166,7 @@ def _times(xp, x, G, out=None):
     s = xp.sum(r)
     if bool(xp.isfinite(s)):
         return r, float(s)
-    fixed = xp.where(G == 0, G.dtype.type(0), r)
-    if out is None:
-        return fixed, None
-    out[...] = fixed
-    return out, None
+    return into(out, xp.where(G == 0, G.dtype.type(0), r)), None
 
 
 def passed(xp, y, G) -> float:

@@ -2,10 +2,8 @@
 opset-23 fused Attention and RotaryEmbedding, computed as their decompositions."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..ops.nn import attention_parts, rotary_halves, rotary_inputs
-from . import _PAIRWISE, Result, blocks, note_total, passed, ratio, rule, times, total, unbroadcast
+from . import Result, blocks, blockwise, into, noted, passed, ratio, rule, times, total, unbroadcast
 
 
 def softmax_relevance(xp, x, s, R, axis):
@@ -14,15 +12,8 @@ def softmax_relevance(xp, x, s, R, axis):
     parts = blocks(xp, (x, s, R), x.shape[-1]) if axis % x.ndim == x.ndim - 1 else None
     if parts is None:
         r, t = _softmax_relevance(xp, x, s, R, axis)
-        return note_total(r, t) if t is not None and r.dtype in _PAIRWISE else r
-    rows = (-1, x.shape[-1])
-    flat = [a.reshape(rows) for a in (x, s, R)]
-    r = xp.empty(x.shape, dtype=xp.result_type(x, s, R))
-    flat_r = r.reshape(rows)
-    n = x.shape[-1]
-    sums = [_softmax_relevance(xp, *(a[b.start // n:b.stop // n] for a in flat), -1,
-                               out=flat_r[b.start // n:b.stop // n])[1] for b in parts]
-    return note_total(r, float(np.sum(sums, dtype=np.float64))) if None not in sums else r
+        return noted(r, [t])
+    return noted(*blockwise(xp, lambda *a, out: _softmax_relevance(xp, *a, -1, out), (x, s, R), parts, x.shape[-1]))
 
 
 def _softmax_relevance(xp, x, s, R, axis, out=None):
@@ -34,11 +25,7 @@ def _softmax_relevance(xp, x, s, R, axis, out=None):
     if bool(xp.isfinite(t)):  # fast path: no masked (-inf) logits
         return r, float(t)
     finite = xp.isfinite(x)
-    fixed = xp.where(finite, times(xp, xp.where(finite, x, 0), inner), R.dtype.type(0))
-    if out is None:
-        return fixed, None
-    out[...] = fixed
-    return out, None
+    return into(out, xp.where(finite, times(xp, xp.where(finite, x, 0), inner), R.dtype.type(0))), None
 
 
 @rule("softmax")
