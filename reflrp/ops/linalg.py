@@ -1,4 +1,4 @@
-"""Linear algebra kernels: MatMul, Gemm, Einsum, Conv (im2col over kernel offsets)."""
+"""Linear algebra kernels: MatMul, Gemm, Einsum, Conv (im2col from one strided view)."""
 from __future__ import annotations
 
 import numpy as np
@@ -92,11 +92,9 @@ def windows(xp, x, kernel_shape, out, begin, end, strides, dilations, fill=0.0):
         x = padded
     x = xp.ascontiguousarray(x)
     # one strided view (N, C, *kernel offsets, *output positions), copied once: im2col
-    item = x.itemsize
-    step = [st // item for st in x.strides]
     shape = x.shape[:2] + tuple(kernel_shape) + tuple(out)
-    view_strides = tuple(x.strides[:2]) + tuple(dilations[i] * step[2 + i] * item for i in range(n)) + tuple(
-        strides[i] * step[2 + i] * item for i in range(n))
+    view_strides = tuple(x.strides[:2]) + tuple(dilations[i] * x.strides[2 + i] for i in range(n)) + tuple(
+        strides[i] * x.strides[2 + i] for i in range(n))
     return xp.ascontiguousarray(xp.lib.stride_tricks.as_strided(x, shape=shape, strides=view_strides))
 
 
