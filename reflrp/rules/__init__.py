@@ -142,7 +142,8 @@ def on_rows(xp, fn, arrays, rows):
     return out, extra
 
 
-def _same_layout(arrays) -> bool:
+def same_layout(arrays) -> bool:
+    """Same shape and C-contiguous (the row and block shortcuts reshape without copying)."""
     return all(a.shape == arrays[0].shape and a.flags.c_contiguous for a in arrays)
 
 
@@ -150,7 +151,7 @@ def ratio(xp, R, z, eps: float):
     """``R / stab(z)``, 0 where ``R`` is 0, ``z`` is 0 (with eps = 0) or ``z`` is not finite.
 
     Fast path: one division and one sum; the masked repair runs only when the sum is not finite."""
-    rows = sparse_rows(xp, R) if _same_layout((R, z)) else None
+    rows = sparse_rows(xp, R) if same_layout((R, z)) else None
     parts = blocks(xp, (R, z))
     if rows is not None:
         G, clean = on_rows(xp, lambda r, d: _ratio(xp, r, d, eps), (R, z), rows)
@@ -199,7 +200,7 @@ def times(xp, x, G):
     """``x * G`` that is 0 wherever ``G`` is 0 (so ``-inf * 0`` gives 0, not NaN).
 
     Fast path: one product and one sum; the masked form runs only when the sum is not finite."""
-    rows = sparse_rows(xp, G) if _same_layout((x, G)) else None
+    rows = sparse_rows(xp, G) if same_layout((x, G)) else None
     if rows is not None:
         r, t = on_rows(xp, lambda a, g: _times(xp, a, g), (x, G), rows)
         return noted(r, [t])

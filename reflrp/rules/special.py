@@ -3,7 +3,7 @@ opset-23 fused Attention and RotaryEmbedding, computed as their decompositions."
 from __future__ import annotations
 
 from ..ops.nn import attention_parts, rotary_halves, rotary_inputs
-from . import (Result, _same_layout, blocks, blockwise, into, noted, on_rows, passed, ratio, rule, sparse_rows,
+from . import (Result, same_layout, blocks, blockwise, into, noted, on_rows, passed, ratio, rule, sparse_rows,
                times, total, unbroadcast)
 
 
@@ -11,7 +11,7 @@ def softmax_relevance(xp, x, s, R, axis):
     """AttnLRP softmax rule ``R_x = x * (R_y - s * sum_axis(R_y))``; 0 where x is not finite.
     Over the last axis of a large array it runs in blocks of rows (see :func:`reflrp.rules.blocks`)."""
     last = axis % x.ndim == x.ndim - 1
-    rows = sparse_rows(xp, R) if last and _same_layout((x, s, R)) else None
+    rows = sparse_rows(xp, R) if last and same_layout((x, s, R)) else None
     if rows is not None:
         r, t = on_rows(xp, lambda *a: _softmax_relevance(xp, *a, -1), (x, s, R), rows)
         return noted(r, [t])
