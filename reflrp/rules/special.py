@@ -3,7 +3,7 @@ opset-23 fused Attention and RotaryEmbedding, computed as their decompositions."
 from __future__ import annotations
 
 from ..ops.nn import attention_parts, rotary_halves, rotary_inputs
-from . import (Result, same_layout, blocks, blockwise, into, noted, on_rows, passed, ratio, rule, sparse_rows,
+from . import (Result, blocks, blockwise, into, noted, on_rows, passed, ratio, rule, same_layout, sparse_rows,
                times, total, unbroadcast)
 
 
