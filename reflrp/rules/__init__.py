@@ -104,58 +104,12 @@ def noted(r, sums):
     return note_total(r, sums[0] if len(sums) == 1 else float(np.sum(sums, dtype=np.float64)))
 
 
-SPARSE_MIN = 1 << 12  # elements: smaller arrays are not checked for all-zero rows
-
-# Rows (of the array viewed as (-1, last axis)) that may hold non-zeros, for arrays where at most
-# half do: ``id -> (array, row indices)``; cleared with the sums after every node.
-_rows: dict[int, tuple[Any, Any]] = {}
-
-
-def sparse_rows(xp, a):
-    """Indices of the rows of ``a`` (viewed as ``(-1, a.shape[-1])``) holding a non-zero, when at most
-    half of its (at least 8) rows do; else None. A language model's relevance starts at one position:
-    until attention spreads it, the last block's tensors have one non-zero row per sequence (per
-    head), and ratios, products, softmax rows and matrix products are computed on those rows only.
-    The values are the same (row-wise work; zero rows stay exactly zero)."""
-    hit = _rows.get(id(a))
-    if hit is not None and hit[0] is a:
-        return hit[1]
-    rows = None
-    if xp is np and a.ndim >= 2 and a.size >= SPARSE_MIN and a.flags.c_contiguous and a.size >= 8 * a.shape[-1]:
-        a2 = a.reshape(-1, a.shape[-1])
-        sample = a2[::max(1, a2.shape[0] // 16)].any(axis=1)  # ~16 rows: mostly non-zero means dense
-        if 2 * int(sample.sum()) <= sample.size:
-            found = np.flatnonzero(a2.any(axis=1))
-            rows = found if 2 * found.size <= a2.shape[0] else None
-    _rows[id(a)] = (a, rows)
-    return rows
-
-
-def on_rows(xp, fn, arrays, rows):
-    """``fn(*row_blocks) -> (value, extra)`` on the given rows of same-shaped contiguous ``arrays``,
-    scattered into zeros; returns (array, extra) and remembers the rows of the result."""
-    n = arrays[0].shape[-1]
-    value, extra = fn(*(a.reshape(-1, n)[rows] for a in arrays))
-    out = xp.zeros(arrays[0].shape, dtype=value.dtype)
-    out.reshape(-1, n)[rows] = value
-    _rows[id(out)] = (out, rows)
-    return out, extra
-
-
-def same_layout(arrays) -> bool:
-    """Same shape and C-contiguous (the row and block shortcuts reshape without copying)."""
-    return all(a.shape == arrays[0].shape and a.flags.c_contiguous for a in arrays)
-
-
 def ratio(xp, R, z, eps: float):
     """``R / stab(z)``, 0 where ``R`` is 0, ``z`` is 0 (with eps = 0) or ``z`` is not finite.
 
     Fast path: one division and one sum; the masked repair runs only when the sum is not finite."""
-    rows = sparse_rows(xp, R) if same_layout((R, z)) else None
     parts = blocks(xp, (R, z))
-    if rows is not None:
-        G, clean = on_rows(xp, lambda r, d: _ratio(xp, r, d, eps), (R, z), rows)
-    elif parts is None:
+    if parts is None:
         G, clean = _ratio(xp, R, z, eps)
     else:
         G, oks = blockwise(xp, lambda r, d, out: _ratio(xp, r, d, eps, out), (R, z), parts)
@@ -193,17 +147,12 @@ _exact: dict[int, tuple[Any, Any, Any]] = {}  # id(G) -> (G, z, R) for G = R / z
 def forget_totals() -> None:
     _sums.clear()
     _exact.clear()
-    _rows.clear()
 
 
 def times(xp, x, G):
     """``x * G`` that is 0 wherever ``G`` is 0 (so ``-inf * 0`` gives 0, not NaN).
 
     Fast path: one product and one sum; the masked form runs only when the sum is not finite."""
-    rows = sparse_rows(xp, G) if same_layout((x, G)) else None
-    if rows is not None:
-        r, t = on_rows(xp, lambda a, g: _times(xp, a, g), (x, G), rows)
-        return noted(r, [t])
     parts = blocks(xp, (x, G))
     if parts is None:
         r, t = _times(xp, x, G)

@@ -11,13 +11,12 @@ import itertools
 import numpy as np
 
 from ..ops.linalg import conv_geometry, matmul, windows
-from . import Result, passed, ratio, rule, sparse_rows, times, total, unbroadcast
+from . import Result, passed, ratio, rule, times, total, unbroadcast
 
 
 def matmul_vjp(xp, A, B, G, need=(True, True)):
     """Gradients of ``A @ B`` (numpy matmul semantics, broadcasting) given the output gradient ``G``;
-    ``need`` skips the gradient of an operand that gets no relevance (None in its place). When most
-    rows of ``G`` are zero (:func:`reflrp.rules.sparse_rows`) only the others enter the products."""
+    ``need`` skips the gradient of an operand that gets no relevance (None in its place)."""
     a = A[None, :] if A.ndim == 1 else A
     b = B[:, None] if B.ndim == 1 else B
     g = G
@@ -25,55 +24,37 @@ def matmul_vjp(xp, A, B, G, need=(True, True)):
         g = xp.expand_dims(g, -1)
     if A.ndim == 1:
         g = xp.expand_dims(g, -2)
-    rows = sparse_rows(xp, g) if A.ndim > 1 and B.ndim > 1 else None
-    stacked = rows is not None and b.ndim > 2 and a.shape[:-2] == b.shape[:-2] == g.shape[:-2]
-    ga = gb = None
+    ga = None
     if need[0]:
-        if rows is not None and b.ndim == 2:
-            ga = _rows_product(xp, g, rows, b.T)
-        elif stacked:
-            ga = _stack_rows_product(xp, g, rows, xp.swapaxes(b, -1, -2), a.shape)
-        else:
-            ga = unbroadcast(xp, matmul(xp, g, xp.swapaxes(b, -1, -2)), a.shape)
-        ga = ga.reshape(A.shape)
+        ga = _rows_times_matrix(xp, g, b.T) if b.ndim == 2 and g.ndim >= 2 else None
+        if ga is None:
+            ga = matmul(xp, g, xp.swapaxes(b, -1, -2))
+        ga = unbroadcast(xp, ga, a.shape).reshape(A.shape)
+    gb = None
     if need[1]:
         if a.ndim > 2 and b.ndim == 2:  # a weight shared over the batch: one 2-D product
-            a2 = (a if a.flags.c_contiguous else xp.ascontiguousarray(a)).reshape(-1, a.shape[-1])
-            g2 = g.reshape(-1, g.shape[-1])
-            gb = a2[rows].T @ g2[rows] if rows is not None else a2.T @ g2
-        elif stacked:
-            gb = _stack_rows_product(xp, g, rows, a, b.shape, transposed=True)
+            a2 = a if a.flags.c_contiguous else xp.ascontiguousarray(a)
+            gb = a2.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
         else:
             gb = unbroadcast(xp, matmul(xp, xp.swapaxes(a, -1, -2), g), b.shape)
         gb = gb.reshape(B.shape)
     return ga, gb
 
 
-def _rows_product(xp, g, rows, m):
-    """``g @ m`` for a matrix ``m``, computed on the given rows of ``g`` (the others are zero)."""
+def _rows_times_matrix(xp, g, m):
+    """``g @ m`` for a matrix ``m`` computed on the rows of ``g`` that are not all zero, or None when
+    most rows are non-zero. Relevance is often confined to a few positions (a language model's seed
+    is the last position; the last block's MLP and query projection see only that row)."""
     g2 = g.reshape(-1, g.shape[-1])
+    if g2.shape[0] < 8:
+        return None
+    rows = xp.flatnonzero(g2.any(axis=1))
+    if 2 * rows.size > g2.shape[0]:
+        return None
     out = xp.zeros((g2.shape[0], m.shape[1]), dtype=xp.result_type(g2, m))
     if rows.size:
         out[rows] = matmul(xp, g2[rows], m)
     return out.reshape(g.shape[:-1] + (m.shape[1],))
-
-
-def _stack_rows_product(xp, g, rows, other, shape, transposed=False):
-    """Per matrix of a stack, with only ``rows`` of ``g`` non-zero: ``g_k @ other_k`` (the gradient of
-    the left operand, ``other`` = right operand transposed) or, with ``transposed``, ``other_k^T @ g_k``
-    over those rows only (the gradient of the right operand, ``other`` = left operand)."""
-    m = g.shape[-2]
-    out = xp.zeros(shape, dtype=xp.result_type(g, other))
-    g3, o3 = g.reshape(-1, m, g.shape[-1]), other.reshape((-1,) + other.shape[-2:])
-    out3 = out.reshape((-1,) + tuple(shape[-2:]))
-    which = rows // m
-    for k in np.unique(which):
-        r = rows[which == k] % m
-        if transposed:
-            out3[k] = o3[k][r].T @ g3[k][r]
-        else:
-            out3[k][r] = g3[k][r] @ o3[k]
-    return out
 
 
 def _finish(ctx, R, y, G, parts):

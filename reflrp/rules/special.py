@@ -3,19 +3,13 @@ opset-23 fused Attention and RotaryEmbedding, computed as their decompositions."
 from __future__ import annotations
 
 from ..ops.nn import attention_parts, rotary_halves, rotary_inputs
-from . import (Result, blocks, blockwise, into, noted, on_rows, passed, ratio, rule, same_layout, sparse_rows,
-               times, total, unbroadcast)
+from . import Result, blocks, blockwise, into, noted, passed, ratio, rule, times, total, unbroadcast
 
 
 def softmax_relevance(xp, x, s, R, axis):
     """AttnLRP softmax rule ``R_x = x * (R_y - s * sum_axis(R_y))``; 0 where x is not finite.
     Over the last axis of a large array it runs in blocks of rows (see :func:`reflrp.rules.blocks`)."""
-    last = axis % x.ndim == x.ndim - 1
-    rows = sparse_rows(xp, R) if last and same_layout((x, s, R)) else None
-    if rows is not None:
-        r, t = on_rows(xp, lambda *a: _softmax_relevance(xp, *a, -1), (x, s, R), rows)
-        return noted(r, [t])
-    parts = blocks(xp, (x, s, R), x.shape[-1]) if last else None
+    parts = blocks(xp, (x, s, R), x.shape[-1]) if axis % x.ndim == x.ndim - 1 else None
     if parts is None:
         r, t = _softmax_relevance(xp, x, s, R, axis)
         return noted(r, [t])
