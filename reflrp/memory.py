@@ -3,9 +3,9 @@
 A forward or relevance pass allocates and frees many arrays of the same few sizes (activations,
 attention scores). glibc's default policy serves blocks above ~128 KiB with ``mmap`` and gives them
 back on ``free``, and trims the top of the heap as soon as a few hundred KiB there are free; every
-new array then costs page faults (the kernel zeroes each 4 KiB page). On a 2-core machine that was
-18-25 % of an explain call and ~10 % of a forward pass. onnxruntime avoids the same cost with its
-memory arena; reflrp asks glibc to behave like one:
+new array then costs page faults (the kernel zeroes each 4 KiB page): a quarter of an explain call
+at the larger benchmark shapes (``python tools/ab_allocator.py``). onnxruntime avoids the same cost
+with its memory arena; reflrp asks glibc to behave like one:
 
 - arrays up to 32 MiB (glibc's largest mmap threshold) come from the heap, and
 - up to 1 GiB of free memory at the top of the heap is kept for the next arrays.
