@@ -60,73 +60,18 @@ def stab(xp, z, eps: float):
     return z + xp.where(z >= 0, z.dtype.type(eps), z.dtype.type(-eps))
 
 
-BLOCK = 1 << 18  # elements per block in blocked elementwise work (1 MiB of float32: stays in L2)
-
-
-def blocks(xp, arrays, row: int = 1) -> list[slice] | None:
-    """Slices of ``BLOCK`` elements (whole rows of ``row`` elements) over the flattened ``arrays``, for
-    same-shaped C-contiguous numpy arrays of at least 4 blocks; else None (work on the whole arrays).
-
-    A chain of elementwise passes over an attention-sized tensor (batch x heads x s x s) is bound by
-    memory traffic and page faults; done block by block, each block's operands stay in cache and the
-    temporaries are block-sized. The numbers are the same (elementwise, or per row)."""
-    a = arrays[0]
-    if xp is not np or a.size < 4 * BLOCK or any(b.shape != a.shape or not b.flags.c_contiguous for b in arrays):
-        return None
-    step = max(1, BLOCK // row) * row
-    return [slice(i, i + step) for i in range(0, a.size, step)]
-
-
-def blockwise(xp, fn, arrays, parts, row: int = 1):
-    """``fn(*blocks, out=out_block) -> (value, extra)`` over ``parts`` (from :func:`blocks`) into one new
-    array shaped like ``arrays[0]``; returns it and the list of ``extra`` per block."""
-    out = xp.empty(arrays[0].shape, dtype=xp.result_type(*arrays))
-    flat = [a.reshape(-1, row) for a in arrays]
-    flat_out = out.reshape(-1, row)
-    extras = [fn(*(f[b.start // row:b.stop // row] for f in flat), out=flat_out[b.start // row:b.stop // row])[1]
-              for b in parts]
-    return out, extras
-
-
-def into(out, value):
-    """``value`` written into ``out`` (returned), or ``value`` itself when there is no ``out``."""
-    if out is None:
-        return value
-    out[...] = value
-    return out
-
-
-def noted(r, sums):
-    """``r`` with its total remembered when every block's sum was finite (see :func:`note_total`)."""
-    if r.dtype not in _PAIRWISE or any(t is None for t in sums):
-        return r
-    # one block: its own sum; several: the float64 sum of the block sums (as good as the pairwise one)
-    return note_total(r, sums[0] if len(sums) == 1 else float(np.sum(sums, dtype=np.float64)))
-
-
 def ratio(xp, R, z, eps: float):
     """``R / stab(z)``, 0 where ``R`` is 0, ``z`` is 0 (with eps = 0) or ``z`` is not finite.
 
     Fast path: one division and one sum; the masked repair runs only when the sum is not finite."""
-    parts = blocks(xp, (R, z))
-    if parts is None:
-        G, clean = _ratio(xp, R, z, eps)
-    else:
-        G, oks = blockwise(xp, lambda r, d, out: _ratio(xp, r, d, eps, out), (R, z), parts)
-        clean = all(oks)
-    if clean and eps == 0:  # nothing stabilised or repaired: z * G gives back R (rounding aside)
-        _exact[id(G)] = (G, z, R)
-    return G
-
-
-def _ratio(xp, R, z, eps, out=None):
-    """(R / stab(z) repaired, whether no repair was needed), into ``out`` if given."""
     d = stab(xp, z, eps)
-    G = xp.divide(R, d, out=out)  # R / +-inf is already 0; 0/0 and R/0 give NaN / inf, repaired below
+    G = R / d  # R / +-inf is already 0; 0/0 and R/0 give NaN / inf, repaired below
     if bool(xp.isfinite(xp.sum(G))):
-        return G, True
+        if eps == 0:  # nothing stabilised or repaired: z * G gives back R (rounding aside)
+            _exact[id(G)] = (G, z, R)
+        return G
     ok = (R != 0) & (d != 0) & xp.isfinite(d)
-    return into(out, xp.where(ok, R / xp.where(ok, d, d.dtype.type(1)), R.dtype.type(0))), False
+    return xp.where(ok, R / xp.where(ok, d, d.dtype.type(1)), R.dtype.type(0))
 
 
 # Sums already computed (for a finiteness check, or by the propagator): ``id -> (array, sum)``, so
@@ -153,20 +98,11 @@ def times(xp, x, G):
     """``x * G`` that is 0 wherever ``G`` is 0 (so ``-inf * 0`` gives 0, not NaN).
 
     Fast path: one product and one sum; the masked form runs only when the sum is not finite."""
-    parts = blocks(xp, (x, G))
-    if parts is None:
-        r, t = _times(xp, x, G)
-        return noted(r, [t])
-    return noted(*blockwise(xp, lambda a, g, out: _times(xp, a, g, out), (x, G), parts))
-
-
-def _times(xp, x, G, out=None):
-    """(x * G with 0 where G is 0, its sum or None when the masked form was needed)."""
-    r = xp.multiply(x, G, out=out)
-    s = xp.sum(r)
-    if bool(xp.isfinite(s)):
-        return r, float(s)
-    return into(out, xp.where(G == 0, G.dtype.type(0), r)), None
+    r = x * G
+    t = xp.sum(r)
+    if bool(xp.isfinite(t)):
+        return note_total(r, float(t)) if r.dtype in _PAIRWISE else r
+    return xp.where(G == 0, G.dtype.type(0), r)
 
 
 def passed(xp, y, G) -> float:

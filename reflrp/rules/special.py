@@ -3,29 +3,19 @@ opset-23 fused Attention and RotaryEmbedding, computed as their decompositions."
 from __future__ import annotations
 
 from ..ops.nn import attention_parts, rotary_halves, rotary_inputs
-from . import Result, blocks, blockwise, into, noted, passed, ratio, rule, times, total, unbroadcast
+from . import _PAIRWISE, Result, note_total, passed, ratio, rule, times, total, unbroadcast
 
 
 def softmax_relevance(xp, x, s, R, axis):
-    """AttnLRP softmax rule ``R_x = x * (R_y - s * sum_axis(R_y))``; 0 where x is not finite.
-    Over the last axis of a large array it runs in blocks of rows (see :func:`reflrp.rules.blocks`)."""
-    parts = blocks(xp, (x, s, R), x.shape[-1]) if axis % x.ndim == x.ndim - 1 else None
-    if parts is None:
-        r, t = _softmax_relevance(xp, x, s, R, axis)
-        return noted(r, [t])
-    return noted(*blockwise(xp, lambda *a, out: _softmax_relevance(xp, *a, -1, out), (x, s, R), parts, x.shape[-1]))
-
-
-def _softmax_relevance(xp, x, s, R, axis, out=None):
-    """(the rule's relevance, its sum or None when masked logits needed the slow form)."""
+    """AttnLRP softmax rule ``R_x = x * (R_y - s * sum_axis(R_y))``; 0 where x is not finite."""
     inner = s * xp.sum(R, axis=axis, keepdims=True)
     xp.subtract(R, inner, out=inner)
-    r = xp.multiply(x, inner, out=out)
+    r = x * inner
     t = xp.sum(r)
     if bool(xp.isfinite(t)):  # fast path: no masked (-inf) logits
-        return r, float(t)
+        return note_total(r, float(t)) if r.dtype in _PAIRWISE else r
     finite = xp.isfinite(x)
-    return into(out, xp.where(finite, times(xp, xp.where(finite, x, 0), inner), R.dtype.type(0))), None
+    return xp.where(finite, times(xp, xp.where(finite, x, 0), inner), R.dtype.type(0))
 
 
 @rule("softmax")
