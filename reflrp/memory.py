@@ -4,7 +4,7 @@ A forward or relevance pass allocates and frees many arrays of the same few size
 attention scores). glibc's default policy serves blocks above ~128 KiB with ``mmap`` and gives them
 back on ``free``, and trims the top of the heap as soon as a few hundred KiB there are free; every
 new array then costs page faults (the kernel zeroes each 4 KiB page): a quarter of an explain call
-at the larger benchmark shapes (``python tools/ab_allocator.py``). onnxruntime avoids the same cost
+at the larger benchmark shapes (``python tools/ab.py --knob allocator``). onnxruntime avoids the same cost
 with its memory arena; reflrp asks glibc to behave like one:
 
 - arrays up to 32 MiB (glibc's largest mmap threshold) come from the heap, and
