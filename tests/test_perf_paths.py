@@ -112,6 +112,25 @@ def test_allocator_policy_serves_arrays_from_the_heap(policy):
         assert info["applied"] is False and info["mmapped"] >= 4 * 2**20
 
 
+_BACK = _PROBE.replace('print(json.dumps({"applied": applied, "mmapped": libc.mallinfo2().hblkhd - before}))', """
+reuse = libc.mallinfo2().hblkhd - before
+del a
+reflrp.set_allocator_policy("system")  # after "reuse" was applied: glibc's defaults come back
+reflrp.release_memory()
+before = libc.mallinfo2().hblkhd
+b = np.ones(4 * 2**20 // 8)
+print(json.dumps({"applied": applied, "reuse": reuse, "system": libc.mallinfo2().hblkhd - before}))
+""")
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
+def test_allocator_policy_can_be_switched_back():
+    env = dict(os.environ, REFLRP_MALLOC="reuse")
+    out = subprocess.run([sys.executable, "-c", _BACK], env=env, capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["applied"] is True and info["reuse"] == 0 and info["system"] >= 4 * 2**20
+
+
 def test_set_allocator_policy_validates():
     with pytest.raises(ValueError, match="reuse"):
         reflrp.set_allocator_policy("jemalloc")
