@@ -334,15 +334,20 @@ def oracle_sum(op, order, values, R, eps):
     return {n: unbroadcast(s * values[n] * G, values[n].shape) for s, n in zip(signs, order)}, y
 
 
+def _elementwise_case(request, op, order, dyn, consts, name):
+    """One-node model of ``op`` over dynamic and constant inputs: (model, feeds, all input values,
+    output, a random relevance for the output), seeded by the test id."""
+    model = one_node_model(op, order, dyn, consts, name=name)
+    rng = rng_for(request.node.callspec.id)
+    feeds = {n: rand(rng, s) for n, s in dyn.items()}
+    y = Forward(model)(feeds)
+    return model, feeds, {**feeds, **consts}, y, rng.standard_normal(y.shape)
+
+
 @pytest.mark.parametrize("eps", [0.0, 1e-2])
 @pytest.mark.parametrize("op,order,dyn,consts", SUM_CASES)
 def test_epsilon_sum(request, op, order, dyn, consts, eps):
-    model = one_node_model(op, order, dyn, consts, name="sum")
-    rng = rng_for(request.node.callspec.id)
-    feeds = {n: rand(rng, s) for n, s in dyn.items()}
-    values = {**feeds, **consts}
-    y = Forward(model)(feeds)
-    R = rng.standard_normal(y.shape)
+    model, feeds, values, y, R = _elementwise_case(request, op, order, dyn, consts, "sum")
     want, y_or = oracle_sum(op, order, values, R, eps)
     att = explain(model, feeds, R, list(dyn), epsilon=eps)
     assert att.plan.rule_of("sum") == "epsilon-sum"
@@ -953,12 +958,7 @@ WTA_CASES = [
 @pytest.mark.parametrize("op,order,dyn,consts", WTA_CASES)
 def test_winner_takes_all(request, op, order, dyn, consts):
     """Max/Min elementwise: all relevance of an element to the input that attains it; a constant winner absorbs."""
-    model = one_node_model(op, order, dyn, consts, name="wta")
-    rng = rng_for(request.node.callspec.id)
-    feeds = {n: rand(rng, s) for n, s in dyn.items()}
-    values = {**feeds, **consts}
-    y = Forward(model)(feeds)
-    R = rng.standard_normal(y.shape)
+    model, feeds, values, y, R = _elementwise_case(request, op, order, dyn, consts, "wta")
     stack = np.stack([np.broadcast_to(values[n], y.shape) for n in order])
     win = (np.argmax if op == "Max" else np.argmin)(stack, axis=0)
     att = explain(model, feeds, R, list(dyn))

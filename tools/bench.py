@@ -182,20 +182,13 @@ def unpin_malloc() -> None:
     reflrp.memory.apply_allocator_policy()
 
 
-def _trim():
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except Exception:
-        pass
-
-
 def measure_memory(call, numpy_peak: bool = False, numpy_max_s: float = 5.0) -> dict:
     """Peak RSS above the pre-call RSS during one ``call()`` (MiB; needs pin_malloc first), and
     optionally, in a second call, tracemalloc's peak of traced (numpy) allocations above the
     level before it. The second call is skipped when the first took longer than numpy_max_s."""
+    import reflrp
     gc.collect()
-    _trim()
+    reflrp.release_memory()
     ok = reset_peak()
     before, hwm0 = rss_kib()
     if not ok:  # fall back to ru_maxrss semantics (only meaningful when the peak grows)
