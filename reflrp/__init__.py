@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from .errors import (FeedError, GraphError, KernelError, ModelLoadError, ReflrpError, RuleError, TargetError,
                      UnsupportedOpError)
-from .explain import Attribution, explain
+from .explain import Attribution, ReflrpWarning, explain, gradient
 from .memory import release_memory, set_allocator_policy
-from .model import Model, load
+from .model import InferenceSession, Model, load
 from .ops import supported_ops
+from .targets import contrastive
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["load", "Model", "explain", "Attribution", "supported_ops", "set_allocator_policy", "release_memory", "ReflrpError", "ModelLoadError", "UnsupportedOpError",
-           "GraphError", "FeedError", "KernelError", "TargetError", "RuleError", "__version__"]
+__all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "contrastive", "Attribution",
+           "ReflrpWarning", "supported_ops", "set_allocator_policy", "release_memory", "ReflrpError",
+           "ModelLoadError", "UnsupportedOpError", "GraphError", "FeedError", "KernelError", "TargetError",
+           "RuleError", "__version__"]

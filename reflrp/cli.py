@@ -253,22 +253,33 @@ def cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+# the roles a node of each kind can take (reflrp.analysis.role_of decides from the graph)
+KIND_ROLES = {"activation": ("activation",), "cast": ("activation",), "sum": ("linear",), "linear": ("linear",),
+              "rotary": ("rotary",), "contraction": ("linear", "bilinear", "attention-values"),
+              "product": ("activation", "region", "normalizer", "gate", "product"),
+              "quotient": ("activation", "region", "normalizer"), "elementwise": ("activation",),
+              "select": ("select",), "move": ("move",), "layernorm": ("layernorm",), "rmsnorm": ("rmsnorm",),
+              "softmax": ("softmax",), "attention": ("attention",), "nonlinear": ("nonlinear",), "constant": ()}
+
+
 def cmd_ops(args) -> int:
-    from .analysis import CONSTANT_OUTPUT, RULE_DECISIONS, UNARY
-    from .ops import supported_ops
+    from .ops import records
     from .presets import PRESETS
 
-    def rule(preset, op):
-        fallback = "identity" if op in UNARY else "(constant)" if op in CONSTANT_OUTPUT else "-"
-        return PRESETS[preset].get(op, fallback)
+    def rules(preset, kind):
+        if kind == "constant":
+            return "(constant)"
+        found = dict.fromkeys(PRESETS[preset].roles.get(r, "error") for r in KIND_ROLES[kind])
+        return " / ".join(found)
 
-    rows = [("op", "since opsets", "attnlrp", "cp-lrp", "epsilon", "relevance decision")]
-    for op, versions in supported_ops().items():
-        rows.append((op, ",".join(map(str, versions)), *[rule(p, op) for p in ("attnlrp", "cp-lrp", "epsilon")],
-                     RULE_DECISIONS.get(op, "?")))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    rows = [("op", "since opsets", "kind", "attnlrp", "cp-lrp", "epsilon", "adjoint")]
+    for op, rec in records().items():
+        rows.append((op, ",".join(str(s) for s, _ in rec.versions), rec.kind,
+                     *[rules(p, rec.kind) for p in ("attnlrp", "cp-lrp", "epsilon")],
+                     "yes" if rec.adjoints else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0
 
 

@@ -1,13 +1,19 @@
-"""Conservation bookkeeping: per node, relevance in and out, absorbed by constants, epsilon loss and
-softmax deficit; totals for a whole attribution, and a readable text form."""
+"""Conservation books: per node, relevance in and out, absorbed by constants, epsilon loss and softmax
+deficit; a ledger per explain call (one column per target) and a report per target with an ``ok``
+verdict."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# (node residual, totals) tolerances by the dtype the relevance pass ran in
+TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 3e-2, "bfloat16": 3e-2}
 
 
 @dataclass(frozen=True)
 class NodeAccount:
-    """One node's books: ``inflow = outflow + absorbed + loss + deficit + residual``."""
+    """One node's books for one target: ``inflow = outflow + absorbed + loss + deficit + residual``."""
 
     node: str
     op: str
@@ -20,13 +26,13 @@ class NodeAccount:
 
     @property
     def residual(self) -> float:
-        """What no term explains; rounding only (the tests bound it)."""
+        """What no term explains: rounding only (the ``ok`` verdict bounds it)."""
         return self.inflow - self.outflow - self.absorbed - self.loss - self.deficit
 
 
 @dataclass
 class ConservationReport:
-    """Totals of an attribution plus every node's account."""
+    """Totals of one target's attribution, its relevance per attributed tensor, every node's account."""
 
     target: float            # total initial relevance (the target logits)
     at_wrt: float            # relevance that reached the attributed tensors
@@ -34,6 +40,8 @@ class ConservationReport:
     loss: float              # eaten by the epsilon stabiliser (or 0/0 with eps = 0)
     deficit: float           # softmax (and attention) non-conservation by design
     nodes: list[NodeAccount]
+    at_each: dict = field(default_factory=dict)  # attributed tensor -> its relevance
+    tolerance: float = 1e-9
 
     @property
     def ratio(self) -> float:
@@ -42,21 +50,40 @@ class ConservationReport:
 
     @property
     def max_residual(self) -> float:
-        """The largest per-node residual relative to that node's inflow."""
+        """The largest per-node residual relative to ``max(|inflow|, 1e-12 |target|)``."""
+        floor = 1e-12 * abs(self.target)
         worst = 0.0
         for a in self.nodes:
-            scale = max(abs(a.inflow), abs(a.outflow), abs(a.absorbed), 1e-300)
-            worst = max(worst, abs(a.residual) / scale)
+            worst = max(worst, abs(a.residual) / max(abs(a.inflow), floor, 1e-300))
         return worst
+
+    @property
+    def closing_error(self) -> float:
+        """``|target - (at inputs + absorbed + loss + deficit)|`` relative to the largest term."""
+        terms = (self.target, self.at_wrt, self.absorbed, self.loss, self.deficit)
+        scale = max(max(abs(t) for t in terms), 1e-300)
+        return abs(self.target - self.at_wrt - self.absorbed - self.loss - self.deficit) / scale
+
+    @property
+    def ok(self) -> bool:
+        """Every node's account and the totals close within the tolerance of the pass's dtype."""
+        values = [self.target, self.at_wrt, self.absorbed, self.loss, self.deficit]
+        return (all(np.isfinite(values)) and self.max_residual <= self.tolerance
+                and self.closing_error <= self.tolerance)
 
     def text(self, top: int = 8) -> str:
         lines = [
             f"target relevance      {self.target: .6e}",
             f"relevance at inputs   {self.at_wrt: .6e}  (ratio {self.ratio:.6f})",
+        ]
+        if len(self.at_each) > 1:
+            lines += [f"  at {name}: {value: .6e}" for name, value in self.at_each.items()]
+        lines += [
             f"absorbed by constants {self.absorbed: .6e}",
             f"epsilon loss          {self.loss: .6e}",
             f"softmax deficit       {self.deficit: .6e}",
             f"max node residual     {self.max_residual:.2e} (relative)",
+            f"books                 {'ok' if self.ok else 'NOT OK'} (tolerance {self.tolerance:g})",
         ]
         big = sorted(self.nodes, key=lambda a: -abs(a.absorbed))[:top]
         if big and abs(big[0].absorbed) > 0:
@@ -68,6 +95,34 @@ class ConservationReport:
         return self.text()
 
 
-def report(target_total: float, at_wrt: float, accounts: list[NodeAccount]) -> ConservationReport:
-    return ConservationReport(target_total, at_wrt, sum(a.absorbed for a in accounts),
-                              sum(a.loss for a in accounts), sum(a.deficit for a in accounts), accounts)
+class Ledger:
+    """The books of one relevance pass, one column per target.
+
+    ``mass[t]`` is the relevance that has arrived at tensor ``t`` so far (the per-target sum of every
+    piece sent there); a node's inflow is the mass of its outputs. ``rows`` are the node accounts."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.mass: dict[str, np.ndarray] = {}
+        self.rows: list[tuple] = []
+
+    def arrive(self, name: str, amount: np.ndarray) -> None:
+        self.mass[name] = self.mass.get(name, 0.0) + amount
+
+    def inflow(self, names) -> np.ndarray:
+        return sum((self.mass[n] for n in names if n in self.mass), np.zeros(self.k))
+
+    def book(self, node, rule: str, inflow, outflow, absorbed, loss, deficit) -> None:
+        self.rows.append((node.name, node.op_type, rule) + tuple(
+            np.broadcast_to(np.asarray(v, dtype=np.float64), (self.k,)) for v in (inflow, outflow, absorbed, loss, deficit)))
+
+    def reports(self, targets: np.ndarray, at_each: dict, dtype: str) -> list[ConservationReport]:
+        """One report per target column."""
+        tol = TOLERANCE.get(dtype, 1e-4)
+        out = []
+        for j in range(self.k):
+            nodes = [NodeAccount(n, op, rule, *(float(v[j]) for v in values)) for n, op, rule, *values in self.rows]
+            each = {name: float(v[j]) for name, v in at_each.items()}
+            out.append(ConservationReport(float(targets[j]), sum(each.values()), sum(a.absorbed for a in nodes),
+                                          sum(a.loss for a in nodes), sum(a.deficit for a in nodes), nodes, each, tol))
+        return out

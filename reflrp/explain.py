@@ -1,20 +1,28 @@
-"""``reflrp.explain``: forward pass, seed at the target, relevance pass, conservation report."""
+"""``reflrp.explain`` and ``reflrp.gradient``: forward pass, seed at the target(s), relevance pass, books."""
 from __future__ import annotations
 
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
-from .analysis import Plan, default_wrt
+from . import fast as fast_layer
+from . import options
+from .analysis import Plan
 from .backend import namespace, quiet, to_numpy
-from .conservation import ConservationReport, report
-from .errors import ReflrpError, TargetError
+from .conservation import Ledger
+from .errors import FeedError, ReflrpError, TargetError
+from .memory import reuse_during_call
 from .interpreter import check_feeds, execute, execute_segments, run_segment
-from .memory import apply_allocator_policy
-from .presets import EPSILON
-from .propagate import propagate
-from .rules import total
+from .propagate import Pass, propagate
+from .rules import formulas as plain_formulas
+from .targets import expand, one_seed, stacked_seeds
+
+
+class ReflrpWarning(UserWarning):
+    """The attribution was computed but its books do not close (e.g. a float16 pass that underflowed)."""
 
 
 @dataclass
@@ -23,15 +31,18 @@ class Attribution:
 
     Attributes
     ----------
-    relevance : tensor name -> relevance array, for every tensor that received relevance
-        (the attributed inputs and every latent tensor).
+    relevance : tensor name -> relevance array, for every tensor that received relevance (the attributed
+        tensors and, unless ``keep`` said otherwise, every latent tensor). With ``targets=[...]`` each
+        array has a leading target axis: ``(K,) + shape``.
     outputs : graph output name -> value (in the dtype the explanation ran in).
-    target : the class per batch row (int array), or the seed array when one was given.
-    seed : the initial relevance at ``output``.
+    target : the class per batch row (int array), or the seed array when one was given; a list with
+        ``targets=``.
+    seed : the initial relevance at ``output`` (``(K,) + shape`` with ``targets=``).
     output : the name of the explained graph output.
     wrt : the tensors relevance is attributed to.
     plan : the rule of every node.
-    conservation : per-node and total bookkeeping.
+    conservation : the books (a :class:`ConservationReport`; a list of K with ``targets=``; None for the
+        gradient presets, whose numbers are gradients, not relevance).
     """
 
     relevance: dict
@@ -41,158 +52,197 @@ class Attribution:
     output: str
     wrt: tuple
     plan: Plan
-    conservation: ConservationReport
+    conservation: Any
+    many: bool = False
 
     def __getitem__(self, name: str):
         return self.relevance[name]
 
     @property
-    def inputs(self) -> dict:
-        """Relevance at the attributed tensors (zeros where none arrived)."""
-        return {w: self.relevance[w] for w in self.wrt if w in self.relevance}
+    def at_wrt(self) -> dict:
+        """The relevance of each attributed tensor."""
+        return {w: self.relevance[w] for w in self.wrt}
 
     def numpy(self) -> "Attribution":
         """A copy with every array on the host as numpy."""
+        target = [to_numpy(t) for t in self.target] if self.many else to_numpy(self.target)
         return Attribution({k: to_numpy(v) for k, v in self.relevance.items()},
-                           {k: to_numpy(v) for k, v in self.outputs.items()}, to_numpy(self.target),
-                           to_numpy(self.seed), self.output, self.wrt, self.plan, self.conservation)
-
-
-def make_seed(xp, logits, target):
-    """The initial relevance at the explained output, and the target as reported.
-
-    None: per batch row the argmax (at the last position for 3-D logits). An int or 1-D int array:
-    the class per row (last position for 3-D). An array of the output's shape: the seed itself.
-    Otherwise the seed is the target logit's value there and zero elsewhere (LXT's convention)."""
-    shape = logits.shape
-    if target is not None and hasattr(target, "shape") and tuple(target.shape) == tuple(shape) and len(shape) > 1:
-        seed = xp.asarray(target).astype(logits.dtype)
-        if not bool(xp.isfinite(seed).all()):
-            raise TargetError("the target (initial relevance) array contains NaN or Inf")
-        return seed, seed
-    if logits.ndim < 2:
-        raise TargetError(f"cannot pick a class from an output of shape {tuple(shape)}; pass an initial "
-                          "relevance array of that shape as target")
-    rows = shape[0]
-    last = logits[:, -1] if logits.ndim == 3 else logits.reshape(rows, -1)
-    n = last.shape[-1]
-    if target is None:
-        classes = xp.argmax(last, axis=-1)
-    else:
-        t = np.asarray(to_numpy(target) if not isinstance(target, (int, np.integer, list, tuple)) else target)
-        if t.dtype.kind not in "iu":
-            raise TargetError(f"target must be class indices (int), got dtype {t.dtype}; or pass an array of "
-                              f"the output's shape {tuple(shape)} as the initial relevance")
-        t = np.broadcast_to(t, (rows,)) if t.ndim == 0 else t
-        if t.shape != (rows,):
-            raise TargetError(f"target has shape {t.shape}; expected one class per batch row ({rows},) or an "
-                              f"array of the output's shape {tuple(shape)}")
-        if t.min() < -n or t.max() >= n:
-            raise TargetError(f"target class out of range: got {t.tolist()}, the output has {n} classes")
-        classes = xp.asarray(t % n)
-    seed_last = xp.zeros(last.shape, dtype=logits.dtype)
-    idx = xp.arange(rows)
-    seed_last[idx, classes] = last[idx, classes]
-    seed = xp.zeros(shape, dtype=logits.dtype)
-    if logits.ndim == 3:
-        seed[:, -1] = seed_last
-    else:
-        seed = seed_last.reshape(shape)
-    return seed, classes
-
-
-def _seed(xp, logits, target, output):
-    if logits.dtype.kind != "f":
-        raise ReflrpError(f"output {output!r} is not a float tensor")
-    return make_seed(xp, logits, target)
+                           {k: to_numpy(v) for k, v in self.outputs.items()}, target, to_numpy(self.seed),
+                           self.output, self.wrt, self.plan, self.conservation, self.many)
 
 
 def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "attnlrp", dtype: Any = "float64",
             epsilon: float | None = None, wrt=None, rules: dict | None = None, output: str | None = None,
-            device: str | None = None, checkpoint: str | None = None, keep=None) -> Attribution:
+            device: str | None = None, checkpoint: str | None = None, keep=None, targets=None,
+            fast: bool | None = None) -> Attribution:
     """Explain one output of ``model`` on ``feeds`` with Layer-wise Relevance Propagation.
 
     Parameters
     ----------
     model : a :class:`reflrp.Model` (``reflrp.load(path)``) or anything ``reflrp.load`` accepts.
     feeds : graph input name -> array.
-    target : None (argmax per batch row, last position for 3-D logits), class indices per row, or an
-        array of the output's shape used as the initial relevance.
-    preset : ``"attnlrp"`` (AttnLRP, equal to LXT 2.1 efficient mode), ``"cp-lrp"`` or ``"epsilon"``.
-    dtype : ``"float64"`` (reference, default), ``"float32"``, or None to keep the model's types.
-    epsilon : the stabiliser; None uses the preset's (0 for attnlrp / cp-lrp, 1e-6 for epsilon).
-    wrt : tensor names to attribute to; default the float graph inputs (for a model fed token ids,
-        the output of the embedding Gather).
-    rules : overrides: op type or node-name pattern (glob, or ``re:`` regex) -> rule name.
+    target : None (argmax per batch row, last position for 3-D logits), class indices per row, an array
+        of the output's shape used as the initial relevance, or ``reflrp.contrastive(...)``.
+    targets : several targets explained in one pass (each anything ``target`` accepts, or the named
+        forms ``"all-classes"`` / ``"every-position"``); relevance arrays get a leading target axis.
+    preset : ``"attnlrp"`` (AttnLRP, equal to LXT 2.1 efficient mode), ``"cp-lrp"``, ``"epsilon"``,
+        ``"gradient"`` or ``"grad-x-input"``.
+    dtype : ``"float64"`` (reference, default), ``"float32"``, ``"float16"``, or None for the model's types.
+    epsilon : the stabiliser, a finite number >= 0; None uses the preset's (0 for attnlrp / cp-lrp,
+        1e-6 for epsilon).
+    wrt : tensor names to attribute to; default every float graph input and, for token-id inputs, the
+        output of the embedding Gather.
+    rules : overrides: op type, node-name glob or ``re:`` regex -> rule name (the first matching key wins).
     output : which graph output to explain (default the first).
-    device : None/"cpu" or "cuda" (cupy).
+    device : None / ``"cpu"`` or ``"cuda"`` (cupy).
     checkpoint : None keeps every activation for the relevance pass; ``"sqrt"`` keeps only the live
-        tensors at ~sqrt(steps) segment boundaries and recomputes each segment during the relevance
-        pass (peak activation memory ~ sqrt(layers); same numbers).
-    keep : None keeps the relevance of every tensor (without ``checkpoint``); a list of names keeps
-        only those and the attributed tensors, dropping latent relevance once it is passed on (less
-        memory). With ``checkpoint`` latent relevance is always dropped except for ``keep``.
+        tensors at ~sqrt(steps) segment boundaries and recomputes each segment during the relevance pass
+        (peak activation memory ~ sqrt(layers); same numbers).
+    keep : None keeps the relevance of every tensor (without ``checkpoint``); a list of names keeps only
+        those and the attributed tensors, dropping latent relevance once it is passed on.
+    fast : the speed layer (reflrp.fast); None: on unless ``REFLRP_FAST=0``. Same numbers.
     """
     from .model import Model, load
     if not isinstance(model, Model):
         model = load(model)
-    apply_allocator_policy()
     graph = model.graph
-    xp = namespace(device, feeds.values())
-    eps = EPSILON.get(preset, 0.0) if epsilon is None else float(epsilon)
-    wrt = tuple(wrt) if wrt is not None else default_wrt(graph)
-    if isinstance(wrt, str):
-        wrt = (wrt,)
-    known = set(graph.input_names) | {o for n in graph.nodes for o in n.outputs}
-    bad = [w for w in wrt if w not in known]
-    if bad or not wrt:
-        raise ReflrpError(f"wrt names no tensor of the graph: {bad or 'nothing to attribute to'}")
-    output = output or graph.output_names[0]
-    if output not in graph.output_names:
-        raise ReflrpError(f"output {output!r} is not a graph output; outputs: {list(graph.output_names)}")
-    if checkpoint not in (None, "sqrt"):
-        raise ReflrpError(f"checkpoint must be None or 'sqrt', not {checkpoint!r}")
+    chosen = options.preset(preset)
+    eps = options.epsilon(epsilon, chosen.epsilon)
+    output = options.output(graph, output)
+    checkpoint = options.checkpoint(checkpoint)
+    keep = options.names(graph, keep, "keep")
+    if target is not None and targets is not None:
+        raise TargetError("pass either target= or targets=, not both")
+    if not isinstance(feeds, Mapping):
+        raise FeedError(f"feeds must be a mapping of graph input name to array, not {type(feeds).__name__}")
     plan = model.plan(preset, epsilon=eps, wrt=wrt, rules=rules)
-    prep = model.prepared(dtype, xp)
+    xp = namespace(device, feeds.values())
+    fast = fast_layer.enabled(fast)
+    prep = model.prepared(dtype, xp, fast)
     checked = check_feeds(graph, feeds, prep.policy, xp)
-    kernels = {s.node.name: s for s in prep.steps}
-    accounts: list = []
-    if checkpoint is None:
-        values = execute(prep, graph, checked, keep=True)
-        outputs = {n: values[n] for n in graph.output_names}
-        shapes = {w: values[w].shape for w in wrt}
-        seed, classes = _seed(xp, outputs[output], target, output)
-        relevance = {output: seed}
-        kept = None if keep is None else set(wrt) | set(keep)
-        with quiet(xp):
-            propagate(plan.nodes, kernels, values, relevance, accounts, xp, eps, frozenset(wrt), kept)
-        del values
-    else:
-        n = len(prep.steps)
-        size = max(1, int(round(n ** 0.5)))
-        bounds = list(range(0, n, size)) + [n]
-        shapes = {w: checked[w].shape if w in checked else prep.constants[w].shape if w in prep.constants else None
-                  for w in wrt}
-        outputs, snapshots = execute_segments(prep, graph, checked, bounds, shapes)
-        seed, classes = _seed(xp, outputs[output], target, output)
-        relevance = {output: seed}
-        position = {s.node.name: i for i, s in enumerate(prep.steps)}
-        kept = set(wrt) | set(keep or ())
-        for seg in reversed(range(len(bounds) - 1)):
-            lo, hi = bounds[seg], bounds[seg + 1]
-            # folded nodes (no step) read only constants: they belong to the first segment
-            nodes = [p for p in plan.nodes if lo <= position.get(p.node.name, 0) < hi]
-            if not nodes:
-                continue
-            values = run_segment(prep, snapshots[seg], lo, hi)
-            with quiet(xp):
-                propagate(nodes, kernels, values, relevance, accounts, xp, eps, frozenset(wrt), kept)
-            del values
-            snapshots[seg] = None
-    at_wrt = sum(total(xp, relevance[w]) for w in wrt if w in relevance)
+    _check_attributed_feeds(xp, checked, plan.wrt)
+    kept = None if keep is None and checkpoint is None else frozenset(plan.wrt) | set(keep or ())
+    run = Pass(xp, eps, {s.node.name: s for s in prep.steps}, fast_layer.formulas if fast else plain_formulas,
+               frozenset(plan.wrt), kept, _hint(prep))
+
+    def seeds_for(outputs):
+        logits = outputs[output]
+        _check_logits(xp, logits, output)
+        if targets is None:
+            seed, reported = one_seed(xp, logits, target, chosen.seed)
+            seed = seed[None]
+        else:
+            seed, reported = stacked_seeds(xp, logits, expand(xp, logits, targets, chosen.seed), chosen.seed)
+        if not bool(xp.isfinite(seed).all()):
+            raise TargetError(f"the seed at output {output!r} is NaN or infinite: the target logit is not finite "
+                              "for these feeds (a non-finite feed, or a model overflowing in its dtype: try "
+                              "dtype='float64')")
+        return seed, reported
+
+    passes = _full_pass if checkpoint is None else _checkpointed_pass
+    with reuse_during_call() if fast else nullcontext():
+        outputs, seed, reported, relevance, ledger, shapes = passes(run, prep, graph, plan, checked, seeds_for,
+                                                                    output)
+    k = seed.shape[0]
     dt = outputs[output].dtype
-    for w in wrt:
+    for w in plan.wrt:
         if w not in relevance:
-            relevance[w] = xp.zeros(shapes[w], dtype=dt)
-    return Attribution(relevance, outputs, classes, seed, output, wrt, plan,
-                       report(total(xp, seed), at_wrt, accounts))
+            relevance[w] = xp.zeros((k,) + tuple(shapes[w]), dtype=dt)
+        elif chosen.times_input:
+            relevance[w] = relevance[w] * _value_of(prep, checked, w, relevance[w])
+    at_each = {w: run.formulas.totals(xp, relevance[w]) for w in plan.wrt}
+    reports = ledger.reports(run.formulas.totals(xp, seed), at_each, str(np.dtype(dt))) if chosen.conserving else None
+    _warn_if_open(reports)
+    many = targets is not None
+    if not many:
+        relevance = {n: r[0] for n, r in relevance.items()}
+        seed = seed[0]
+        reports = reports[0] if reports else None
+    return Attribution(relevance, outputs, reported, seed, output, plan.wrt, plan, reports, many)
+
+
+def _seeded(run, output, seed):
+    """The relevance dict and ledger of a pass that starts from ``seed`` at ``output``."""
+    ledger = Ledger(seed.shape[0])
+    ledger.arrive(output, run.formulas.totals(run.xp, seed))
+    return {output: seed}, ledger
+
+
+def _full_pass(run, prep, graph, plan, checked, seeds_for, output):
+    """Forward keeping every activation, then the relevance pass over all nodes."""
+    values = execute(prep, graph, checked, retain=True)
+    outputs = {n: values[n] for n in graph.output_names}
+    shapes = {w: values[w].shape for w in plan.wrt}
+    seed, reported = seeds_for(outputs)
+    relevance, ledger = _seeded(run, output, seed)
+    with quiet(run.xp):
+        propagate(run, plan.nodes, values, relevance, ledger)
+    return outputs, seed, reported, relevance, ledger, shapes
+
+
+def _checkpointed_pass(run, prep, graph, plan, checked, seeds_for, output):
+    """Forward keeping ~sqrt(steps) snapshots; each segment is rerun just before its relevance pass."""
+    n = len(prep.steps)
+    size = max(1, int(round(n ** 0.5)))
+    bounds = list(range(0, n, size)) + [n]
+    shapes = {w: checked[w].shape if w in checked else prep.constants[w].shape if w in prep.constants else None
+              for w in plan.wrt}
+    outputs, snapshots = execute_segments(prep, graph, checked, bounds, shapes)
+    seed, reported = seeds_for(outputs)
+    relevance, ledger = _seeded(run, output, seed)
+    position = {s.node.name: i for i, s in enumerate(prep.steps)}
+    for seg in reversed(range(len(bounds) - 1)):
+        lo, hi = bounds[seg], bounds[seg + 1]
+        # folded nodes (no step) read only constants: they belong to the first segment
+        nodes = [p for p in plan.nodes if lo <= position.get(p.node.name, 0) < hi]
+        if nodes:
+            values = run_segment(prep, snapshots[seg], lo, hi)
+            with quiet(run.xp):
+                propagate(run, nodes, values, relevance, ledger)
+            del values
+        snapshots[seg] = None
+    return outputs, seed, reported, relevance, ledger, shapes
+
+
+def _value_of(prep, checked, name, like):
+    value = checked.get(name, prep.constants.get(name))
+    if value is None:
+        raise ReflrpError(f"grad-x-input: the value of {name!r} is not available (attribute to a graph input)")
+    return value.astype(like.dtype, copy=False)
+
+
+def _check_attributed_feeds(xp, checked, wrt) -> None:
+    for w in wrt:
+        v = checked.get(w)
+        if v is not None and v.dtype.kind == "f" and v.size and not bool(xp.isfinite(v).all()):
+            raise FeedError(f"input {w!r} is attributed (wrt) but contains NaN or Inf; relevance of non-finite "
+                            "values is undefined")
+
+
+def _check_logits(xp, logits, output) -> None:
+    if logits.dtype.kind != "f":
+        raise TargetError(f"output {output!r} is not a float tensor (dtype {logits.dtype})")
+
+
+def _hint(prep) -> str:
+    if prep.policy is not None and prep.policy.itemsize >= 8:
+        return ""
+    return " Try dtype='float64' (or 'float32'): the pass ran in a lower precision."
+
+
+def _warn_if_open(reports) -> None:
+    for i, r in enumerate(reports or ()):
+        if not r.ok:
+            warnings.warn(f"the relevance books do not close{f' for target {i}' if len(reports) > 1 else ''}: "
+                          f"max node residual {r.max_residual:.2e}, totals off by {r.closing_error:.2e} "
+                          f"(tolerance {r.tolerance:g}); the attribution is not trustworthy", ReflrpWarning,
+                          stacklevel=3)
+
+
+def gradient(model, feeds: Mapping[str, Any], target: Any = None, wrt=None, dtype: Any = "float64",
+             output: str | None = None, targets=None, device: str | None = None, fast: bool | None = None) -> dict:
+    """The exact gradient of the target logit (summed over batch rows; per target with ``targets=``) with
+    respect to each ``wrt`` tensor, by chaining every op's adjoint: ``{name: array}``."""
+    att = explain(model, feeds, target=target, preset="gradient", dtype=dtype, wrt=wrt, output=output,
+                  targets=targets, device=device, fast=fast, keep=())
+    return att.at_wrt

@@ -15,34 +15,32 @@ from .backend import quiet
 from .dtypes import numpy_dtype
 from .errors import FeedError, KernelError, ReflrpError, UnsupportedOpError
 from .graph import Graph, Node
-from .ops import resolve
+from .ops import record, resolve
 
 
 @dataclass(frozen=True)
 class Step:
+    """One node ready to run: its kernel and adjoint for the model's opset, attributes under the policy."""
+
     node: Node
     fn: Callable
     attrs: dict
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    adjoint: Callable | None = None
 
 
 @dataclass
 class Prepared:
-    """What one (policy, xp) needs to run: folded constants, steps, and free lists."""
+    """What one (policy, xp, fast) needs to run: folded constants, steps, free lists, and (fast layer)
+    the shape cache."""
 
     xp: Any
     policy: np.dtype | None
     constants: dict
     steps: list[Step]
     frees: tuple = ()  # per step: the intermediates whose last reader it is
-    shape_only: frozenset = frozenset()  # step indices whose outputs depend on input shapes only
-    value_steps: tuple = ()  # the other step indices, in order
-    shape_cache: dict = None  # feed shape signature -> outputs of the shape-only steps
-
-    def __post_init__(self):
-        if self.shape_cache is None:
-            self.shape_cache = {}
+    shape_cache: Any = None  # reflrp.fast.ShapeCache when the fast layer is on
 
 
 def _policy_dtype(dt: np.dtype, policy: np.dtype | None) -> np.dtype:
@@ -83,15 +81,20 @@ def _call(step: Step, xp, args: list):
     return out
 
 
-def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
-    """Resolve kernels, cast constants under ``policy``, fold input-independent nodes."""
+def prepare(graph: Graph, policy: np.dtype | None, xp, fast: bool = False) -> Prepared:
+    """Resolve kernels and adjoints, cast constants under ``policy``, fold input-independent nodes.
+    With ``fast`` the speed layer's kernels and adjoints replace the plain ones where it has them."""
+    from . import fast as fast_layer
     constants = {k: xp.asarray(v.astype(_policy_dtype(v.dtype, policy), copy=False))
                  for k, v in graph.initializers.items()}
     steps: list[Step] = []
     inputs = set(graph.input_names)
     for node in graph.nodes:
-        step = Step(node, resolve(node.op_type, graph.opset, node.label()), _attrs_for(node, policy),
-                    node.inputs, node.outputs)
+        fn = resolve(node.op_type, graph.opset, node.label())
+        vjp = record(node.op_type).adjoint_for(graph.opset)
+        if fast:
+            fn, vjp = fast_layer.kernel(node.op_type, fn), fast_layer.adjoint(node.op_type, vjp)
+        step = Step(node, fn, _attrs_for(node, policy), node.inputs, node.outputs, vjp)
         if all(not n or n in constants for n in node.inputs) and not (set(node.inputs) & inputs):
             with quiet(xp):
                 values = _call(step, xp, [constants[n] if n else None for n in node.inputs])
@@ -103,29 +106,13 @@ def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
         for n in step.inputs:
             if n and n not in constants:
                 last_use[n] = i
-    # shape arithmetic and masks that depend on the feeds' shapes but not their values: computed
-    # once per shape signature (Shape reads only a shape; everything else needs shape-only inputs)
-    shape_only, known = set(), set(constants)
-    float_dependent = {v.name for v in graph.inputs if v.dtype is not None and v.dtype.kind == "f"}
-    cacheable = True
-    for i, step in enumerate(steps):
-        if step.node.op_type in ("Shape", "Size") or all(not n or n in known for n in step.inputs):
-            shape_only.add(i)
-            known.update(n for n in step.outputs if n)
-        elif any(n in float_dependent for n in step.inputs):
-            float_dependent.update(n for n in step.outputs if n)
-            # float values turned into integers could become shape arguments: no shape cache then
-            # (integer feeds are part of the cache key, so ids-driven shapes are safe)
-            to_int = step.node.op_type in ("ArgMax", "ArgMin") or (
-                step.node.op_type == "Cast" and np.dtype(step.attrs["to"]).kind in "iub")
-            cacheable = cacheable and not to_int
-    if not cacheable:
-        shape_only = set()
-    value_steps = tuple(i for i in range(len(steps)) if i not in shape_only)
     outputs = set(graph.output_names)
     frees = tuple(tuple(n for n in dict.fromkeys(step.inputs) if n and last_use.get(n) == i and n not in outputs)
                   for i, step in enumerate(steps))
-    return Prepared(xp, policy, constants, steps, frees, frozenset(shape_only), value_steps)
+    prep = Prepared(xp, policy, constants, steps, frees)
+    if fast:
+        prep.shape_cache = fast_layer.ShapeCache.for_steps(graph, steps, constants)
+    return prep
 
 
 def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None, xp, allow_nan=False) -> dict:
@@ -168,31 +155,19 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None,
     return out
 
 
-def _run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=frozenset(), fresh=None,
-               shapes=None) -> None:
+def run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=frozenset(), shapes=None) -> None:
     """Run ``prep.steps[i]`` for ``i`` in ``indices`` on ``env`` in place (the one forward loop).
 
-    ``free`` drops intermediates after their last reader (except ``kept``); ``fresh`` collects the
-    outputs of shape-only steps for the shape cache."""
-    xp, steps, frees, shape_only = prep.xp, prep.steps, prep.frees, prep.shape_only
+    ``free`` drops intermediates after their last reader (except ``kept``); ``shapes`` (a dict keyed
+    by tensor names) receives the shapes of those tensors as they are computed."""
+    xp, steps, frees = prep.xp, prep.steps, prep.frees
     with quiet(xp):
         for i in indices:
             step = steps[i]
-            try:
-                out = step.fn(xp, *[env[n] if n else None for n in step.inputs], **step.attrs)
-            except Exception:  # redo through _call for the error that names the node
-                _call(step, xp, [env[n] if n else None for n in step.inputs])
-                raise
-            if type(out) is not tuple:
-                env[step.outputs[0]] = out
-            else:
-                if len(out) < len(step.outputs):
-                    out = _call(step, xp, [env[n] if n else None for n in step.inputs])
-                for n, v in zip(step.outputs, out):
-                    if n:
-                        env[n] = v
-            if fresh is not None and i in shape_only:
-                fresh.update((n, env[n]) for n in step.outputs if n)
+            out = _call(step, xp, [env[n] if n else None for n in step.inputs])
+            for n, v in zip(step.outputs, out):
+                if n:
+                    env[n] = v
             if shapes is not None:
                 shapes.update((n, env[n].shape) for n in step.outputs if n in shapes)
             if free:
@@ -201,48 +176,38 @@ def _run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=froze
                         env.pop(n, None)
 
 
-def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
-    """Run the steps. ``keep`` names intermediates to return too; ``keep=True`` keeps every tensor."""
+def execute(prep: Prepared, graph: Graph, feeds: dict, retain=()) -> dict:
+    """Run the steps and return the graph outputs, then the tensors named in ``retain``;
+    ``retain=True`` returns every tensor (the relevance pass reads them all)."""
     env = dict(prep.constants)
     env.update(feeds)
-    keep_all = keep is True
-    held = set(graph.output_names) | (set() if keep_all else set(keep))
-    signature = tuple((k, tuple(v.shape), v.dtype.str, v.tobytes() if v.dtype.kind in "iub" else None)
-                      for k, v in sorted(feeds.items()))
-    cached = prep.shape_cache.get(signature)
-    fresh = None if cached is not None or not prep.shape_only else {}
-    if cached is not None:
-        env.update(cached)
-    order = prep.value_steps if cached is not None else range(len(prep.steps))
-    _run_steps(prep, env, order, free=not keep_all, kept=held - set(graph.output_names), fresh=fresh)
-    if fresh is not None:
-        if len(prep.shape_cache) >= 16:  # bounded: forget the oldest signature
-            prep.shape_cache.pop(next(iter(prep.shape_cache)))
-        prep.shape_cache[signature] = fresh
-    shared = cached if cached is not None else fresh
-    if shared:  # the caller gets copies: the cache's arrays must stay as they are
-        for n in held & shared.keys():  # (with keep=True only the graph outputs leave explain)
-            env[n] = env[n].copy()
+    keep_all = retain is True
+    held = set(graph.output_names) | (set() if keep_all else set(retain))
+    order, cached = range(len(prep.steps)), frozenset()
+    if prep.shape_cache is not None:
+        order, cached = prep.shape_cache.restore(env, feeds)
+    run_steps(prep, env, order, free=not keep_all, kept=(held - set(graph.output_names)) | cached)
+    if prep.shape_cache is not None:
+        prep.shape_cache.remember(env, feeds, held)
     if keep_all:
         return env
     missing = [n for n in held if n not in env]
     if missing:
         raise ReflrpError(f"tensors {missing} were asked to be kept but no node produces them")
-    return {n: env[n] for n in graph.output_names} | {n: env[n] for n in keep if n not in graph.output_names}
+    return {n: env[n] for n in graph.output_names} | {n: env[n] for n in retain if n not in graph.output_names}
 
 
 def execute_segments(prep: Prepared, graph: Graph, feeds: dict, bounds: list[int], shapes=None):
     """Forward pass that snapshots the live tensors at the start of each segment ``bounds[i]:bounds[i+1]``.
 
     Returns (graph outputs, snapshots); a snapshot plus the constants is enough to rerun its segment
-    (``run_segment``). Only tensors still needed later are alive, so snapshots are small. ``shapes``
-    (a dict keyed by tensor names) receives the shapes of those tensors as they are computed."""
+    (``run_segment``). Only tensors still needed later are alive, so snapshots are small."""
     env = dict(prep.constants)
     env.update(feeds)
     snapshots = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         snapshots.append({k: v for k, v in env.items() if k not in prep.constants})
-        _run_steps(prep, env, range(lo, hi), shapes=shapes)
+        run_steps(prep, env, range(lo, hi), shapes=shapes)
     return {n: env[n] for n in graph.output_names}, snapshots
 
 
@@ -250,5 +215,5 @@ def run_segment(prep: Prepared, snapshot: dict, lo: int, hi: int) -> dict:
     """Rerun steps ``lo:hi`` from a snapshot, keeping every tensor (for the relevance pass)."""
     env = dict(prep.constants)
     env.update(snapshot)
-    _run_steps(prep, env, range(lo, hi), free=False)
+    run_steps(prep, env, range(lo, hi), free=False)
     return env

@@ -1,32 +1,41 @@
-"""The host allocator policy: keep freed buffers for reuse instead of handing them back to the OS.
+"""The host allocator policy: keep freed buffers for reuse during a call instead of handing them back.
 
 A forward or relevance pass allocates and frees many arrays of the same few sizes (activations,
 attention scores). glibc's default policy serves blocks above ~128 KiB with ``mmap`` and gives them
 back on ``free``, and trims the top of the heap as soon as a few hundred KiB there are free; every
-new array then costs page faults (the kernel zeroes each 4 KiB page): a quarter of an explain call
-at the larger benchmark shapes (``python tools/ab.py --knob allocator``). onnxruntime avoids the same cost
-with its memory arena; reflrp asks glibc to behave like one:
+new array then costs page faults (the kernel zeroes each 4 KiB page). onnxruntime avoids the same cost
+with its memory arena. reflrp's speed layer asks glibc to behave like one *for the duration of a call*:
+arrays up to 32 MiB come from the heap and up to 1 GiB of free heap is kept; when the call returns,
+glibc's default thresholds (128 KiB) are set again, so the process is left as it was (except that
+glibc's own dynamic adjustment of those thresholds stays off once they were set explicitly).
 
-- arrays up to 32 MiB (glibc's largest mmap threshold) come from the heap, and
-- up to 1 GiB of free memory at the top of the heap is kept for the next arrays.
+Policies (``set_allocator_policy`` or ``REFLRP_MALLOC`` in the environment):
 
-The policy is applied once, on the first :meth:`reflrp.Model.run` or :func:`reflrp.explain` call
-(importing reflrp changes nothing), only under glibc (elsewhere it is a no-op), and can be turned
-off with ``REFLRP_MALLOC=system`` in the environment or :func:`set_allocator_policy("system")`
-before the first call. :func:`release_memory` hands the kept free memory back to the OS.
-Numbers are identical either way: only where buffers come from changes.
+- ``"call"`` (default): as above, only inside ``run`` / ``explain`` calls with the speed layer on;
+- ``"reuse"``: the same thresholds for the whole process, from now on (what onnxruntime's arena does);
+- ``"system"``: glibc is never touched.
+
+Only under glibc (elsewhere a no-op); numbers are identical either way: only where buffers come from
+changes. :func:`release_memory` hands the kept free memory back to the OS.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+from contextlib import contextmanager
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 2**30
+GLIBC_DEFAULT = 128 * 1024
+POLICIES = ("call", "reuse", "system")
 
-_state = {"policy": None, "applied": False}
+
+class _Settings:
+    """The chosen policy (set by the user, once per process, never by a call)."""
+
+    policy: str | None = None
 
 
 def _libc():
@@ -40,39 +49,46 @@ def _libc():
 
 
 def allocator_policy() -> str:
-    """``"reuse"`` (the default) or ``"system"`` (glibc's own heuristics left alone)."""
-    if _state["policy"] is None:
-        env = os.environ.get("REFLRP_MALLOC", "reuse").strip().lower()
-        _state["policy"] = "system" if env in ("system", "default", "off", "0") else "reuse"
-    return _state["policy"]
+    """``"call"`` (the default), ``"reuse"`` or ``"system"``."""
+    if _Settings.policy is None:
+        env = os.environ.get("REFLRP_MALLOC", "call").strip().lower()
+        _Settings.policy = env if env in POLICIES else "system" if env in ("default", "off", "0") else "call"
+    return _Settings.policy
 
 
-def set_allocator_policy(policy: str) -> None:
-    """Choose ``"reuse"`` or ``"system"``. It takes effect at the next call if none was made yet;
-    once ``"reuse"`` was applied, ``"system"`` restores glibc's default thresholds (128 KiB) and trims."""
-    if policy not in ("reuse", "system"):
-        raise ValueError(f"allocator policy must be 'reuse' or 'system', not {policy!r}")
-    _state["policy"] = policy
-    if _state["applied"] and policy == "system":
-        libc = _libc()
-        if libc is not None:
-            libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-            libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
-            libc.malloc_trim(0)
-        _state["applied"] = False
-    elif policy == "reuse":
-        _state["applied"] = False  # applied again at the next call
-
-
-def apply_allocator_policy() -> bool:
-    """Apply the policy (once); True when glibc's thresholds were set."""
-    if _state["applied"] or allocator_policy() != "reuse":
-        return False
-    _state["applied"] = True
+def _set(mmap_threshold: int, trim_threshold: int) -> bool:
     libc = _libc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def set_allocator_policy(policy: str) -> None:
+    """Choose ``"call"``, ``"reuse"`` (applied now, process-wide) or ``"system"`` (glibc's defaults set
+    again now, and the kept memory trimmed)."""
+    if policy not in POLICIES:
+        from .errors import ReflrpError
+        raise ReflrpError(f"allocator policy must be one of {list(POLICIES)}, not {policy!r}")
+    _Settings.policy = policy
+    if policy == "reuse":
+        _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+    else:
+        _set(GLIBC_DEFAULT, GLIBC_DEFAULT)
+        release_memory()
+
+
+@contextmanager
+def reuse_during_call():
+    """The ``"call"`` policy: reuse freed buffers inside the block, glibc's defaults again after it."""
+    if allocator_policy() != "call":
+        yield
+        return
+    applied = _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+    try:
+        yield
+    finally:
+        if applied:
+            _set(GLIBC_DEFAULT, GLIBC_DEFAULT)
 
 
 def release_memory() -> None:

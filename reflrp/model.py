@@ -1,23 +1,27 @@
-"""``reflrp.load`` and the :class:`Model` it returns."""
+"""``reflrp.load``, the :class:`Model` it returns, and an onnxruntime-style :class:`InferenceSession`."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 
 from . import onnx_import
 from .backend import float_policy, namespace
+from .errors import FeedError
 from .graph import Graph
 from .interpreter import Prepared, check_feeds, execute, prepare
-from .memory import apply_allocator_policy
 
 
 class Model:
-    """A loaded ONNX model: the frozen graph plus prepared forward plans, cached per dtype and device."""
+    """A loaded ONNX model: the frozen graph plus prepared forward plans, cached per dtype, device and
+    speed layer, and relevance plans, cached per preset and options."""
 
-    def __init__(self, graph: Graph, source: str = "<model>"):
+    def __init__(self, graph: Graph, source: str = "<model>", digest: str | None = None):
         self.graph = graph
         self.source = source
+        self.sha256 = digest  # of the model bytes, when loaded from a file or bytes
         self._prepared: dict[tuple, Prepared] = {}
         self._plans: dict[tuple, object] = {}
 
@@ -33,16 +37,16 @@ class Model:
     def output_names(self) -> tuple[str, ...]:
         return self.graph.output_names
 
-    def prepared(self, dtype: Any = None, xp: Any = np) -> Prepared:
+    def prepared(self, dtype: Any = None, xp: Any = np, fast: bool = True) -> Prepared:
         """The forward plan for float policy ``dtype`` on namespace ``xp`` (built once, then cached)."""
         policy = float_policy(dtype)
-        key = (None if policy is None else policy.str, xp.__name__)
+        key = (None if policy is None else policy.str, xp.__name__, fast)
         if key not in self._prepared:
-            self._prepared[key] = prepare(self.graph, policy, xp)
+            self._prepared[key] = prepare(self.graph, policy, xp, fast)
         return self._prepared[key]
 
-    def run(self, feeds: Mapping[str, Any], dtype: Any = None, keep=(), device: str | None = None,
-            allow_nan: bool = False) -> dict:
+    def run(self, feeds: Mapping[str, Any], dtype: Any = None, intermediates=(), device: str | None = None,
+            fast: bool | None = None) -> dict:
         """Run the forward pass.
 
         Parameters
@@ -50,30 +54,46 @@ class Model:
         feeds : mapping of graph input name to array (numpy, or cupy for a GPU run).
         dtype : None keeps the model's float types; ``"float64"`` upcasts every float initializer,
             constant, cast and feed so the whole model runs in float64 (the reference mode).
-        keep : names of intermediate tensors to return besides the graph outputs.
+        intermediates : names of inner tensors to return besides the graph outputs.
         device : None / ``"cpu"`` (numpy unless the feeds are cupy arrays) or ``"cuda"`` (cupy).
-        allow_nan : a NaN in a float feed is an error unless this is True (+-inf is allowed: masks).
+        fast : the speed layer (reflrp.fast); None: on unless ``REFLRP_FAST=0``. Same numbers.
 
         Returns
         -------
         dict of tensor name to array, graph outputs first.
         """
-        apply_allocator_policy()
+        from . import fast as fast_layer
+        if feeds is None or not isinstance(feeds, Mapping):
+            raise FeedError(_run_usage(feeds, dtype))
+        from .memory import reuse_during_call
+        from .options import names
         xp = namespace(device, feeds.values())
-        prep = self.prepared(dtype, xp)
-        return execute(prep, self.graph, check_feeds(self.graph, feeds, prep.policy, xp, allow_nan), keep)
-
+        fast = fast_layer.enabled(fast)
+        prep = self.prepared(dtype, xp, fast)
+        names(self.graph, intermediates, "intermediates")
+        with reuse_during_call() if fast else nullcontext():
+            return execute(prep, self.graph, check_feeds(self.graph, feeds, prep.policy, xp, allow_nan=True),
+                           intermediates)
 
     def plan(self, preset: str = "attnlrp", epsilon: float | None = None, wrt=None, rules: dict | None = None):
         """The rule of every node under ``preset`` (a :class:`reflrp.analysis.Plan`; print it for a table)."""
+        from . import options
         from .analysis import build_plan, default_wrt
-        from .presets import EPSILON
-        eps = EPSILON.get(preset, 0.0) if epsilon is None else float(epsilon)
-        wrt = tuple(wrt) if wrt is not None else default_wrt(self.graph)
-        key = (preset, eps, wrt, tuple(sorted((rules or {}).items())))
+        chosen = options.preset(preset)
+        eps = options.epsilon(epsilon, chosen.epsilon)
+        wrt = options.names(self.graph, wrt, "wrt") or default_wrt(self.graph)
+        overrides = options.resolve_overrides(self.graph, rules)
+        key = (preset, eps, wrt, tuple(sorted(overrides.items())))
         if key not in self._plans:
-            self._plans[key] = build_plan(self.graph, preset, eps, wrt, rules)
+            self._plans[key] = build_plan(self.graph, chosen, eps, wrt, overrides)
         return self._plans[key]
+
+
+def _run_usage(feeds, second) -> str:
+    if feeds is None and isinstance(second, Mapping):
+        return ("Model.run takes the feeds first: model.run({name: array}) (onnxruntime's "
+                "session.run(None, feeds) habit? use reflrp.InferenceSession(path).run(None, feeds))")
+    return f"feeds must be a mapping of graph input name to array, not {type(feeds).__name__}"
 
 
 def load(source: Any) -> Model:
@@ -89,4 +109,45 @@ def load(source: Any) -> Model:
     for node in graph.nodes:  # fail at load, not at the first run, on ops with no kernel
         resolve(node.op_type, graph.opset, node.label())
     name = str(source) if isinstance(source, (str,)) or hasattr(source, "__fspath__") else "<model>"
-    return Model(graph, name)
+    return Model(graph, name, onnx_import.digest(source, proto))
+
+
+class _ValueInfo:
+    """What onnxruntime's ``NodeArg`` tells: name, shape and type (``tensor(float)``)."""
+
+    def __init__(self, info):
+        self.name, self.shape = info.name, list(info.shape) if info.shape is not None else None
+        self.type = f"tensor({_ORT_TYPE.get(str(info.dtype), str(info.dtype))})"
+
+    def __repr__(self) -> str:
+        return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape})"
+
+
+_ORT_TYPE = {"float32": "float", "float64": "double", "int64": "int64", "int32": "int32", "bool": "bool",
+             "float16": "float16", "uint8": "uint8", "int8": "int8"}
+
+
+class InferenceSession:
+    """reflrp's forward with onnxruntime's interface, so test suites written for onnxruntime can swap it
+    in: ``InferenceSession(path).run(output_names, input_feed) -> list of arrays``."""
+
+    def __init__(self, path_or_bytes, sess_options=None, providers=None, **_):
+        self.model = path_or_bytes if isinstance(path_or_bytes, Model) else load(path_or_bytes)
+
+    def get_inputs(self):
+        return [_ValueInfo(v) for v in self.model.graph.inputs]
+
+    def get_outputs(self):
+        return [_ValueInfo(v) for v in self.model.graph.outputs]
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+    def run(self, output_names, input_feed, run_options=None) -> list:
+        if not isinstance(input_feed, Mapping):
+            raise FeedError(f"InferenceSession.run(output_names, input_feed): input_feed must be a mapping "
+                            f"of input name to array, not {type(input_feed).__name__}")
+        wanted = list(output_names) if output_names else list(self.model.output_names)
+        extra = [n for n in wanted if n not in self.model.output_names]
+        out = self.model.run(input_feed, intermediates=extra)
+        return [out[n] for n in wanted]

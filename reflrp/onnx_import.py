@@ -1,6 +1,7 @@
 """ONNX -> :class:`reflrp.graph.Graph`. The only module that imports ``onnx``."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,14 @@ def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
     if tt.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
     return ValueInfo(v.name, dtype, shape)
+
+
+def digest(source: Any, proto: onnx.ModelProto) -> str:
+    """sha256 of the model's bytes (the file's, the bytes given, or the proto serialized)."""
+    if isinstance(source, (str, os.PathLike)):
+        data = Path(source).read_bytes()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = proto.SerializeToString()
+    return hashlib.sha256(data).hexdigest()

@@ -1,83 +1,93 @@
-"""The relevance pass: reverse topological order, one rule per node, fan-out sums."""
+"""The relevance pass: reverse topological order, one rule per node, fan-out sums, the books."""
 from __future__ import annotations
 
-from .conservation import NodeAccount
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
 from .errors import ReflrpError, RuleError
-from .rules import RULES, Context, forget_totals, note_total, total
+from .ops import record
+from .rules import RULES, Context
 
 
-def propagate(plan_nodes, kernels: dict, values: dict, relevance: dict, accounts: list, xp, eps: float,
-              stop=frozenset(), keep=None) -> None:
-    """Walk ``plan_nodes`` backward, updating ``relevance`` (tensor -> array) and ``accounts`` in place.
+@dataclass(frozen=True)
+class Pass:
+    """What one relevance pass needs besides the values: the namespace, epsilon, the prepared forward
+    steps (kernels, attributes, adjoints) by node name, the formulas, where relevance stops, and which
+    latent relevance to keep (None: all)."""
 
-    ``values`` holds the forward tensors these nodes read and write; ``kernels`` maps node names to
-    their prepared forward steps (rules may rerun a kernel). A node's output values are dropped from
-    ``values`` once its rule ran: every rule that reads a tensor (its consumers', its producer's)
-    comes before that in reverse order, and the memory serves the relevance arrays that follow.
-    Relevance does not flow past tensors in ``stop`` (the attributed tensors). With ``keep`` a set
-    of names, the relevance of other tensors is dropped once their producer has passed it on."""
-    mass = {name: total(xp, r) for name, r in relevance.items()}  # sum of each tensor's relevance so far
-    single = set(mass)  # tensors whose relevance array came in one piece: its total is its mass
-    try:
-        for p in reversed(plan_nodes):
-            _node(p, kernels, values, relevance, accounts, xp, eps, stop, keep, mass, single)
-            forget_totals()
-            for o in p.node.outputs:
-                values.pop(o, None)
-    finally:
-        forget_totals()
+    xp: Any
+    eps: float
+    steps: dict
+    formulas: Any
+    stop: frozenset
+    keep: frozenset | None = None
+    hint: str = ""  # appended to a non-finite error (what to try)
 
 
-def _node(p, kernels, values, relevance, accounts, xp, eps, stop, keep, mass, single) -> None:
-    """Apply one node's rule and book it."""
+def propagate(run: Pass, plan_nodes, values: dict, relevance: dict, ledger) -> None:
+    """Walk ``plan_nodes`` backward, updating ``relevance`` (tensor -> array with a leading target axis)
+    and the ``ledger`` in place. A node's output values are dropped from ``values`` once its rule ran:
+    every rule that reads them comes before that in reverse order."""
+    for p in reversed(plan_nodes):
+        _node(run, p, values, relevance, ledger)
+        for o in p.node.outputs:
+            values.pop(o, None)
+
+
+def _context(run: Pass, p) -> Context:
+    node = p.node
+    step = run.steps.get(node.name)
+    rec = record(node.op_type)
+    return Context(node, run.xp, run.eps, p.dynamic, step.attrs if step else dict(node.attrs), p.info,
+                   step.fn if step else None, step.adjoint if step else None,
+                   rec.addend_inputs(len(node.inputs)) if rec else (), run.formulas)
+
+
+def _node(run: Pass, p, values, relevance, ledger) -> None:
+    """Apply one node's rule, check it stayed finite, send the pieces on and book it."""
     node = p.node
     R_out = [relevance.get(o) if o else None for o in node.outputs]
-    if p.rule is None or all(r is None for r in R_out) or set(node.outputs) & stop:
+    if p.rule is None or all(r is None for r in R_out) or set(node.outputs) & run.stop:
         return
-    for o, r in zip(node.outputs, R_out):
-        if r is not None and o in single:
-            note_total(r, mass[o])
-    step = kernels.get(node.name)
-    ctx = Context(node, xp, eps, p.dynamic, step.fn if step else None,
-                  step.attrs if step else dict(node.attrs), p.info)
+    ctx = _context(run, p)
     inputs = [values[i] if i else None for i in node.inputs]
     outputs = [values.get(o) if o else None for o in node.outputs]
     try:
         result = RULES[p.rule](ctx, inputs, outputs, R_out)
-    except ReflrpError:
-        raise
+    except ReflrpError as exc:  # a limitation of the rule or adjoint at this node
+        raise RuleError(f"{node.label()}: {exc}" if node.name not in str(exc) else str(exc)) from None
     except Exception as exc:
         raise RuleError(f"{node.label()}: rule {p.rule!r} failed: {type(exc).__name__}: {exc}") from None
-    given = absorbed = 0.0
-    for name, dyn, r in zip(node.inputs, p.dynamic, result.inputs):
-        if r is None:
-            continue
-        share = total(xp, r)
+    inflow = ledger.inflow([o for o, r in zip(node.outputs, R_out) if r is not None])
+    given, absorbed = np.zeros(ledger.k), np.asarray(result.absorbed, dtype=np.float64)
+    pieces = [(name, dyn, r) for name, dyn, r in zip(node.inputs, p.dynamic, result.inputs) if r is not None]
+    pieces += [(name, True, r) for name, r in result.extra.items()]
+    for name, dyn, r in pieces:
+        share = ctx.totals(r)
+        if not np.all(np.isfinite(share)):
+            raise _non_finite(run, p, name)
         if dyn:
-            _add(relevance, single, name, r)
-            mass[name] = mass.get(name, 0.0) + share
-            given += share
+            _accumulate(relevance, name, r)
+            ledger.arrive(name, share)
+            given = given + share
         else:
-            absorbed += share
-    for name, r in result.extra.items():
-        _add(relevance, single, name, r)
-        share = total(xp, r)
-        mass[name] = mass.get(name, 0.0) + share
-        given += share
-    inflow = sum(mass.get(o, 0.0) for o, r in zip(node.outputs, R_out) if r is not None)
-    accounts.append(NodeAccount(node.name, node.op_type, p.rule, inflow,
-                                given, absorbed + result.absorbed, result.loss, result.deficit))
-    if keep is not None:
+            absorbed = absorbed + share
+    if not (np.all(np.isfinite(absorbed)) and np.all(np.isfinite(result.loss)) and np.all(np.isfinite(result.deficit))):
+        raise _non_finite(run, p, "its books")
+    ledger.book(node, p.rule, inflow, given, absorbed, result.loss, result.deficit)
+    if run.keep is not None:
         for o in node.outputs:
-            if o not in keep:
+            if o not in run.keep:
                 relevance.pop(o, None)
 
 
-def _add(relevance: dict, single: set, name: str, r) -> None:
-    """Accumulate ``r`` into ``relevance[name]`` (fan-out sums), tracking one-piece arrays."""
-    if name in relevance:
-        relevance[name] = relevance[name] + r
-        single.discard(name)
-    else:
-        relevance[name] = r
-        single.add(name)
+def _non_finite(run: Pass, p, where: str) -> RuleError:
+    return RuleError(f"{p.node.label()}: relevance became NaN or infinite (rule {p.rule!r}, at {where!r}); "
+                     f"this is the first node where it happened.{run.hint}")
+
+
+def _accumulate(relevance: dict, name: str, r) -> None:
+    """Fan-out: a tensor read by several nodes receives the sum of what they send."""
+    relevance[name] = relevance[name] + r if name in relevance else r

@@ -40,7 +40,7 @@ def test_manifest_matches_files(name):
 def test_keep_returns_intermediates():
     m = model("llama")
     inner = next(n.outputs[0] for n in m.graph.nodes if n.op_type == "Softmax")
-    out = m.run(feeds("llama"), keep=[inner])
+    out = m.run(feeds("llama"), intermediates=[inner])
     assert out[inner].shape[-1] == out[inner].shape[-2]
     np.testing.assert_allclose(out[inner].sum(-1), 1.0, rtol=1e-5)
 

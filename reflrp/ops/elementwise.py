@@ -1,40 +1,32 @@
-"""Elementwise kernels: unary math, activations, binary arithmetic, comparisons, logic, Where."""
+"""Elementwise kernels and their adjoints: unary math, activations, binary arithmetic, comparisons,
+logic, Where."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 
 from ..backend import erf
 from ..errors import UnsupportedOpError
-from . import kernel
+from . import adjoint, kernel
+from . import kinds as K
+from .grad import select, unbroadcast, winners
 
 
-def _unary(op: str, fn, since: int = 1):
+def _unary(op: str, fn, derivative, kind: str = K.ACTIVATION, since: int = 1):
+    """Register a one-input elementwise op: ``y = fn(x)``, adjoint ``G * derivative(x, y)``."""
     def run(xp, x, **_):
         return fn(xp, x)
     run.__name__ = op
-    kernel(op, since)(run)
+    kernel(op, since, kind=kind)(run)
+
+    def vjp(xp, G, inputs, outputs, attrs, need):
+        return [G[0] * derivative(xp, inputs[0], outputs[0])]
+    adjoint(op)(vjp)
 
 
-for _op, _fn in {
-    "Abs": lambda xp, x: xp.abs(x), "Neg": lambda xp, x: -x, "Exp": lambda xp, x: xp.exp(x),
-    "Log": lambda xp, x: xp.log(x), "Sqrt": lambda xp, x: xp.sqrt(x), "Floor": lambda xp, x: xp.floor(x),
-    "Ceil": lambda xp, x: xp.ceil(x), "Round": lambda xp, x: xp.round(x), "Sign": lambda xp, x: xp.sign(x),
-    "Sin": lambda xp, x: xp.sin(x), "Cos": lambda xp, x: xp.cos(x), "Tan": lambda xp, x: xp.tan(x),
-    "Asin": lambda xp, x: xp.arcsin(x), "Acos": lambda xp, x: xp.arccos(x), "Atan": lambda xp, x: xp.arctan(x),
-    "Sinh": lambda xp, x: xp.sinh(x), "Cosh": lambda xp, x: xp.cosh(x), "Tanh": lambda xp, x: xp.tanh(x),
-    "Asinh": lambda xp, x: xp.arcsinh(x), "Acosh": lambda xp, x: xp.arccosh(x), "Atanh": lambda xp, x: xp.arctanh(x),
-    "Reciprocal": lambda xp, x: (1 / x).astype(x.dtype, copy=False),
-    "Not": lambda xp, x: xp.logical_not(x), "IsNaN": lambda xp, x: xp.isnan(x),
-    "Erf": lambda xp, x: erf(xp, x).astype(x.dtype, copy=False),
-    "Relu": lambda xp, x: xp.maximum(x, x.dtype.type(0)),
-    "Sigmoid": lambda xp, x: _sigmoid(xp, x),
-    "Softsign": lambda xp, x: x / (1 + xp.abs(x)),
-    "Softplus": lambda xp, x: xp.logaddexp(x, x.dtype.type(0)),
-    "Mish": lambda xp, x: x * xp.tanh(xp.logaddexp(x, x.dtype.type(0))),
-    "HardSwish": lambda xp, x: x * xp.clip(x / 6 + x.dtype.type(0.5), 0, 1),
-}.items():
-    _unary(_op, _fn)
+def _zero(xp, x, y):
+    return xp.zeros(x.shape, dtype=x.dtype)
 
 
 def _sigmoid(xp, x):
@@ -46,71 +38,170 @@ def _sigmoid(xp, x):
     return y
 
 
-@kernel("Identity")
+def _mish_derivative(xp, x, y):
+    t = xp.tanh(xp.logaddexp(x, x.dtype.type(0)))
+    return t + x * _sigmoid(xp, x) * (1 - t * t)
+
+
+_ROOT_2_OVER_PI = 2 / math.sqrt(math.pi)
+
+# op: (forward, derivative dy/dx as a function of x and y)
+UNARY = {
+    "Abs": (lambda xp, x: xp.abs(x), lambda xp, x, y: xp.sign(x)),
+    "Exp": (lambda xp, x: xp.exp(x), lambda xp, x, y: y),
+    "Log": (lambda xp, x: xp.log(x), lambda xp, x, y: 1 / x),
+    "Sqrt": (lambda xp, x: xp.sqrt(x), lambda xp, x, y: 0.5 / y),
+    "Floor": (lambda xp, x: xp.floor(x), _zero),
+    "Ceil": (lambda xp, x: xp.ceil(x), _zero),
+    "Round": (lambda xp, x: xp.round(x), _zero),
+    "Sign": (lambda xp, x: xp.sign(x), _zero),
+    "Sin": (lambda xp, x: xp.sin(x), lambda xp, x, y: xp.cos(x)),
+    "Cos": (lambda xp, x: xp.cos(x), lambda xp, x, y: -xp.sin(x)),
+    "Tan": (lambda xp, x: xp.tan(x), lambda xp, x, y: 1 + y * y),
+    "Asin": (lambda xp, x: xp.arcsin(x), lambda xp, x, y: 1 / xp.sqrt(1 - x * x)),
+    "Acos": (lambda xp, x: xp.arccos(x), lambda xp, x, y: -1 / xp.sqrt(1 - x * x)),
+    "Atan": (lambda xp, x: xp.arctan(x), lambda xp, x, y: 1 / (1 + x * x)),
+    "Sinh": (lambda xp, x: xp.sinh(x), lambda xp, x, y: xp.cosh(x)),
+    "Cosh": (lambda xp, x: xp.cosh(x), lambda xp, x, y: xp.sinh(x)),
+    "Tanh": (lambda xp, x: xp.tanh(x), lambda xp, x, y: 1 - y * y),
+    "Asinh": (lambda xp, x: xp.arcsinh(x), lambda xp, x, y: 1 / xp.sqrt(x * x + 1)),
+    "Acosh": (lambda xp, x: xp.arccosh(x), lambda xp, x, y: 1 / xp.sqrt(x * x - 1)),
+    "Atanh": (lambda xp, x: xp.arctanh(x), lambda xp, x, y: 1 / (1 - x * x)),
+    "Reciprocal": (lambda xp, x: (1 / x).astype(x.dtype, copy=False), lambda xp, x, y: -y * y),
+    "Erf": (lambda xp, x: erf(xp, x).astype(x.dtype, copy=False),
+            lambda xp, x, y: x.dtype.type(_ROOT_2_OVER_PI) * xp.exp(-x * x)),
+    "Relu": (lambda xp, x: xp.maximum(x, x.dtype.type(0)), lambda xp, x, y: (x > 0).astype(x.dtype)),
+    "Sigmoid": (_sigmoid, lambda xp, x, y: y * (1 - y)),
+    "Softsign": (lambda xp, x: x / (1 + xp.abs(x)), lambda xp, x, y: 1 / (1 + xp.abs(x)) ** 2),
+    "Softplus": (lambda xp, x: xp.logaddexp(x, x.dtype.type(0)), lambda xp, x, y: _sigmoid(xp, x)),
+    "Mish": (lambda xp, x: x * xp.tanh(xp.logaddexp(x, x.dtype.type(0))), _mish_derivative),
+    "HardSwish": (lambda xp, x: x * xp.clip(x / 6 + x.dtype.type(0.5), 0, 1),
+                  lambda xp, x, y: xp.where(x < -3, 0, xp.where(x > 3, 1, x / 3 + x.dtype.type(0.5))).astype(x.dtype)),
+}
+for _op, (_fn, _d) in UNARY.items():
+    _unary(_op, _fn, _d)
+_unary("Neg", lambda xp, x: -x, lambda xp, x, y: -xp.ones(x.shape, dtype=x.dtype))
+
+for _op in ("Not", "IsNaN", "BitwiseNot"):
+    kernel(_op, kind=K.CONSTANT)({"Not": lambda xp, x: xp.logical_not(x), "IsNaN": lambda xp, x: xp.isnan(x),
+                                  "BitwiseNot": lambda xp, x: ~x}[_op])
+
+
+@kernel("Identity", kind=K.CAST)
 def Identity(xp, x):
     return x
 
 
-@kernel("Dropout")
+@adjoint("Identity")
+def _identity_vjp(xp, G, inputs, outputs, attrs, need):
+    return [G[0]]
+
+
+@kernel("Dropout", kind=K.CAST, relevant_outputs=1)
 def Dropout(xp, data, ratio=None, training_mode=None, seed=None):
     if training_mode is not None and bool(training_mode) and (ratio is None or float(ratio) > 0):
         raise UnsupportedOpError("Dropout in training mode is random; reflrp runs inference graphs only")
     return data, xp.ones(data.shape, dtype=bool)
 
 
-@kernel("IsInf")
+@adjoint("Dropout")
+def _dropout_vjp(xp, G, inputs, outputs, attrs, need):
+    return [G[0]] + [None] * (len(inputs) - 1)
+
+
+@kernel("IsInf", kind=K.CONSTANT)
 def IsInf(xp, x, detect_negative=1, detect_positive=1):
     return xp.isinf(x) & (((x < 0) & bool(detect_negative)) | ((x > 0) & bool(detect_positive)))
 
 
-@kernel("LeakyRelu")
+def _activation(op: str, derivative):
+    """Register the adjoint ``G * derivative(x, y, **attrs)`` of a one-input activation with attributes."""
+    def vjp(xp, G, inputs, outputs, attrs, need):
+        return [G[0] * derivative(xp, inputs[0], outputs[0], **attrs)]
+    adjoint(op)(vjp)
+
+
+@kernel("LeakyRelu", kind=K.ACTIVATION)
 def LeakyRelu(xp, x, alpha=0.01):
     return xp.where(x >= 0, x, x * x.dtype.type(alpha))
 
 
-@kernel("Elu")
+@kernel("Elu", kind=K.ACTIVATION)
 def Elu(xp, x, alpha=1.0):
     return xp.where(x >= 0, x, x.dtype.type(alpha) * xp.expm1(xp.minimum(x, 0)))
 
 
-@kernel("Celu")
+@kernel("Celu", kind=K.ACTIVATION)
 def Celu(xp, x, alpha=1.0):
     a = x.dtype.type(alpha)
     return xp.maximum(x, 0) + xp.minimum(0, a * xp.expm1(x / a))
 
 
-@kernel("Selu")
+@kernel("Selu", kind=K.ACTIVATION)
 def Selu(xp, x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
     t = x.dtype.type
     return t(gamma) * xp.where(x > 0, x, t(alpha) * xp.expm1(xp.minimum(x, 0)))
 
 
-@kernel("ThresholdedRelu")
+@kernel("ThresholdedRelu", kind=K.ACTIVATION)
 def ThresholdedRelu(xp, x, alpha=1.0):
     return xp.where(x > alpha, x, x.dtype.type(0))
 
 
-@kernel("HardSigmoid")
+@kernel("HardSigmoid", kind=K.ACTIVATION)
 def HardSigmoid(xp, x, alpha=0.2, beta=0.5):
     t = x.dtype.type
     return xp.clip(x * t(alpha) + t(beta), 0, 1).astype(x.dtype, copy=False)
 
 
-@kernel("Gelu", since=20)
+def _gelu_tanh_inner(xp, x):
+    t = x.dtype.type
+    return t(math.sqrt(2 / math.pi)) * (x + t(0.044715) * x * x * x)
+
+
+@kernel("Gelu", since=20, kind=K.ACTIVATION)
 def Gelu(xp, x, approximate="none"):
     t = x.dtype.type
     if approximate == "tanh":
-        inner = t(math.sqrt(2 / math.pi)) * (x + t(0.044715) * x * x * x)
-        return t(0.5) * x * (1 + xp.tanh(inner))
+        return t(0.5) * x * (1 + xp.tanh(_gelu_tanh_inner(xp, x)))
     return t(0.5) * x * (1 + erf(xp, x / t(math.sqrt(2))).astype(x.dtype, copy=False))
 
 
-@kernel("PRelu")
+def _gelu_derivative(xp, x, y, approximate="none"):
+    t = x.dtype.type
+    if approximate == "tanh":
+        th = xp.tanh(_gelu_tanh_inner(xp, x))
+        inner_d = t(math.sqrt(2 / math.pi)) * (1 + t(3 * 0.044715) * x * x)
+        return t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * inner_d
+    cdf = t(0.5) * (1 + erf(xp, x / t(math.sqrt(2))).astype(x.dtype, copy=False))
+    return cdf + x * xp.exp(-x * x / 2) * t(1 / math.sqrt(2 * math.pi))
+
+
+_activation("LeakyRelu", lambda xp, x, y, alpha=0.01: xp.where(x >= 0, 1, alpha).astype(x.dtype))
+_activation("Elu", lambda xp, x, y, alpha=1.0: xp.where(x >= 0, 1, y + x.dtype.type(alpha)).astype(x.dtype))
+_activation("Celu", lambda xp, x, y, alpha=1.0: xp.where(x > 0, 1, xp.exp(x / x.dtype.type(alpha))).astype(x.dtype))
+_activation("Selu", lambda xp, x, y, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875:
+            x.dtype.type(gamma) * xp.where(x > 0, 1, x.dtype.type(alpha) * xp.exp(xp.minimum(x, 0))).astype(x.dtype))
+_activation("ThresholdedRelu", lambda xp, x, y, alpha=1.0: (x > alpha).astype(x.dtype))
+_activation("HardSigmoid", lambda xp, x, y, alpha=0.2, beta=0.5:
+            xp.where((x * alpha + beta > 0) & (x * alpha + beta < 1), alpha, 0).astype(x.dtype))
+_activation("Gelu", _gelu_derivative)
+
+
+@kernel("PRelu", kind=K.ELEMENTWISE)
 def PRelu(xp, x, slope):
     return xp.where(x >= 0, x, x * slope)
 
 
-@kernel("Clip")
+@adjoint("PRelu")
+def _prelu_vjp(xp, G, inputs, outputs, attrs, need):
+    x, slope = inputs
+    g = G[0]
+    return [g * xp.where(x >= 0, 1, slope).astype(x.dtype) if need[0] else None,
+            unbroadcast(xp, select(xp, x < 0, g * x), slope.shape) if need[1] else None]
+
+
+@kernel("Clip", kind=K.ELEMENTWISE)
 def Clip(xp, x, min=None, max=None):
     if min is not None:
         x = xp.maximum(x, xp.asarray(min, dtype=x.dtype))
@@ -119,24 +210,64 @@ def Clip(xp, x, min=None, max=None):
     return x
 
 
+@adjoint("Clip")
+def _clip_vjp(xp, G, inputs, outputs, attrs, need):
+    """``y = min(max(x, lo), hi)``: ``x`` gets the gradient where it is inside [lo, hi], a bound where it
+    is the value taken."""
+    x, g = inputs[0], G[0]
+    lo = inputs[1] if len(inputs) > 1 else None
+    hi = inputs[2] if len(inputs) > 2 else None
+    floored = x if lo is None else xp.maximum(x, lo)
+    from_x = xp.ones(x.shape, dtype=bool) if lo is None else x >= lo
+    grads = [None] * len(inputs)
+    if lo is not None and need[1]:
+        grads[1] = unbroadcast(xp, select(xp, (x < lo) & (True if hi is None else lo <= hi), g), lo.shape)
+    if hi is not None:
+        from_x = from_x & (x <= hi)
+        if need[2]:
+            grads[2] = unbroadcast(xp, select(xp, floored > hi, g), hi.shape)
+    if need[0]:
+        grads[0] = select(xp, from_x, g)
+    return grads
+
+
 # ---- binary arithmetic (numpy broadcasting is ONNX's multidirectional broadcasting) ----
 
-@kernel("Add")
+@kernel("Add", kind=K.SUM, addends="all")
 def Add(xp, a, b):
     return a + b
 
 
-@kernel("Sub")
+@kernel("Sub", kind=K.SUM, addends="all")
 def Sub(xp, a, b):
     return a - b
 
 
-@kernel("Mul")
+@adjoint("Add")
+def _add_vjp(xp, G, inputs, outputs, attrs, need):
+    return [unbroadcast(xp, G[0], x.shape) if n else None for x, n in zip(inputs, need)]
+
+
+@adjoint("Sub")
+def _sub_vjp(xp, G, inputs, outputs, attrs, need):
+    a, b = inputs
+    return [unbroadcast(xp, G[0], a.shape) if need[0] else None,
+            unbroadcast(xp, -G[0], b.shape) if need[1] else None]
+
+
+@kernel("Mul", kind=K.PRODUCT)
 def Mul(xp, a, b):
     return a * b
 
 
-@kernel("Div")
+@adjoint("Mul")
+def _mul_vjp(xp, G, inputs, outputs, attrs, need):
+    a, b = inputs
+    return [unbroadcast(xp, G[0] * b, a.shape) if need[0] else None,
+            unbroadcast(xp, G[0] * a, b.shape) if need[1] else None]
+
+
+@kernel("Div", kind=K.QUOTIENT)
 def Div(xp, a, b):
     if a.dtype.kind in "iu":  # ONNX integer division truncates toward zero
         q = xp.abs(a) // xp.abs(b)
@@ -144,12 +275,28 @@ def Div(xp, a, b):
     return a / b
 
 
-@kernel("Mod")
+@adjoint("Div")
+def _div_vjp(xp, G, inputs, outputs, attrs, need):
+    a, b = inputs
+    return [unbroadcast(xp, G[0] / b, a.shape) if need[0] else None,
+            unbroadcast(xp, -G[0] * outputs[0] / b, b.shape) if need[1] else None]
+
+
+@kernel("Mod", kind=K.ELEMENTWISE)
 def Mod(xp, a, b, fmod=0):
     return xp.fmod(a, b) if fmod else xp.mod(a, b)
 
 
-@kernel("Pow")
+@adjoint("Mod")
+def _mod_vjp(xp, G, inputs, outputs, attrs, need):
+    """``a mod b = a - q * b`` with ``q`` piecewise constant (floor or, for fmod, trunc of ``a / b``)."""
+    a, b = inputs
+    q = xp.trunc(a / b) if attrs.get("fmod", 0) else xp.floor(a / b)
+    return [unbroadcast(xp, G[0], a.shape) if need[0] else None,
+            unbroadcast(xp, -G[0] * q, b.shape) if need[1] else None]
+
+
+@kernel("Pow", kind=K.ELEMENTWISE)
 def Pow(xp, a, b):
     if a.dtype.kind == "f" and b.dtype.kind == "f" and b.ndim == 0 and float(b) == 2.0:
         return a * a
@@ -158,27 +305,60 @@ def Pow(xp, a, b):
     return xp.power(a, b.astype(a.dtype) if a.dtype.kind == "f" else b).astype(a.dtype, copy=False)
 
 
-def _variadic(op: str, fn, since: int = 1):
+@adjoint("Pow")
+def _pow_vjp(xp, G, inputs, outputs, attrs, need):
+    a, b = inputs
+    bb = b.astype(a.dtype, copy=False)
+    ga = gb = None
+    if need[0]:
+        ga = unbroadcast(xp, G[0] * bb * xp.power(a, bb - 1), a.shape)
+    if need[1]:
+        gb = unbroadcast(xp, G[0] * outputs[0] * xp.log(xp.where(a > 0, a, 1).astype(a.dtype)), b.shape)
+    return [ga, gb]
+
+
+def _variadic(op: str, fn, kind: str, **facts):
     def run(xp, *xs):
         out = xs[0]
         for x in xs[1:]:
             out = fn(xp, out, x)
         return out if len(xs) > 1 else out.copy()
     run.__name__ = op
-    kernel(op, since)(run)
+    kernel(op, kind=kind, **facts)(run)
 
 
-_variadic("Sum", lambda xp, a, b: a + b)
-_variadic("Max", lambda xp, a, b: xp.maximum(a, b))
-_variadic("Min", lambda xp, a, b: xp.minimum(a, b))
+_variadic("Sum", lambda xp, a, b: a + b, K.SUM, addends="all")
+_variadic("Max", lambda xp, a, b: xp.maximum(a, b), K.SELECT, elementwise=True)
+_variadic("Min", lambda xp, a, b: xp.minimum(a, b), K.SELECT, elementwise=True)
 
 
-@kernel("Mean")
+@adjoint("Sum")
+def _sum_vjp(xp, G, inputs, outputs, attrs, need):
+    return [unbroadcast(xp, G[0], x.shape) if n else None for x, n in zip(inputs, need)]
+
+
+def _winner_vjp(xp, G, inputs, outputs, attrs, need):
+    """Max / Min: the first input that attains the output gets the gradient."""
+    masks = winners(xp, outputs[0], inputs)
+    return [unbroadcast(xp, select(xp, m, G[0]), x.shape) if n else None for x, m, n in zip(inputs, masks, need)]
+
+
+adjoint("Max")(_winner_vjp)
+adjoint("Min")(_winner_vjp)
+
+
+@kernel("Mean", kind=K.SUM, addends="all")
 def Mean(xp, *xs):
     out = xs[0]
     for x in xs[1:]:
         out = out + x
     return (out / len(xs)).astype(xs[0].dtype, copy=False)
+
+
+@adjoint("Mean")
+def _mean_vjp(xp, G, inputs, outputs, attrs, need):
+    share = G[0] / G[0].dtype.type(len(inputs))
+    return [unbroadcast(xp, share, x.shape) if n else None for x, n in zip(inputs, need)]
 
 
 for _op, _fn in {
@@ -188,14 +368,16 @@ for _op, _fn in {
     "BitwiseAnd": lambda xp, a, b: a & b, "BitwiseOr": lambda xp, a, b: a | b,
     "BitwiseXor": lambda xp, a, b: a ^ b,
 }.items():
-    kernel(_op)((lambda f: lambda xp, a, b: f(xp, a, b))(_fn))
+    kernel(_op, kind=K.CONSTANT)((lambda f: lambda xp, a, b: f(xp, a, b))(_fn))
 
 
-@kernel("BitwiseNot")
-def BitwiseNot(xp, x):
-    return ~x
-
-
-@kernel("Where")
+@kernel("Where", kind=K.SELECT, elementwise=True)
 def Where(xp, condition, x, y):
     return xp.where(condition, x, y)
+
+
+@adjoint("Where")
+def _where_vjp(xp, G, inputs, outputs, attrs, need):
+    cond, x, y = inputs
+    return [None, unbroadcast(xp, select(xp, cond, G[0]), x.shape) if need[1] else None,
+            unbroadcast(xp, select(xp, xp.logical_not(cond), G[0]), y.shape) if need[2] else None]

@@ -1,40 +1,41 @@
-"""Linear algebra kernels: MatMul, Gemm, Einsum, Conv (im2col from one strided view)."""
+"""Linear algebra kernels and their adjoints: MatMul, Gemm, Einsum, Conv (im2col from one strided view)."""
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
-from . import kernel
+from ..errors import UnsupportedOpError
+from . import adjoint, kernel
+from . import kinds as K
+from .grad import unbroadcast
 
 
-def matmul(xp, a, b):
-    """``a @ b`` laid out for BLAS: a stack times a matrix becomes one 2-D product, and strided
-    stacked operands (transposed views, broadcast copies) are made contiguous first, since numpy
-    multiplies those without BLAS."""
-    if b.ndim == 2 and a.ndim > 2:
-        if not a.flags.c_contiguous:
-            a = xp.ascontiguousarray(a)
-        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
-    if a.ndim > 2 or b.ndim > 2:
-        copies = (0 if a.flags.c_contiguous else a.size) + (0 if b.flags.c_contiguous else b.size)
-        if copies:
-            # (a @ b) = (b^T @ a^T)^T: when the transposed operands need less copying (a^T of a large
-            # contiguous stack, e.g. A^T @ G in the relevance pass), multiply those and return a
-            # transposed view (counted as a copy too: whoever reads it may have to make one)
-            at, bt = xp.swapaxes(a, -1, -2), xp.swapaxes(b, -1, -2)
-            out = a.size // a.shape[-1] * b.shape[-1]
-            if (0 if bt.flags.c_contiguous else b.size) + (0 if at.flags.c_contiguous else a.size) + out < copies:
-                return xp.swapaxes(matmul(xp, bt, at), -1, -2)
-            a = a if a.flags.c_contiguous else xp.ascontiguousarray(a)
-            b = b if b.flags.c_contiguous else xp.ascontiguousarray(b)
+@kernel("MatMul", kind=K.CONTRACTION)
+def MatMul(xp, a, b):
     return xp.matmul(a, b)
 
 
-@kernel("MatMul")
-def MatMul(xp, a, b):
-    return matmul(xp, a, b)
+@adjoint("MatMul")
+def _matmul_vjp(xp, G, inputs, outputs, attrs, need):
+    """``dA = G @ B^T``, ``dB = A^T @ G`` with numpy's matmul semantics (1-D operands, broadcast stacks)."""
+    A, B = inputs
+    g = G[0]
+    a = A[None, :] if A.ndim == 1 else A
+    b = B[:, None] if B.ndim == 1 else B
+    if B.ndim == 1:
+        g = g[..., None]
+    if A.ndim == 1:
+        g = xp.expand_dims(g, -2)
+    ga = gb = None
+    if need[0]:
+        ga = unbroadcast(xp, xp.matmul(g, xp.swapaxes(b, -1, -2)), a.shape).reshape((g.shape[0],) + A.shape)
+    if need[1]:
+        gb = unbroadcast(xp, xp.matmul(xp.swapaxes(a, -1, -2), g), b.shape).reshape((g.shape[0],) + B.shape)
+    return [ga, gb]
 
 
-@kernel("Gemm")
+@kernel("Gemm", kind=K.CONTRACTION, addends=(2,))
 def Gemm(xp, A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     a = A.T if transA else A
     b = B.T if transB else B
@@ -46,9 +47,64 @@ def Gemm(xp, A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     return y
 
 
-@kernel("Einsum")
+@adjoint("Gemm")
+def _gemm_vjp(xp, G, inputs, outputs, attrs, need):
+    """``Y = alpha * op(A) @ op(B) + beta * C``: ``d op(A) = alpha G op(B)^T``, ``d op(B) = alpha op(A)^T G``."""
+    A, B = inputs[:2]
+    C = inputs[2] if len(inputs) > 2 else None
+    transA, transB = attrs.get("transA", 0), attrs.get("transB", 0)
+    a, b = (A.T if transA else A), (B.T if transB else B)
+    g = G[0] * G[0].dtype.type(attrs.get("alpha", 1.0))
+    grads = [None] * len(inputs)
+    if need[0]:
+        ga = xp.matmul(g, b.T)
+        grads[0] = xp.swapaxes(ga, -1, -2) if transA else ga
+    if need[1]:
+        gb = xp.matmul(a.T, g)
+        grads[1] = xp.swapaxes(gb, -1, -2) if transB else gb
+    if C is not None and need[2]:
+        grads[2] = unbroadcast(xp, G[0] * G[0].dtype.type(attrs.get("beta", 1.0)), C.shape)
+    return grads
+
+
+@kernel("Einsum", kind=K.CONTRACTION)
 def Einsum(xp, *inputs, equation):
     return xp.einsum(equation.replace(" ", ""), *inputs)
+
+
+def einsum_terms(equation: str) -> tuple[list[str], str]:
+    """The operand subscripts and the output subscripts of an equation (implicit output: the letters
+    that appear once, sorted)."""
+    eq = equation.replace(" ", "")
+    lhs, out = eq.split("->") if "->" in eq else (eq, "".join(sorted(c for c in eq.replace(",", "")
+                                                                    if eq.count(c) == 1)))
+    return lhs.split(","), out
+
+
+@adjoint("Einsum")
+def _einsum_vjp(xp, G, inputs, outputs, attrs, need):
+    """The gradient of an operand is the einsum of the output gradient with the other operands; axes
+    summed out in this operand only are broadcast back. A new subscript carries the target axis."""
+    terms, out = einsum_terms(attrs["equation"])
+    if "." in attrs["equation"] or any(len(set(t)) != len(t) for t in terms):
+        raise UnsupportedOpError(f"Einsum {attrs['equation']!r}: reflrp's adjoint needs an equation without "
+                                 "ellipsis or repeated subscripts in one operand")
+    k = next(c for c in "ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjihgfedcba" if c not in attrs["equation"])
+    grads = []
+    for i, term in enumerate(terms):
+        if not need[i]:
+            grads.append(None)
+            continue
+        others = [t for j, t in enumerate(terms) if j != i]
+        present = set(out).union(*others)
+        kept = "".join(c for c in term if c in present)
+        g = xp.einsum(",".join([k + out] + others) + "->" + k + kept,
+                      G[0], *[inputs[j] for j in range(len(terms)) if j != i])
+        for pos, c in enumerate(term):
+            if c not in present:
+                g = xp.expand_dims(g, pos + 1)
+        grads.append(xp.broadcast_to(g, (g.shape[0],) + inputs[i].shape))
+    return grads
 
 
 def conv_geometry(spatial, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode=0):
@@ -98,7 +154,7 @@ def windows(xp, x, kernel_shape, out, begin, end, strides, dilations, fill=0.0):
     return xp.ascontiguousarray(xp.lib.stride_tricks.as_strided(x, shape=shape, strides=view_strides))
 
 
-@kernel("Conv")
+@kernel("Conv", kind=K.CONTRACTION, addends=(2,))
 def Conv(xp, X, W, B=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
     kernel_shape = kernel_shape or list(W.shape[2:])
     out, begin, end, strides, dilations = conv_geometry(X.shape[2:], kernel_shape, strides, pads, dilations, auto_pad)
@@ -114,3 +170,55 @@ def Conv(xp, X, W, B=None, auto_pad="NOTSET", dilations=None, group=1, kernel_sh
     if B is not None:
         y = y + B.reshape((1, M) + (1,) * nk)
     return y
+
+
+def conv_layout(X, W, attrs):
+    """Geometry of a Conv: (output size, begin pads, end pads, strides, dilations, kernel shape)."""
+    kernel_shape = attrs.get("kernel_shape") or list(W.shape[2:])
+    out, begin, end, strides, dilations = conv_geometry(X.shape[2:], kernel_shape, attrs.get("strides"),
+                                                        attrs.get("pads"), attrs.get("dilations"),
+                                                        attrs.get("auto_pad", "NOTSET"))
+    return out, begin, end, strides, dilations, kernel_shape
+
+
+@adjoint("Conv")
+def _conv_vjp(xp, G, inputs, outputs, attrs, need):
+    """Conv is ``y[n, g, m] = W[g, m] @ cols(X)[n, g]``: the input gradient goes back through the windows
+    (col2im), the weight gradient correlates the windows with G, the bias gradient sums G."""
+    X, W = inputs[:2]
+    B = inputs[2] if len(inputs) > 2 else None
+    out, begin, end, strides, dilations, kernel_shape = conv_layout(X, W, attrs)
+    group = attrs.get("group", 1)
+    N, C = X.shape[:2]
+    M = W.shape[0]
+    k = G[0].shape[0]
+    kk = int(np.prod(kernel_shape, dtype=np.int64))
+    g = G[0].reshape(k, N, group, M // group, -1)
+    w = W.reshape(group, M // group, (C // group) * kk)
+    grads = [None] * len(inputs)
+    if need[0]:
+        cols = xp.matmul(xp.swapaxes(w, -1, -2), g)  # k, N, group, C/g * kk, no
+        cols = cols.reshape((k * N, C) + tuple(kernel_shape) + tuple(out))
+        gx = col2im(xp, cols, (k * N,) + X.shape[1:], kernel_shape, out, begin, end, strides, dilations)
+        grads[0] = gx.reshape((k,) + X.shape)
+    if need[1]:
+        cols = windows(xp, X, kernel_shape, out, begin, end, strides, dilations).reshape(N, group, (C // group) * kk, -1)
+        grads[1] = xp.einsum("kngmo,ngco->kgmc", g, cols).reshape((k,) + W.shape)
+    if B is not None and need[2]:
+        grads[2] = G[0].sum(axis=(1,) + tuple(range(3, G[0].ndim)))
+    return grads
+
+
+def col2im(xp, cols, x_shape, kernel_shape, out, begin, end, strides, dilations):
+    """Adjoint of :func:`windows`: add each kernel offset's view back into place."""
+    n = len(kernel_shape)
+    need = [(out[i] - 1) * strides[i] + (kernel_shape[i] - 1) * dilations[i] + 1 for i in range(n)]
+    padded = [max(x_shape[2 + i] + begin[i] + end[i], need[i]) for i in range(n)]
+    acc = xp.zeros(tuple(x_shape[:2]) + tuple(padded), dtype=cols.dtype)
+    for offset in itertools.product(*[range(k) for k in kernel_shape]):
+        index = (slice(None), slice(None)) + tuple(
+            slice(offset[i] * dilations[i], offset[i] * dilations[i] + (out[i] - 1) * strides[i] + 1, strides[i])
+            for i in range(n))
+        acc[index] += cols[(slice(None), slice(None)) + offset]
+    crop = (slice(None), slice(None)) + tuple(slice(begin[i], begin[i] + x_shape[2 + i]) for i in range(n))
+    return acc[crop]

@@ -1,7 +1,9 @@
-"""Reductions. ``axes`` is an attribute before opset 13 (ReduceSum) / 18 (the others), an input after."""
+"""Reductions and their adjoints. ``axes`` is an attribute before opset 13 (ReduceSum) / 18 (the
+others), an input after."""
 from __future__ import annotations
 
-from . import kernel
+from . import adjoint, kernel
+from . import kinds as K
 from .tensor import _ints
 
 
@@ -12,32 +14,94 @@ def _axes(xp, data, axes, noop_with_empty_axes):
     return tuple(a % data.ndim for a in axes) if data.ndim else None
 
 
-def _reduction(op: str, fn):
+def _reduction(op: str, fn, derivative, kind: str):
+    """Register ``y = fn(x)`` over the axes and the adjoint ``G * derivative(x, y)`` (``y`` keepdims)."""
     def run(xp, data, axes=None, keepdims=1, noop_with_empty_axes=0):
         ax = _axes(xp, data, axes, noop_with_empty_axes)
         if ax == ():
             return data
         return fn(xp, data, ax, bool(keepdims))
     run.__name__ = op
-    kernel(op)(run)
+    kernel(op, kind=kind, reduces=True)(run)
+
+    def vjp(xp, G, inputs, outputs, attrs, need):
+        x = inputs[0]
+        ax = _axes(xp, x, inputs[1] if len(inputs) > 1 else attrs.get("axes"), attrs.get("noop_with_empty_axes", 0))
+        if ax == ():
+            return [G[0], None][:len(inputs)]
+        g, y = kept_dims(xp, G[0], x, ax), kept_dims(xp, outputs[0][None], x, ax)[0]
+        return [g * derivative(xp, x, y, ax), None][:len(inputs)]
+    adjoint(op)(vjp)
+
+
+def kept_dims(xp, g, x, ax):
+    """``g`` (leading target axis) of a reduction of ``x`` over ``ax`` with the reduced axes kept as 1."""
+    full = range(x.ndim) if ax is None else ax
+    shape = (g.shape[0],) + tuple(1 if i in full else d for i, d in enumerate(x.shape))
+    return g.reshape(shape)
 
 
 def _keep_dtype(f):
     return lambda xp, x, ax, k: f(xp, x, ax, k).astype(x.dtype, copy=False)
 
 
-_reduction("ReduceSum", _keep_dtype(lambda xp, x, ax, k: xp.sum(x, axis=ax, keepdims=k)))
-_reduction("ReduceMean", _keep_dtype(lambda xp, x, ax, k: xp.mean(x, axis=ax, keepdims=k)))
-_reduction("ReduceProd", _keep_dtype(lambda xp, x, ax, k: xp.prod(x, axis=ax, keepdims=k)))
+def _count(x, ax) -> int:
+    n = 1
+    for i in (range(x.ndim) if ax is None else ax):
+        n *= x.shape[i]
+    return max(n, 1)
+
+
+def _first_extreme(xp, x, y, ax):
+    """1 at the first element along the reduced axes that attains ``y``, 0 elsewhere."""
+    axes = tuple(range(x.ndim)) if ax is None else tuple(ax)
+    rest = tuple(i for i in range(x.ndim) if i not in axes)
+    hit = xp.transpose(xp.broadcast_to(x == y, x.shape), rest + axes)
+    flat = hit.reshape(hit.shape[:len(rest)] + (-1,))
+    first = xp.cumsum(flat, axis=-1) == 1
+    one = (flat & first).reshape(hit.shape)
+    back = [0] * x.ndim
+    for pos, a in enumerate(rest + axes):
+        back[a] = pos
+    return xp.transpose(one, back).astype(x.dtype)
+
+
+def _product_of_others(xp, x, y, ax):
+    """d prod / d x_i = the product of the other elements (exact where some are zero)."""
+    axes = tuple(range(x.ndim)) if ax is None else tuple(ax)
+    rest = tuple(i for i in range(x.ndim) if i not in axes)
+    moved = xp.transpose(x, rest + axes)
+    flat = moved.reshape(moved.shape[:len(rest)] + (-1,))
+    ones = xp.ones(flat.shape[:-1] + (1,), dtype=x.dtype)
+    before = xp.cumprod(xp.concatenate([ones, flat[..., :-1]], axis=-1), axis=-1)
+    after = xp.flip(xp.cumprod(xp.concatenate([ones, xp.flip(flat, -1)[..., :-1]], axis=-1), axis=-1), -1)
+    others = (before * after).reshape(moved.shape)
+    back = [0] * x.ndim
+    for pos, a in enumerate(rest + axes):
+        back[a] = pos
+    return xp.transpose(others, back)
+
+
+_reduction("ReduceSum", _keep_dtype(lambda xp, x, ax, k: xp.sum(x, axis=ax, keepdims=k)),
+           lambda xp, x, y, ax: xp.ones(x.shape, dtype=x.dtype), K.LINEAR)
+_reduction("ReduceMean", _keep_dtype(lambda xp, x, ax, k: xp.mean(x, axis=ax, keepdims=k)),
+           lambda xp, x, y, ax: xp.full(x.shape, 1 / _count(x, ax), dtype=x.dtype), K.LINEAR)
+_reduction("ReduceProd", _keep_dtype(lambda xp, x, ax, k: xp.prod(x, axis=ax, keepdims=k)),
+           _product_of_others, K.NONLINEAR)
 _reduction("ReduceMax", lambda xp, x, ax, k: xp.max(x, axis=ax, keepdims=k) if x.size else
-           xp.full(_empty_shape(x, ax, k), _extreme(xp, x.dtype, low=True), dtype=x.dtype))
+           xp.full(_empty_shape(x, ax, k), _extreme(xp, x.dtype, low=True), dtype=x.dtype), _first_extreme, K.SELECT)
 _reduction("ReduceMin", lambda xp, x, ax, k: xp.min(x, axis=ax, keepdims=k) if x.size else
-           xp.full(_empty_shape(x, ax, k), _extreme(xp, x.dtype, low=False), dtype=x.dtype))
-_reduction("ReduceL1", _keep_dtype(lambda xp, x, ax, k: xp.sum(xp.abs(x), axis=ax, keepdims=k)))
-_reduction("ReduceL2", _keep_dtype(lambda xp, x, ax, k: xp.sqrt(xp.sum(x * x, axis=ax, keepdims=k))))
-_reduction("ReduceSumSquare", _keep_dtype(lambda xp, x, ax, k: xp.sum(x * x, axis=ax, keepdims=k)))
-_reduction("ReduceLogSum", _keep_dtype(lambda xp, x, ax, k: xp.log(xp.sum(x, axis=ax, keepdims=k))))
-_reduction("ReduceLogSumExp", _keep_dtype(lambda xp, x, ax, k: _logsumexp(xp, x, ax, k)))
+           xp.full(_empty_shape(x, ax, k), _extreme(xp, x.dtype, low=False), dtype=x.dtype), _first_extreme, K.SELECT)
+_reduction("ReduceL1", _keep_dtype(lambda xp, x, ax, k: xp.sum(xp.abs(x), axis=ax, keepdims=k)),
+           lambda xp, x, y, ax: xp.sign(x), K.NONLINEAR)
+_reduction("ReduceL2", _keep_dtype(lambda xp, x, ax, k: xp.sqrt(xp.sum(x * x, axis=ax, keepdims=k))),
+           lambda xp, x, y, ax: x / y, K.NONLINEAR)
+_reduction("ReduceSumSquare", _keep_dtype(lambda xp, x, ax, k: xp.sum(x * x, axis=ax, keepdims=k)),
+           lambda xp, x, y, ax: 2 * x, K.NONLINEAR)
+_reduction("ReduceLogSum", _keep_dtype(lambda xp, x, ax, k: xp.log(xp.sum(x, axis=ax, keepdims=k))),
+           lambda xp, x, y, ax: xp.exp(-y) * xp.ones(x.shape, dtype=x.dtype), K.NONLINEAR)
+_reduction("ReduceLogSumExp", _keep_dtype(lambda xp, x, ax, k: _logsumexp(xp, x, ax, k)),
+           lambda xp, x, y, ax: xp.exp(x - y), K.NONLINEAR)
 
 
 def _empty_shape(x, ax, keep):
@@ -60,3 +124,4 @@ def _logsumexp(xp, x, ax, keep):
     m = xp.where(xp.isfinite(m), m, 0)
     out = xp.log(xp.sum(xp.exp(x - m), axis=ax, keepdims=True)) + m
     return out if keep else xp.squeeze(out, axis=ax)
+

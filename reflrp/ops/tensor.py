@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import KernelError
-from . import kernel
+from ..errors import KernelError, UnsupportedOpError
+from . import adjoint, kernel
+from . import kinds as K
+from .grad import float64_bincount, unbroadcast
 
 
 def _ints(xp, v) -> list[int]:
@@ -16,17 +18,17 @@ def _ints(xp, v) -> list[int]:
     return [int(i) for i in (v if isinstance(v, (list, tuple)) else [v])]
 
 
-@kernel("Shape")
+@kernel("Shape", kind=K.CONSTANT, reads_shape_only=True)
 def Shape(xp, data, start=0, end=None):
     return xp.asarray(data.shape[start:end], dtype=np.int64)
 
 
-@kernel("Size")
+@kernel("Size", kind=K.CONSTANT, reads_shape_only=True)
 def Size(xp, data):
     return xp.asarray(data.size, dtype=np.int64)
 
 
-@kernel("Reshape")
+@kernel("Reshape", kind=K.MOVE, relayout=True)
 def Reshape(xp, data, shape, allowzero=0):
     target = _ints(xp, shape)
     if not allowzero:
@@ -34,24 +36,36 @@ def Reshape(xp, data, shape, allowzero=0):
     return data.reshape(target)
 
 
-@kernel("Flatten")
+def _relayout_vjp(xp, G, inputs, outputs, attrs, need):
+    """Reshape, Flatten, Squeeze, Unsqueeze: the values are the same; lay the gradient out as the input."""
+    x = inputs[0]
+    return [G[0].reshape((G[0].shape[0],) + x.shape)] + [None] * (len(inputs) - 1)
+
+
+@kernel("Flatten", kind=K.MOVE, relayout=True)
 def Flatten(xp, x, axis=1):
     axis = axis % x.ndim if x.ndim else 0
     return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
 
 
-@kernel("Transpose")
+@kernel("Transpose", kind=K.MOVE, relayout=True)
 def Transpose(xp, data, perm=None):
     return xp.transpose(data, perm)
 
 
-@kernel("Squeeze")
+@adjoint("Transpose")
+def _transpose_vjp(xp, G, inputs, outputs, attrs, need):
+    perm = attrs.get("perm") or list(range(inputs[0].ndim))[::-1]
+    return [xp.transpose(G[0], (0,) + tuple(1 + int(p) for p in np.argsort(perm)))]
+
+
+@kernel("Squeeze", kind=K.MOVE, relayout=True)
 def Squeeze(xp, data, axes=None):
     axes = _ints(xp, axes)
     return xp.squeeze(data, tuple(axes)) if axes else xp.squeeze(data)
 
 
-@kernel("Unsqueeze")
+@kernel("Unsqueeze", kind=K.MOVE, relayout=True)
 def Unsqueeze(xp, data, axes):
     axes = _ints(xp, axes)
     rank = data.ndim + len(axes)
@@ -60,12 +74,25 @@ def Unsqueeze(xp, data, axes):
     return data
 
 
-@kernel("Concat")
+@kernel("Concat", kind=K.MOVE)
 def Concat(xp, *inputs, axis):
     return xp.concatenate([i for i in inputs], axis=axis)
 
 
-@kernel("Split")
+@adjoint("Concat")
+def _concat_vjp(xp, G, inputs, outputs, attrs, need):
+    """Each input gets its own slab of the output gradient."""
+    axis = 1 + attrs["axis"] % inputs[0].ndim
+    bounds = np.cumsum([0] + [x.shape[axis - 1] for x in inputs])
+    index = [slice(None)] * G[0].ndim
+    grads = []
+    for lo, hi, n in zip(bounds[:-1], bounds[1:], need):
+        index[axis] = slice(int(lo), int(hi))
+        grads.append(G[0][tuple(index)] if n else None)
+    return grads
+
+
+@kernel("Split", kind=K.MOVE)
 def Split(xp, x, split=None, axis=0, num_outputs=None, _n_outputs=1):
     length = x.shape[axis]
     sizes = _ints(xp, split)
@@ -80,6 +107,15 @@ def Split(xp, x, split=None, axis=0, num_outputs=None, _n_outputs=1):
         index[axis % x.ndim] = slice(int(lo), int(hi))
         out.append(x[tuple(index)])
     return tuple(out)
+
+
+@adjoint("Split")
+def _split_vjp(xp, G, inputs, outputs, attrs, need):
+    """The pieces' gradients side by side (zeros for pieces that received none)."""
+    axis = 1 + attrs.get("axis", 0) % inputs[0].ndim
+    k, dtype = next((g.shape[0], g.dtype) for g in G if g is not None)
+    pieces = [g if g is not None else xp.zeros((k,) + o.shape, dtype=dtype) for g, o in zip(G, outputs)]
+    return [xp.concatenate(pieces, axis=axis)] + [None] * (len(inputs) - 1)
 
 
 def slice_index(xp, shape, starts, ends, axes=None, steps=None) -> tuple:
@@ -98,12 +134,21 @@ def slice_index(xp, shape, starts, ends, axes=None, steps=None) -> tuple:
     return tuple(index)
 
 
-@kernel("Slice")
+@kernel("Slice", kind=K.MOVE)
 def Slice(xp, data, starts, ends, axes=None, steps=None):
     return data[slice_index(xp, data.shape, starts, ends, axes, steps)]
 
 
-@kernel("Gather")
+@adjoint("Slice")
+def _slice_vjp(xp, G, inputs, outputs, attrs, need):
+    """Slices never overlap: put the gradient where the elements came from."""
+    x, g = inputs[0], G[0]
+    grad = xp.zeros((g.shape[0],) + x.shape, dtype=g.dtype)
+    grad[(slice(None),) + slice_index(xp, x.shape, *inputs[1:])] = g
+    return [grad] + [None] * (len(inputs) - 1)
+
+
+@kernel("Gather", kind=K.MOVE)
 def Gather(xp, data, indices, axis=0):
     return xp.take(data, _wrap(xp, indices, data.shape[axis]), axis=axis)
 
@@ -116,12 +161,12 @@ def _wrap(xp, indices, n):
     return xp.where(indices < 0, indices + n, indices)
 
 
-@kernel("GatherElements")
+@kernel("GatherElements", kind=K.MOVE)
 def GatherElements(xp, data, indices, axis=0):
     return xp.take_along_axis(data, _wrap(xp, indices, data.shape[axis]), axis=axis)
 
 
-@kernel("GatherND")
+@kernel("GatherND", kind=K.MOVE)
 def GatherND(xp, data, indices, batch_dims=0):
     indices = xp.asarray(indices).astype(np.int64)
     b = batch_dims
@@ -136,7 +181,7 @@ def GatherND(xp, data, indices, batch_dims=0):
     return out.reshape(indices.shape[:-1] + data.shape[b + k:])
 
 
-@kernel("ScatterND")
+@kernel("ScatterND", kind=K.MOVE)
 def ScatterND(xp, data, indices, updates, reduction="none"):
     out = data.copy()
     idx = tuple(xp.moveaxis(xp.asarray(indices), -1, 0))
@@ -153,19 +198,24 @@ def ScatterND(xp, data, indices, updates, reduction="none"):
     return out
 
 
-@kernel("Expand")
+@kernel("Expand", kind=K.MOVE)
 def Expand(xp, x, shape):
     shape = _ints(xp, shape)
     target = np.broadcast_shapes(x.shape, tuple(shape))
     return xp.broadcast_to(x, target)
 
 
-@kernel("Tile")
+@adjoint("Expand")
+def _expand_vjp(xp, G, inputs, outputs, attrs, need):
+    return [unbroadcast(xp, G[0], inputs[0].shape), None]
+
+
+@kernel("Tile", kind=K.MOVE)
 def Tile(xp, x, repeats):
     return xp.tile(x, _ints(xp, repeats))
 
 
-@kernel("Pad")
+@kernel("Pad", kind=K.MOVE)
 def Pad(xp, data, pads, constant_value=None, axes=None, mode="constant", value=0.0):
     pads = _ints(xp, pads)
     axes = _ints(xp, axes) or list(range(data.ndim))
@@ -184,17 +234,27 @@ def Pad(xp, data, pads, constant_value=None, axes=None, mode="constant", value=0
     return xp.pad(data, width, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
 
 
-@kernel("Cast")
+@kernel("Cast", kind=K.CAST, output_is_float=lambda attrs: np.dtype(attrs["to"]).kind == "f")
 def Cast(xp, x, to, saturate=1, round_mode="up"):
     return x.astype(to, copy=False)
 
 
-@kernel("CastLike")
+@adjoint("Cast")
+def _cast_vjp(xp, G, inputs, outputs, attrs, need):
+    return [G[0]]
+
+
+@kernel("CastLike", kind=K.CAST)
 def CastLike(xp, x, like, saturate=1, round_mode="up"):
     return x.astype(like.dtype, copy=False)
 
 
-@kernel("Constant")
+@adjoint("CastLike")
+def _castlike_vjp(xp, G, inputs, outputs, attrs, need):
+    return [G[0], None]
+
+
+@kernel("Constant", kind=K.CONSTANT)
 def Constant(xp, value=None, value_float=None, value_floats=None, value_int=None, value_ints=None,
              sparse_value=None, value_string=None, value_strings=None, _float=np.float32):
     if value is not None:
@@ -210,31 +270,31 @@ def Constant(xp, value=None, value_float=None, value_floats=None, value_int=None
     raise KernelError("Constant without a supported value attribute")
 
 
-@kernel("ConstantOfShape")
+@kernel("ConstantOfShape", kind=K.CONSTANT)
 def ConstantOfShape(xp, shape, value=None):
     if value is None:
         value = np.zeros(1, dtype=np.float32)
     return xp.full(tuple(_ints(xp, shape)), value.reshape(-1)[0], dtype=value.dtype)
 
 
-@kernel("Range")
+@kernel("Range", kind=K.CONSTANT)
 def Range(xp, start, limit, delta):
     n = max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0)
     return (xp.arange(n) * delta + start).astype(start.dtype, copy=False)
 
 
-@kernel("EyeLike")
+@kernel("EyeLike", kind=K.CONSTANT)
 def EyeLike(xp, x, dtype=None, k=0):
     return xp.eye(x.shape[0], x.shape[1], k=k, dtype=dtype if dtype is not None else x.dtype)
 
 
-@kernel("Trilu")
+@kernel("Trilu", kind=K.MOVE)
 def Trilu(xp, x, k=None, upper=1):
     k = int(k.item()) if k is not None else 0
     return xp.triu(x, k) if upper else xp.tril(x, k)
 
 
-@kernel("CumSum")
+@kernel("CumSum", kind=K.LINEAR)
 def CumSum(xp, x, axis, exclusive=0, reverse=0):
     a = int(axis.item()) % x.ndim
     if reverse:
@@ -245,7 +305,16 @@ def CumSum(xp, x, axis, exclusive=0, reverse=0):
     return xp.flip(out, a) if reverse else out
 
 
-@kernel("OneHot")
+@adjoint("CumSum")
+def _cumsum_vjp(xp, G, inputs, outputs, attrs, need):
+    """The adjoint of a (reverse, exclusive) cumulative sum is the opposite-direction one."""
+    x = inputs[0]
+    flipped = {**attrs, "reverse": 0 if attrs.get("reverse", 0) else 1}
+    axis = xp.asarray(1 + int(inputs[1].item()) % x.ndim)
+    return [CumSum(xp, G[0], axis, flipped.get("exclusive", 0), flipped["reverse"]), None]
+
+
+@kernel("OneHot", kind=K.CONSTANT)
 def OneHot(xp, indices, depth, values, axis=-1):
     d = int(depth.item())
     ind = xp.asarray(indices).astype(np.int64)
@@ -255,12 +324,12 @@ def OneHot(xp, indices, depth, values, axis=-1):
     return xp.where(hot, values[1], values[0])
 
 
-@kernel("ArgMax")
+@kernel("ArgMax", kind=K.CONSTANT)
 def ArgMax(xp, data, axis=0, keepdims=1, select_last_index=0):
     return _arg(xp, xp.argmax, data, axis, keepdims, select_last_index)
 
 
-@kernel("ArgMin")
+@kernel("ArgMin", kind=K.CONSTANT)
 def ArgMin(xp, data, axis=0, keepdims=1, select_last_index=0):
     return _arg(xp, xp.argmin, data, axis, keepdims, select_last_index)
 
@@ -272,3 +341,67 @@ def _arg(xp, fn, data, axis, keepdims, last):
         out = fn(data, axis=axis)
     out = out.astype(np.int64)
     return xp.expand_dims(out, axis) if keepdims else out
+
+
+# ---- adjoints computed by labelling: the exact adjoint of any data-movement kernel ----
+
+def labelled_vjp(kernel_fn, data_inputs=None):
+    """The adjoint of a data movement, read off the kernel itself: run it on element labels (1-based;
+    0 marks output elements that come from no input, such as fill values), then scatter-add each
+    output element's gradient to the element it was copied from. ``data_inputs``: the inputs that
+    carry values (default: every float input); the others (indices, pads, repeats) pass unchanged."""
+
+    def vjp(xp, G, inputs, outputs, attrs, need):
+        data = [i for i, x in enumerate(inputs) if x is not None and (
+            i in data_inputs if data_inputs is not None else x.dtype.kind == "f")]
+        args, offsets, next_label = list(inputs), {}, 1
+        for i in data:
+            offsets[i] = next_label
+            args[i] = xp.arange(next_label, next_label + inputs[i].size, dtype=np.int64).reshape(inputs[i].shape)
+            next_label += inputs[i].size
+        labelled = dict(attrs)
+        if "value" in labelled:  # Pad before opset 11: the fill value is an attribute, not a labelled input
+            labelled["value"] = 0
+        out = kernel_fn(xp, *args, **labelled)
+        out = out if isinstance(out, tuple) else (out,)
+        k = next(g.shape[0] for g in G if g is not None)
+        ids = xp.concatenate([o.reshape(-1) for o, g in zip(out, G) if g is not None])
+        weights = xp.concatenate([g.reshape(k, -1) for g in G if g is not None], axis=1)
+        shifted = (ids[None, :] + next_label * xp.arange(k)[:, None]).reshape(-1)
+        flat = float64_bincount(xp, shifted, weights.reshape(-1), k * next_label).reshape(k, next_label)
+        dtype = next(g.dtype for g in G if g is not None)
+        grads = [None] * len(inputs)
+        for i in data:
+            if need[i]:
+                lo = offsets[i]
+                grads[i] = flat[:, lo:lo + inputs[i].size].reshape((k,) + inputs[i].shape).astype(dtype)
+        return grads
+
+    return vjp
+
+
+def _register_labelled(op: str, fn, data_inputs=None):
+    adjoint(op)(labelled_vjp(fn, data_inputs))
+
+
+for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+    adjoint(_op)(_relayout_vjp)
+_register_labelled("Gather", Gather, (0,))
+_register_labelled("GatherElements", GatherElements, (0,))
+_register_labelled("GatherND", GatherND, (0,))
+_register_labelled("Tile", Tile, (0,))
+_register_labelled("Pad", Pad, (0, 2))
+_register_labelled("Trilu", Trilu, (0,))
+
+
+@adjoint("ScatterND")
+def _scatternd_vjp(xp, G, inputs, outputs, attrs, need):
+    """reduction='none' is a data movement (updates overwrite data); 'add' is a sum; others have none."""
+    reduction = attrs.get("reduction", "none")
+    if reduction == "none":
+        return labelled_vjp(ScatterND, (0, 2))(xp, G, inputs, outputs, attrs, need)
+    if reduction != "add":
+        raise UnsupportedOpError(f"ScatterND with reduction={reduction!r} has no adjoint in reflrp")
+    g = G[0]
+    idx = tuple(xp.moveaxis(xp.asarray(inputs[1]), -1, 0))
+    return [g if need[0] else None, None, g[(slice(None),) + idx] if need[2] else None]

@@ -1,0 +1,76 @@
+"""Faster MatMul and its adjoint (same numbers as reflrp.ops.linalg, other layouts)."""
+from __future__ import annotations
+
+from ..ops.grad import unbroadcast
+
+
+def matmul(xp, a, b):
+    """``a @ b`` laid out for BLAS: a stack times a matrix becomes one 2-D product, and strided
+    stacked operands (transposed views, broadcast copies) are made contiguous first, since numpy
+    multiplies those without BLAS; ``(a @ b) = (b^T @ a^T)^T`` when the transposed operands copy less
+    (``A^T @ G`` in the relevance pass)."""
+    if b.ndim == 2 and a.ndim > 2:
+        if not a.flags.c_contiguous:
+            a = xp.ascontiguousarray(a)
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+    if a.ndim > 2 or b.ndim > 2:
+        copies = (0 if a.flags.c_contiguous else a.size) + (0 if b.flags.c_contiguous else b.size)
+        if copies:
+            at, bt = xp.swapaxes(a, -1, -2), xp.swapaxes(b, -1, -2)
+            out = a.size // a.shape[-1] * b.shape[-1]  # the result read transposed counts as a copy too
+            if (0 if bt.flags.c_contiguous else b.size) + (0 if at.flags.c_contiguous else a.size) + out < copies:
+                return xp.swapaxes(matmul(xp, bt, at), -1, -2)
+            a = a if a.flags.c_contiguous else xp.ascontiguousarray(a)
+            b = b if b.flags.c_contiguous else xp.ascontiguousarray(b)
+    return xp.matmul(a, b)
+
+
+def MatMul(xp, a, b):
+    return matmul(xp, a, b)
+
+
+def rows_times_matrix(xp, g, m):
+    """``g @ m`` for a matrix ``m`` computed on the rows of ``g`` that are not all zero, or None when
+    most rows are non-zero. Relevance is often confined to a few positions (a language model's seed
+    is the last position; the last block's MLP and query projection see only that row)."""
+    g2 = g.reshape(-1, g.shape[-1])
+    sample = g2[::max(1, g2.shape[0] // 16)]  # ~16 rows: mostly non-zero means dense, no full check
+    if g2.shape[0] < 8 or 2 * int(sample.any(axis=1).sum()) > sample.shape[0]:
+        return None
+    rows = xp.flatnonzero(g2.any(axis=1))
+    if 2 * rows.size > g2.shape[0]:
+        return None
+    out = xp.zeros((g2.shape[0], m.shape[1]), dtype=xp.result_type(g2, m))
+    if rows.size:
+        out[rows] = matmul(xp, g2[rows], m)
+    return out.reshape(g.shape[:-1] + (m.shape[1],))
+
+
+def matmul_vjp(xp, G, inputs, outputs, attrs, need):
+    """The MatMul adjoint of reflrp.ops.linalg with faster products: the operand gradient against a
+    weight matrix on the non-zero rows only, the weight gradient of a stack as one product per target."""
+    A, B = inputs
+    g = G[0]
+    a = A[None, :] if A.ndim == 1 else A
+    b = B[:, None] if B.ndim == 1 else B
+    if B.ndim == 1:
+        g = g[..., None]
+    if A.ndim == 1:
+        g = xp.expand_dims(g, -2)
+    k = g.shape[0]
+    ga = gb = None
+    if need[0]:
+        ga = rows_times_matrix(xp, g, b.T) if b.ndim == 2 else None
+        if ga is None:
+            ga = matmul(xp, g, xp.swapaxes(b, -1, -2))
+        ga = unbroadcast(xp, ga, a.shape).reshape((k,) + A.shape)
+    if need[1]:
+        if a.ndim > 2 and b.ndim == 2:  # a weight shared over the batch: one product per target
+            a2 = a if a.flags.c_contiguous else xp.ascontiguousarray(a)
+            a2 = a2.reshape(-1, a.shape[-1])
+            g2 = g.reshape(k, -1, g.shape[-1])
+            gb = a2.T @ g2[0] if k == 1 else xp.matmul(a2.T[None], g2)
+        else:
+            gb = unbroadcast(xp, matmul(xp, xp.swapaxes(a, -1, -2), g), b.shape)
+        gb = gb.reshape((k,) + B.shape)
+    return [ga, gb]
