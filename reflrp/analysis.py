@@ -94,19 +94,10 @@ def carries_relevance(node: Node) -> tuple[bool, ...]:
     rec = record(node.op_type)
     if rec is None or rec.kind == K.CONSTANT:
         return (False,) * len(node.outputs)
-    if rec.output_is_float is not None and not rec.output_is_float(_decoded(node)):
+    if rec.output_is_float is not None and not rec.output_is_float(rec.attrs_for(node)):
         return (False,) * len(node.outputs)
     n = rec.relevant_outputs if rec.relevant_outputs is not None else len(node.outputs)
     return tuple(i < n for i in range(len(node.outputs)))
-
-
-def _decoded(node: Node) -> dict:
-    """Attributes as the kernels see them where the record needs them (Cast's ``to`` as a dtype)."""
-    from .dtypes import numpy_dtype
-    attrs = dict(node.attrs)
-    if node.op_type == "Cast" and "to" in attrs:
-        attrs["to"] = numpy_dtype(attrs["to"], node.label())
-    return attrs
 
 
 def taint(graph: Graph, wrt) -> frozenset:

@@ -17,3 +17,8 @@ def numpy_dtype(code: int, where: str = "") -> np.dtype:
     except KeyError:
         raise UnsupportedOpError(f"{where}: ONNX element type {code} (e.g. bfloat16, float8, string, complex) "
                                  "is not supported") from None
+
+
+def under_policy(dt: np.dtype, policy: np.dtype | None) -> np.dtype:
+    """The dtype a tensor of dtype ``dt`` gets under the float policy (None: unchanged)."""
+    return policy if policy is not None and dt.kind == "f" else dt

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .backend import quiet
-from .dtypes import numpy_dtype
+from .dtypes import under_policy
 from .errors import FeedError, KernelError, ReflrpError, UnsupportedOpError
 from .graph import Graph, Node
 from .ops import record, resolve
@@ -43,28 +43,6 @@ class Prepared:
     shape_cache: Any = None  # reflrp.fast.ShapeCache when the fast layer is on
 
 
-def _policy_dtype(dt: np.dtype, policy: np.dtype | None) -> np.dtype:
-    return policy if policy is not None and dt.kind == "f" else dt
-
-
-def _attrs_for(node: Node, policy: np.dtype | None) -> dict:
-    """Decode attributes that carry types or tensors into what the kernel takes, under the policy."""
-    attrs = dict(node.attrs)
-    if node.op_type == "Cast":
-        attrs["to"] = _policy_dtype(numpy_dtype(attrs["to"], node.label()), policy)
-    elif node.op_type == "EyeLike" and "dtype" in attrs:
-        attrs["dtype"] = _policy_dtype(numpy_dtype(attrs["dtype"], node.label()), policy)
-    elif node.op_type in ("Constant", "ConstantOfShape"):
-        for key in ("value",):
-            if key in attrs and isinstance(attrs[key], np.ndarray):
-                attrs[key] = attrs[key].astype(_policy_dtype(attrs[key].dtype, policy))
-        if node.op_type == "Constant":
-            attrs["_float"] = policy if policy is not None else np.float32
-    elif node.op_type == "Split":
-        attrs["_n_outputs"] = len(node.outputs)
-    return attrs
-
-
 def _call(step: Step, xp, args: list):
     try:
         out = step.fn(xp, *args, **step.attrs)
@@ -85,7 +63,7 @@ def prepare(graph: Graph, policy: np.dtype | None, xp, fast: bool = False) -> Pr
     """Resolve kernels and adjoints, cast constants under ``policy``, fold input-independent nodes.
     With ``fast`` the speed layer's kernels and adjoints replace the plain ones where it has them."""
     from . import fast as fast_layer
-    constants = {k: xp.asarray(v.astype(_policy_dtype(v.dtype, policy), copy=False))
+    constants = {k: xp.asarray(v.astype(under_policy(v.dtype, policy), copy=False))
                  for k, v in graph.initializers.items()}
     steps: list[Step] = []
     inputs = set(graph.input_names)
@@ -94,7 +72,7 @@ def prepare(graph: Graph, policy: np.dtype | None, xp, fast: bool = False) -> Pr
         vjp = record(node.op_type).adjoint_for(graph.opset)
         if fast:
             fn, vjp = fast_layer.kernel(node.op_type, fn), fast_layer.adjoint(node.op_type, vjp)
-        step = Step(node, fn, _attrs_for(node, policy), node.inputs, node.outputs, vjp)
+        step = Step(node, fn, record(node.op_type).attrs_for(node, policy), node.inputs, node.outputs, vjp)
         if all(not n or n in constants for n in node.inputs) and not (set(node.inputs) & inputs):
             with quiet(xp):
                 values = _call(step, xp, [constants[n] if n else None for n in node.inputs])
@@ -145,9 +123,9 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None,
             kind_ok = arr.dtype.kind == info.dtype.kind or (arr.dtype.kind in "iu" and info.dtype.kind in "iu")
             if not kind_ok:
                 raise FeedError(f"input {info.describe()} expects dtype {info.dtype}, got {arr.dtype}")
-            target = _policy_dtype(info.dtype, policy)
+            target = under_policy(info.dtype, policy)
         else:
-            target = _policy_dtype(arr.dtype, policy)
+            target = under_policy(arr.dtype, policy)
         arr = xp.asarray(arr).astype(target, copy=False)
         if not allow_nan and arr.dtype.kind == "f" and arr.size and bool(xp.isnan(arr).any()):
             raise FeedError(f"input {name!r} contains NaN")

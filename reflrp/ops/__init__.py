@@ -48,6 +48,7 @@ class OpRecord:
     relevant_outputs: int | None = None
     output_is_float: Callable[[dict], bool] | None = None
     reads_shape_only: bool = False  # Shape, Size: the output depends on the input's shape, not its values
+    decode_attrs: Callable | None = None  # (attrs, float policy, node) -> attrs as the kernel takes them
 
     def kernel_for(self, opset: int) -> Kernel | None:
         usable = [fn for since, fn in self.versions if since <= opset]
@@ -57,6 +58,11 @@ class OpRecord:
         """The adjoint of the version that runs at ``opset`` (or the one registered for every version)."""
         since = max((s for s, _ in self.versions if s <= opset), default=None)
         return self.adjoints.get(since, self.adjoints.get(0))
+
+    def attrs_for(self, node, policy=None) -> dict:
+        """The node's attributes as the kernel takes them under the float ``policy`` (types decoded)."""
+        attrs = dict(node.attrs)
+        return self.decode_attrs(attrs, policy, node) if self.decode_attrs is not None else attrs
 
     def addend_inputs(self, n_inputs: int) -> tuple[int, ...]:
         return tuple(range(n_inputs)) if self.addends == "all" else tuple(self.addends)

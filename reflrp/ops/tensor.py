@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..dtypes import numpy_dtype, under_policy
 from ..errors import KernelError, UnsupportedOpError
 from . import adjoint, kernel
 from . import kinds as K
@@ -92,7 +93,7 @@ def _concat_vjp(xp, G, inputs, outputs, attrs, need):
     return grads
 
 
-@kernel("Split", kind=K.MOVE)
+@kernel("Split", kind=K.MOVE, decode_attrs=lambda attrs, policy, node: {**attrs, "_n_outputs": len(node.outputs)})
 def Split(xp, x, split=None, axis=0, num_outputs=None, _n_outputs=1):
     length = x.shape[axis]
     sizes = _ints(xp, split)
@@ -234,7 +235,27 @@ def Pad(xp, data, pads, constant_value=None, axes=None, mode="constant", value=0
     return xp.pad(data, width, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
 
 
-@kernel("Cast", kind=K.CAST, output_is_float=lambda attrs: np.dtype(attrs["to"]).kind == "f")
+def _decode_type(key: str):
+    """Attribute ``key`` holds an ONNX element type: the numpy dtype, under the float policy."""
+    def decode(attrs, policy, node):
+        if key in attrs:
+            attrs[key] = under_policy(numpy_dtype(attrs[key], node.label()), policy)
+        return attrs
+    return decode
+
+
+def _decode_value(attrs, policy, node):
+    """Constant / ConstantOfShape: the value tensor under the float policy; Constant's float scalars too."""
+    value = attrs.get("value")
+    if isinstance(value, np.ndarray):
+        attrs["value"] = value.astype(under_policy(value.dtype, policy))
+    if node.op_type == "Constant":
+        attrs["_float"] = policy if policy is not None else np.float32
+    return attrs
+
+
+@kernel("Cast", kind=K.CAST, output_is_float=lambda attrs: np.dtype(attrs["to"]).kind == "f",
+        decode_attrs=_decode_type("to"))
 def Cast(xp, x, to, saturate=1, round_mode="up"):
     return x.astype(to, copy=False)
 
@@ -254,7 +275,7 @@ def _castlike_vjp(xp, G, inputs, outputs, attrs, need):
     return [G[0], None]
 
 
-@kernel("Constant", kind=K.CONSTANT)
+@kernel("Constant", kind=K.CONSTANT, decode_attrs=_decode_value)
 def Constant(xp, value=None, value_float=None, value_floats=None, value_int=None, value_ints=None,
              sparse_value=None, value_string=None, value_strings=None, _float=np.float32):
     if value is not None:
@@ -270,7 +291,7 @@ def Constant(xp, value=None, value_float=None, value_floats=None, value_int=None
     raise KernelError("Constant without a supported value attribute")
 
 
-@kernel("ConstantOfShape", kind=K.CONSTANT)
+@kernel("ConstantOfShape", kind=K.CONSTANT, decode_attrs=_decode_value)
 def ConstantOfShape(xp, shape, value=None):
     if value is None:
         value = np.zeros(1, dtype=np.float32)
@@ -283,7 +304,7 @@ def Range(xp, start, limit, delta):
     return (xp.arange(n) * delta + start).astype(start.dtype, copy=False)
 
 
-@kernel("EyeLike", kind=K.CONSTANT)
+@kernel("EyeLike", kind=K.CONSTANT, decode_attrs=_decode_type("dtype"))
 def EyeLike(xp, x, dtype=None, k=0):
     return xp.eye(x.shape[0], x.shape[1], k=k, dtype=dtype if dtype is not None else x.dtype)
 
