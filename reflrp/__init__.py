@@ -9,7 +9,7 @@ from .model import InferenceSession, Model, load
 from .ops import supported_ops
 from .targets import contrastive
 
-__version__ = "0.2.0"
+from .version import __version__  # noqa: E402
 
 __all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "contrastive", "Attribution",
            "ReflrpWarning", "supported_ops", "set_allocator_policy", "release_memory", "ReflrpError",

@@ -1,13 +1,17 @@
-"""The ``reflrp`` command line: explain, plan, verify, golden, check, ops."""
+"""The ``reflrp`` command line: explain, plan, verify, golden, check, ops. Its flags mirror the Python
+arguments of :func:`reflrp.explain` one to one."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ReflrpError
+
+DTYPES = ("float64", "float32", "float16", "model")
 
 
 class UserError(ReflrpError):
@@ -20,7 +24,8 @@ def _load(path: str):
 
 
 def _parse_inputs(specs, model) -> dict:
-    """``NAME=FILE.npy`` or ``FILE.npz`` (keys = input names; other keys are ignored)."""
+    """``NAME=FILE.npy``, ``FILE.npz`` (keys = input names; other keys are ignored), or, for a model with
+    one input, ``FILE.npy``."""
     from .golden import read_npz
     feeds: dict = {}
     for spec in specs or []:
@@ -38,8 +43,32 @@ def _parse_inputs(specs, model) -> dict:
             if not found:
                 raise UserError(f"--input {spec}: no array named like an input {list(model.input_names)}; has {sorted(arrays)}")
             feeds.update(found)
+        elif spec.endswith(".npy") and len(model.input_names) == 1:
+            feeds[model.input_names[0]] = read_npz(spec, "input file")[Path(spec).stem]
         else:
-            raise UserError(f"bad --input {spec!r}: use NAME=FILE.npy or FILE.npz")
+            raise UserError(f"bad --input {spec!r}: use NAME=FILE.npy or FILE.npz"
+                            + (" (or FILE.npy for a one-input model)" if spec.endswith(".npy") else ""))
+    return feeds
+
+
+def describe_inputs(model) -> str:
+    return "; ".join(v.describe() for v in model.graph.inputs)
+
+
+def random_feeds(model, seed: int = 0) -> dict:
+    """A deterministic random feed: N(0, 1) floats, token ids in [0, 8), masks of ones; unknown dims 4
+    (batch 1)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i, v in enumerate(model.graph.inputs):
+        shape = [d if isinstance(d, int) and d > 0 else (1 if j == 0 else 4) for j, d in enumerate(v.shape or ())]
+        dtype = v.dtype or np.dtype(np.float32)
+        if dtype.kind in "iu":
+            feeds[v.name] = (np.ones(shape) if "mask" in v.name else rng.integers(0, 8, size=shape)).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[v.name] = np.ones(shape, dtype=bool)
+        else:
+            feeds[v.name] = rng.normal(size=shape).astype(dtype)
     return feeds
 
 
@@ -57,7 +86,11 @@ def _text_feeds(args, model):
     ids = [i for i in model.graph.inputs if i.dtype is not None and i.dtype.kind in "iu"]
     if not ids:
         raise UserError("--text needs a model fed token ids; this one's inputs are " + str(list(model.input_names)))
-    return {ids[0].name: np.asarray([enc.ids], dtype=np.int64)}, enc.tokens
+    feeds = {ids[0].name: np.asarray([enc.ids], dtype=np.int64)}
+    for v in ids[1:]:
+        if "mask" in v.name:
+            feeds[v.name] = np.ones((1, len(enc.ids)), dtype=v.dtype)
+    return feeds, enc.tokens
 
 
 def _target(spec):
@@ -68,6 +101,32 @@ def _target(spec):
     except ValueError:
         raise UserError(f"--target {spec!r}: give a class index or a comma list, one per batch row") from None
     return np.asarray(values if len(values) > 1 else values[0])
+
+
+def _rules(specs):
+    """``--rules KEY=RULE`` (repeatable; KEY an op type, node-name glob or ``re:`` regex) or one JSON object."""
+    if not specs:
+        return None
+    if len(specs) == 1 and specs[0].lstrip().startswith("{"):
+        try:
+            return json.loads(specs[0])
+        except ValueError as exc:
+            raise UserError(f"--rules {specs[0]!r} is not valid JSON: {exc}") from None
+    rules = {}
+    for spec in specs:
+        key, sep, rule = spec.rpartition("=")
+        if not sep or not key:
+            raise UserError(f"--rules {spec!r}: use KEY=RULE (KEY an op type, node-name glob or re:regex)")
+        rules[key] = rule
+    return rules
+
+
+def _names(spec):
+    return None if spec is None else [s for s in spec.split(",") if s]
+
+
+def _dtype(value):
+    return None if value == "model" else value
 
 
 def _select_row(feeds, row):
@@ -81,23 +140,51 @@ def _select_row(feeds, row):
     return out
 
 
+def _explain_options(args) -> dict:
+    """The keyword arguments of reflrp.explain given by the command line."""
+    return dict(target=_target(args.target), preset=args.preset, dtype=_dtype(args.dtype), epsilon=args.epsilon,
+                wrt=_names(args.wrt), rules=_rules(args.rules), output=args.output,
+                checkpoint=getattr(args, "checkpoint", None), keep=_names(getattr(args, "keep", None)),
+                device=getattr(args, "device", None))
+
+
+def _feeds_for(args, model):
+    if args.text is not None:
+        return _text_feeds(args, model)
+    feeds = _parse_inputs(args.input, model)
+    if args.random:
+        feeds = {**random_feeds(model, args.random_seed), **feeds}
+    if not feeds:
+        raise UserError(f"no inputs: pass --input NAME=FILE.npy / FILE.npz, --text with --tokenizer, or --random; "
+                        f"the model's inputs: {describe_inputs(model)}")
+    return _select_row(feeds, args.row), None
+
+
 def cmd_explain(args) -> int:
-    from . import viz
     from .explain import explain
     from .golden import write_golden
     model = _load(args.model)
     for path in (args.html, args.png, args.out):
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tokens = None
-    if args.text is not None:
-        feeds, tokens = _text_feeds(args, model)
-    else:
-        feeds = _select_row(_parse_inputs(args.input, model), args.row)
-    if not feeds:
-        raise UserError("no inputs: pass --input NAME=FILE.npy / FILE.npz, or --text with --tokenizer")
-    att = explain(model, feeds, target=_target(args.target), preset=args.preset, dtype=args.dtype,
-                  epsilon=args.epsilon, wrt=args.wrt.split(",") if args.wrt else None).numpy()
+    feeds, tokens = _feeds_for(args, model)
+    att = explain(model, feeds, **_explain_options(args)).numpy()
+    _print_attribution(args, model, feeds, tokens, att)
+    if att.conservation is not None:
+        print("\nconservation:\n" + att.conservation.text(top=4))
+    for path, what in ((args.html, "HTML"), (args.png, "PNG"), (args.out, "relevance")):
+        if path:
+            if what == "relevance":
+                write_golden(path, att, feeds, model)
+            print(f"wrote {what}: {path}")
+    if args.strict and att.conservation is not None and not att.conservation.ok:
+        print("reflrp: the relevance books do not close (--strict)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_attribution(args, model, feeds, tokens, att) -> None:
+    from . import viz
     rel = att.relevance[att.wrt[0]]
     out = att.outputs[att.output]
     names = _class_names(model)
@@ -131,18 +218,10 @@ def cmd_explain(args) -> int:
                               f"class {label} ({args.preset})")
             if b == 0 and args.html:
                 raise UserError("--html is for token models; use --png for images")
-    print("\nconservation:\n" + att.conservation.text(top=4))
-    for path, what in ((args.html, "HTML"), (args.png, "PNG"), (args.out, "relevance")):
-        if path:
-            if what == "relevance":
-                write_golden(path, att, feeds, model)
-            print(f"wrote {what}: {path}")
-    return 0
 
 
 def _class_names(model):
     """Class names from the ONNX metadata property ``class_names`` (a JSON list), if the model has it."""
-    import json
     try:
         names = json.loads(model.graph.metadata.get("class_names", "null"))
     except ValueError:
@@ -151,7 +230,8 @@ def _class_names(model):
 
 
 def cmd_plan(args) -> int:
-    print(_load(args.model).plan(args.preset).table())
+    print(_load(args.model).plan(args.preset, epsilon=args.epsilon, wrt=_names(args.wrt),
+                                 rules=_rules(args.rules)).table())
     return 0
 
 
@@ -163,15 +243,7 @@ def _default_feeds(model, path):
         if missing:
             raise UserError(f"{ref} lacks input(s) {missing}; pass --input")
         return {k: data[k] for k in model.input_names}
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for v in model.graph.inputs:
-        shape = [d if isinstance(d, int) and d > 0 else 4 for d in (v.shape or ())]
-        if v.dtype is not None and v.dtype.kind in "iu":
-            feeds[v.name] = rng.integers(0, 8, size=shape).astype(v.dtype)
-        else:
-            feeds[v.name] = rng.normal(size=shape).astype(v.dtype or np.float32)
-    return feeds
+    return random_feeds(model)
 
 
 def cmd_verify(args) -> int:
@@ -187,45 +259,25 @@ def cmd_verify(args) -> int:
     ok = True
     for name in model.output_names:
         a, b = np.asarray(ours[name], np.float64), np.asarray(ref[name], np.float64)
-        err = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) if b.size else 0.0
-        good = a.shape == b.shape and err <= args.rtol
+        same_shape = a.shape == b.shape
+        err = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) if same_shape and b.size else 0.0
+        good = same_shape and err <= args.rtol
         ok &= good
         print(f"{name}: shape {a.shape}, max |reflrp - onnxruntime| / max |onnxruntime| = {err:.3e}  {'ok' if good else 'FAIL'}")
     return 0 if ok else 1
 
 
 def cmd_golden(args) -> int:
-    from .explain import explain
-    from .golden import read_npz, write_golden
-    model = _load(args.model)
-    src = Path(args.inputs)
-    if src.is_dir():
-        files = sorted(p for p in src.iterdir() if p.suffix == ".npz")
-    elif src.is_file():
-        files = [src]
-    else:
-        raise UserError(f"--inputs {args.inputs!r} is neither a file nor a folder")
-    if not files:
-        raise UserError(f"no .npz input files in {args.inputs}")
-    out = Path(args.out)
-    for stale in out.glob(".*.part") if out.is_dir() else ():  # temp files of a run that was killed
-        stale.unlink()
-    done = skipped = 0
-    for i, f in enumerate(files):
-        target_path = out / f"{f.stem}.golden.npz"
-        _progress(i, len(files), f.name)
-        if target_path.exists():
-            skipped += 1
-            continue
-        arrays = read_npz(f, "input file")
-        feeds = {k: v for k, v in arrays.items() if k in model.input_names}
-        att = explain(model, feeds, target=_target(args.target), preset=args.preset, dtype=args.dtype,
-                      epsilon=args.epsilon, keep=None if args.all_tensors else ()).numpy()
-        write_golden(target_path, att, feeds, model, all_tensors=args.all_tensors)
-        done += 1
-    _progress(len(files), len(files), "")
-    print(f"\n{done} golden file(s) written, {skipped} already complete, in {out}")
-    return 0
+    from . import golden
+    opts = _explain_options(args)
+    result = golden.run(_load(args.model), args.inputs, args.out, preset=opts["preset"], dtype=opts["dtype"],
+                        epsilon=opts["epsilon"], wrt=opts["wrt"], rules=opts["rules"], target=opts["target"],
+                        all_tensors=args.all_tensors, force=args.force, progress=_progress, output=opts["output"])
+    print(f"\n{len(result.written)} golden file(s) written, {len(result.skipped)} already complete "
+          f"(fingerprints match), in {args.out}")
+    for name, why in result.failed.items():
+        print(f"failed: {name}: {why}", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def _progress(i, n, label):
@@ -269,8 +321,7 @@ def cmd_ops(args) -> int:
     def rules(preset, kind):
         if kind == "constant":
             return "(constant)"
-        found = dict.fromkeys(PRESETS[preset].roles.get(r, "error") for r in KIND_ROLES[kind])
-        return " / ".join(found)
+        return " / ".join(dict.fromkeys(PRESETS[preset].roles.get(r, "error") for r in KIND_ROLES[kind]))
 
     rows = [("op", "since opsets", "kind", "attnlrp", "cp-lrp", "epsilon", "adjoint")]
     for op, rec in records().items():
@@ -283,66 +334,95 @@ def cmd_ops(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reflrp", description="Reference LRP (AttnLRP, CP-LRP) for ONNX transformers")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+def _relevance_flags(sp, golden: bool = False) -> None:
+    from .presets import PRESETS
+    sp.add_argument("--preset", default="attnlrp", help=f"rule preset: {', '.join(sorted(PRESETS))} (default attnlrp)")
+    sp.add_argument("--dtype", default="float64", choices=DTYPES,
+                    help="dtype of the forward and relevance pass: float64 (default, the reference), float32, "
+                         "float16, or 'model' for the model's own types")
+    sp.add_argument("--epsilon", type=float, default=None, help="LRP stabiliser, >= 0 (default: the preset's)")
+    sp.add_argument("--target", default=None, help="class index, or a comma list (one per batch row); default argmax")
+    sp.add_argument("--wrt", help="comma list of tensors to attribute to (default: float inputs / embedding outputs)")
+    sp.add_argument("--rules", action="append",
+                    help="rule override KEY=RULE (repeatable; KEY an op type, node-name glob or re:regex), or a JSON object")
+    sp.add_argument("--output", help="graph output to explain (default the first)")
+    if not golden:
+        sp.add_argument("--checkpoint", choices=["sqrt"], help="recompute activations in ~sqrt(steps) segments (less memory)")
+        sp.add_argument("--keep", help="comma list of latent tensors whose relevance to keep (default all)")
+        sp.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda (needs cupy and a GPU)")
 
-    def common(sp):
-        sp.add_argument("--preset", default="attnlrp", help="attnlrp (default), cp-lrp or epsilon")
-        sp.add_argument("--dtype", default="float64", help="float64 (default), float32")
-        sp.add_argument("--epsilon", type=float, default=None, help="stabiliser (default: the preset's)")
-        sp.add_argument("--target", default=None, help="class index, or a comma list (one per batch row)")
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the same one-line form as every other error (exit status 2)."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="reflrp", description="Reference LRP (AttnLRP, CP-LRP) for ONNX transformers")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     e = sub.add_parser("explain", help="explain a prediction")
-    e.add_argument("model")
-    e.add_argument("--input", action="append", help="NAME=FILE.npy or FILE.npz (repeatable)")
+    e.add_argument("model", help="the ONNX file")
+    e.add_argument("--input", action="append", help="NAME=FILE.npy or FILE.npz (repeatable); FILE.npy for a one-input model")
+    e.add_argument("--random", action="store_true", help="use a deterministic random feed for inputs not given")
+    e.add_argument("--random-seed", type=int, default=0, help="seed of --random (default 0)")
     e.add_argument("--row", type=int, default=None, help="use only this batch row of the inputs")
     e.add_argument("--text", help="text to tokenize (with --tokenizer)")
     e.add_argument("--tokenizer", help="a tokenizer.json (tokenizers package)")
-    e.add_argument("--wrt", help="comma list of tensors to attribute to")
     e.add_argument("--out", help="write relevance as a golden .npz")
     e.add_argument("--html", help="write a token heatmap as HTML")
     e.add_argument("--png", help="write a heatmap PNG (tokens or image)")
-    e.add_argument("--top", type=int, default=5)
-    e.add_argument("--no-color", action="store_true")
-    common(e)
+    e.add_argument("--top", type=int, default=5, help="how many most relevant tokens/elements to print")
+    e.add_argument("--no-color", action="store_true", help="no ANSI colours in the terminal heatmap")
+    e.add_argument("--strict", action="store_true", help="exit 1 when the relevance books do not close")
+    _relevance_flags(e)
     e.set_defaults(func=cmd_explain)
 
-    pl = sub.add_parser("plan", help="print the rule of every node")
-    pl.add_argument("model")
-    pl.add_argument("--preset", default="attnlrp")
+    pl = sub.add_parser("plan", help="print the role and rule of every node")
+    pl.add_argument("model", help="the ONNX file")
+    pl.add_argument("--preset", default="attnlrp", help="rule preset (default attnlrp)")
+    pl.add_argument("--epsilon", type=float, default=None, help="LRP stabiliser (default: the preset's)")
+    pl.add_argument("--wrt", help="comma list of tensors to attribute to")
+    pl.add_argument("--rules", action="append", help="rule override KEY=RULE (repeatable)")
     pl.set_defaults(func=cmd_plan)
 
     v = sub.add_parser("verify", help="compare the forward pass with onnxruntime")
-    v.add_argument("model")
-    v.add_argument("--input", action="append")
-    v.add_argument("--rtol", type=float, default=1e-5)
+    v.add_argument("model", help="the ONNX file")
+    v.add_argument("--input", action="append", help="NAME=FILE.npy or FILE.npz (default: MODEL.ref.npz or random)")
+    v.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     v.set_defaults(func=cmd_verify)
 
     g = sub.add_parser("golden", help="write golden files for a batch of inputs")
-    g.add_argument("model")
-    g.add_argument("--inputs", required=True, help="an .npz file or a folder of .npz files")
-    g.add_argument("--out", required=True)
+    g.add_argument("model", help="the ONNX file")
+    g.add_argument("--inputs", required=True, help="an .npz/.npy file or a folder of them")
+    g.add_argument("--out", required=True, help="folder for the golden files")
     g.add_argument("--all-tensors", action="store_true", help="store every tensor's relevance, not only the inputs'")
-    common(g)
+    g.add_argument("--force", action="store_true", help="recompute files whose fingerprint differs (else exit 2)")
+    _relevance_flags(g, golden=True)
     g.set_defaults(func=cmd_golden)
 
     c = sub.add_parser("check", help="check another backend's relevance against a golden file")
-    c.add_argument("golden")
-    c.add_argument("--candidate", required=True)
-    c.add_argument("--rtol", type=float, default=1e-5)
-    c.add_argument("--atol", type=float, default=0.0)
+    c.add_argument("golden", help="a golden .npz")
+    c.add_argument("--candidate", required=True, help="the other backend's relevance (.npz, keys = tensor names)")
+    c.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    c.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
     c.set_defaults(func=cmd_check)
 
-    o = sub.add_parser("ops", help="the support table")
+    o = sub.add_parser("ops", help="the support table: op, opsets, kind, rule per preset")
     o.set_defaults(func=cmd_ops)
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as exc:
+        print(f"reflrp: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except (ReflrpError, OSError) as exc:

@@ -154,3 +154,92 @@ def test_shape_mismatch(tmp_path, capsys):
     assert "inputs_embeds" in err and "axis 2 must be 32" in err and err.count("\n") == 1
     with pytest.raises(Exception, match="axis 2 must be 32"):  # --debug shows the traceback instead
         main(["--debug"] + argv)
+
+
+def test_golden_rerun_with_other_options_names_the_change(tmp_path, capsys):
+    """A rerun skips a file only when its fingerprint matches; otherwise exit 2 naming what changed."""
+    inputs = _inputs_dir(tmp_path, 2)
+    out = tmp_path / "g"
+    assert run("golden", LLAMA, "--inputs", inputs, "--out", out) == 0
+    first = (out / "ex000.golden.npz").read_bytes()
+    assert run("golden", LLAMA, "--inputs", inputs, "--out", out, "--preset", "cp-lrp") == 2
+    err = capsys.readouterr().err
+    assert "preset: 'attnlrp' -> 'cp-lrp'" in err and "--force" in err
+    assert run("golden", str(MODELS / "llama_op23.onnx"), "--inputs", inputs, "--out", out) == 2
+    assert "model_sha256" in capsys.readouterr().err
+    assert (out / "ex000.golden.npz").read_bytes() == first
+    assert run("golden", LLAMA, "--inputs", inputs, "--out", out, "--preset", "cp-lrp", "--force") == 0
+    _, meta = read_golden(out / "ex000.golden.npz")
+    assert meta["preset"] == "cp-lrp" and meta["fingerprint"]["preset"] == "cp-lrp"
+
+
+def test_golden_bad_input_is_reported_and_the_run_goes_on(tmp_path, capsys):
+    inputs = _inputs_dir(tmp_path, 2)
+    (inputs / "ex001_bad.npz").write_bytes(b"not a zip")
+    np.savez(inputs / "ex001_wrongshape.npz", inputs_embeds=np.zeros((2, 6, 16), np.float32))
+    out = tmp_path / "g"
+    assert run("golden", LLAMA, "--inputs", inputs, "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "ex001_bad.npz" in err and "ex001_wrongshape.npz" in err and "axis 2 must be 32" in err
+    assert sorted(p.name for p in out.iterdir()) == ["ex000.golden.npz", "ex001.golden.npz"]
+
+
+def test_golden_files_follow_the_umask(tmp_path):
+    import os
+    inputs = _inputs_dir(tmp_path, 1)
+    old = os.umask(0o022)
+    try:
+        assert run("golden", LLAMA, "--inputs", inputs, "--out", tmp_path / "g") == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "g" / "ex000.golden.npz").stat().st_mode & 0o777 == 0o644
+
+
+def test_golden_bytes_do_not_depend_on_blas_threads(tmp_path):
+    import os
+    inputs = _inputs_dir(tmp_path, 2)
+    digests = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"t{threads}"
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        cmd = [sys.executable, "-m", "reflrp", "golden", LLAMA, "--inputs", str(inputs), "--out", str(out)]
+        assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+        digests.append([p.read_bytes() for p in sorted(out.iterdir())])
+    assert digests[0] == digests[1]
+
+
+def test_explain_flags_mirror_the_python_arguments(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", feeds("llama")["inputs_embeds"])
+    assert run("explain", LLAMA, "--input", tmp_path / "x.npy", "--rules", "Softmax=identity", "--keep",
+               "logits", "--checkpoint", "sqrt", "--strict", "--out", tmp_path / "r.npz") == 0
+    rel, meta = read_golden(tmp_path / "r.npz")
+    import reflrp
+    want = reflrp.explain(reflrp.load(LLAMA), feeds("llama"), rules={"Softmax": "identity"})
+    np.testing.assert_allclose(rel["inputs_embeds"], want.relevance["inputs_embeds"], rtol=1e-12, atol=0)
+    assert run("explain", LLAMA, "--random", "--no-color") == 0
+    assert "books                 ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["explain", LLAMA], "inputs_embeds: float32 [batch, seq, 32]"),
+    (["explain", LLAMA, "--random", "--dtype", "float8"], "invalid choice: 'float8'"),
+    (["explain", LLAMA, "--random", "--rules", "softmax=identity"], "matches no node"),
+    (["explain", LLAMA, "--random", "--rules", "Softmax=nope"], "unknown rule 'nope'"),
+    (["explain", LLAMA, "--random", "--keep", "nope"], "no tensor 'nope'"),
+    (["explain", LLAMA, "--random", "--output", "nope"], "not a graph output"),
+    (["explain", LLAMA, "--random", "--epsilon", "-1"], "finite number >= 0"),
+    (["explain", LLAMA, "--random", "--wrt", "nope"], "no tensor 'nope'"),
+])
+def test_explain_argument_errors(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reflrp: error:") and needle in err and err.count("\n") == 1
+
+
+def test_every_flag_has_help_text():
+    from reflrp.cli import build_parser
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = [f"{name} {a.option_strings or a.dest}" for name, sp in subs.choices.items() for a in sp._actions
+               if a.help is None and a.dest != "help"]
+    assert not missing, missing
