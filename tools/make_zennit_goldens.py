@@ -22,14 +22,9 @@ Key layout of NAME.zennit.npz:
     bounds:scalar:low|high float64 0-d           zbox bounds (scalars; float32-representable)
     bounds:channel:low|high float64 [1, C, 1, 1] or [1, F]: per-channel / per-feature bounds
     <spec>:relevance       float64, shape of x
-    meta                   uint8 UTF-8 JSON (json.loads(bytes(z["meta"]))): fixture, BN handling, canonizers, every spec with its
-                           declarative layer map (see ``spec`` below), conservation, checks.
-
-A spec is declarative, so a test can rebuild it by name: ``layer_map`` / ``first_map`` are lists of
-``[type, rule, kwargs]`` (type: a dotted name, e.g. ``zennit.types.Linear``; rule: a class of
-``zennit.rules``; a kwarg ``{"array": key}`` names an array of the file).  Composite specs also
-give the Zennit class and kwargs they were built with; their ``layer_map`` is our reading of
-``zennit/composites.py`` (checked: the expanded map gives bit-identical relevance).
+    meta                   uint8 UTF-8 JSON (``json.loads(bytes(z["meta"]))``): fixture, BN
+                           handling, canonizers, every spec (tools/zennit_specs.py: its
+                           declarative layer map), conservation, checks.
 
 Process: exports first (torch.onnx must not see the torchvision stand-in), then Zennit.  The ViT
 recipe runs in a subprocess (LXT patches Zennit's BasicHook and HF's ViT process-wide).
@@ -39,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -55,158 +49,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zennit_models as zm  # noqa: E402
 from torch_common import op_types, save_npz, strip_stack_traces  # noqa: E402
+from zennit_specs import (LXT_CONV_GAMMAS, LXT_LINEAR_GAMMAS, SCALAR_BOUNDS, ST, gf,  # noqa: E402
+                          make_composite, specs_for)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "models" / "zennit"
 VIT_OUT = ROOT / "models" / "vit.gamma.npz"
-ST = 1e-6                                   # Zennit's default stabilizer / epsilon
-SCALAR_BOUNDS = (-3.0, 3.0)
-LXT_CONV_GAMMAS = (0.1, 0.25, 100.0)        # LXT's examples/vit_torch.py sweep
-LXT_LINEAR_GAMMAS = (0.0, 0.01, 0.05, 0.1, 1.0)
-CANONIZERS = {"none": [], "merge-bn": ["zennit.canonizers.SequentialMergeBatchNorm"],
-              "resnet": ["zennit.torchvision.ResNetCanonizer"]}
 
 
-# ------------------------------------------------------------------------ specs
-
-def E(tname, rule, **kw):
-    return [tname, rule, kw]
-
-
-def base_map(stabilizer=ST, activation=True, avgpool=True):
-    """Zennit's layer_map_base (composites.py): Pass on activations and BN, Norm on Sum / AvgPool."""
-    return ([E("zennit.types.Activation", "Pass")] if activation else []) + \
-        [E("zennit.layer.Sum", "Norm", stabilizer=stabilizer)] + \
-        ([E("zennit.types.AvgPool", "Norm", stabilizer=stabilizer)] if avgpool else []) + \
-        [E("zennit.types.BatchNorm", "Pass")]
-
-
-def composite(name, cls, **kw):
-    """A named Zennit composite, with its layer maps expanded as composites.py builds them."""
-    eps, st, zp = kw.get("epsilon", ST), kw.get("stabilizer", ST), kw.get("zero_params")
-    rk = {"zero_params": zp} if zp else {}
-    conv_rule = {"EpsilonPlus": ("ZPlus", {}), "EpsilonPlusFlat": ("ZPlus", {}),
-                 "EpsilonAlpha2Beta1": ("AlphaBeta", {"alpha": 2, "beta": 1}),
-                 "EpsilonAlpha2Beta1Flat": ("AlphaBeta", {"alpha": 2, "beta": 1}),
-                 "EpsilonGammaBox": ("Gamma", {"gamma": kw.get("gamma", 0.25)})}[cls]
-    layer_map = base_map(st) + [E("zennit.types.Convolution", conv_rule[0], **conv_rule[1], stabilizer=st, **rk),
-                                E("torch.nn.Linear", "Epsilon", epsilon=eps, **rk)]
-    first_map = []
-    if cls.endswith("Flat"):
-        first_map = [E("zennit.types.Linear", "Flat", stabilizer=st, **rk)]
-    elif cls == "EpsilonGammaBox":
-        first_map = [E("zennit.types.Convolution", "ZBox", low=kw["low"], high=kw["high"], stabilizer=st, **rk)]
-    return {"name": name, "kind": "composite", "composite": f"zennit.composites.{cls}", "kwargs": kw,
-            "layer_map": layer_map, "first_map": first_map}
-
-
-def layer_map_spec(name, layer_map, first_map=(), **extra):
-    cls = "SpecialFirstLayerMapComposite" if first_map else "LayerMapComposite"
-    return {"name": name, "kind": "layer_map", "composite": f"zennit.composites.{cls}",
-            "layer_map": layer_map, "first_map": list(first_map), **extra}
-
-
-def every_linear(name, rule, **kw):
-    """One rule on every Conv/ConvTranspose/nn.Linear (zennit.types.Linear) over Zennit's base map."""
-    return layer_map_spec(name, base_map() + [E("zennit.types.Linear", rule, **kw)])
-
-
-def gf(v: float) -> str:
-    return f"{v:g}"
-
-
-def specs_for(fx: zm.Fixture, has_conv: bool, has_avgpool: bool, smooth: bool) -> list[dict]:
-    S, C = {"low": SCALAR_BOUNDS[0], "high": SCALAR_BOUNDS[1]}, \
-        {"low": {"array": "bounds:channel:low"}, "high": {"array": "bounds:channel:high"}}
-    out = [
-        composite("epsilon-plus", "EpsilonPlus"),
-        composite("epsilon-plus-flat", "EpsilonPlusFlat"),
-        composite("epsilon-gamma-box", "EpsilonGammaBox", **S),
-        composite("epsilon-gamma-box.channel-bounds", "EpsilonGammaBox", **C),
-        composite("epsilon-alpha2-beta1", "EpsilonAlpha2Beta1"),
-        composite("epsilon-alpha2-beta1-flat", "EpsilonAlpha2Beta1Flat"),
-        composite("epsilon-plus.epsilon=0.25", "EpsilonPlus", epsilon=0.25),
-        composite("epsilon-gamma-box.epsilon=0.25,gamma=1", "EpsilonGammaBox", **S, epsilon=0.25, gamma=1.0),
-        composite("epsilon-alpha2-beta1-flat.stabilizer=0.01", "EpsilonAlpha2Beta1Flat", stabilizer=0.01),
-        composite("epsilon-plus.zero_params=bias", "EpsilonPlus", zero_params=["bias"]),
-        composite("epsilon-gamma-box.zero_params=bias", "EpsilonGammaBox", **S, zero_params=["bias"]),
-        every_linear("epsilon.epsilon=1e-06", "Epsilon", epsilon=1e-6),
-        every_linear("epsilon.epsilon=0.25", "Epsilon", epsilon=0.25),
-        every_linear("epsilon.zero_params=bias", "Epsilon", epsilon=1e-6, zero_params=["bias"]),
-        every_linear("zplus", "ZPlus", stabilizer=ST),
-        every_linear("alpha-beta.alpha=2,beta=1", "AlphaBeta", alpha=2, beta=1, stabilizer=ST),
-        every_linear("alpha-beta.alpha=1,beta=0", "AlphaBeta", alpha=1, beta=0, stabilizer=ST),
-        every_linear("gamma.zero_params=bias", "Gamma", gamma=0.25, stabilizer=ST, zero_params=["bias"]),
-        every_linear("flat", "Flat", stabilizer=ST),
-        every_linear("wsquare", "WSquare", stabilizer=ST),
-    ]
-    for gamma in (0.25, 1.0) if has_conv else (0.0, 0.01, 0.05, 0.1, 0.25, 1.0):
-        out.append(every_linear(f"gamma.gamma={gf(gamma)}", "Gamma", gamma=gamma, stabilizer=ST))
-    for bname, bounds in (("", S), (".channel-bounds", C)):
-        out.append(layer_map_spec(f"zbox-first+epsilon{bname}",
-                                  base_map() + [E("zennit.types.Linear", "Epsilon", epsilon=1e-6)],
-                                  [E("zennit.types.Linear", "ZBox", **bounds, stabilizer=ST)]))
-    if has_conv:  # LXT's ViT sweep, here over Zennit's base map
-        for gc in LXT_CONV_GAMMAS:
-            for gl in LXT_LINEAR_GAMMAS:
-                out.append(layer_map_spec(
-                    f"gamma.conv={gf(gc)},linear={gf(gl)}",
-                    base_map() + [E("zennit.types.Convolution", "Gamma", gamma=gc, stabilizer=ST),
-                                  E("torch.nn.Linear", "Gamma", gamma=gl, stabilizer=ST)]))
-    out += diagnostics(fx, has_avgpool, smooth)
-    for s in out:
-        s.setdefault("canonizers", CANONIZERS[fx.canonizer])
-        s.setdefault("diagnostic", False)
-    return out
-
-
-def diagnostics(fx, has_avgpool, smooth) -> list[dict]:
-    """Zennit with a piece of its convention removed: shows what each piece does (not targets)."""
-    out = []
-    if smooth or fx.name == "mlp":
-        rule = ("Epsilon", {"epsilon": 1e-6}) if smooth else ("Flat", {"stabilizer": ST})
-        out.append(layer_map_spec(f"{rule[0].lower()}.activation=gradient",
-                                  base_map(activation=False) + [E("zennit.types.Linear", rule[0], **rule[1])],
-                                  diagnostic=True, why="activations without Pass: their plain gradient"))
-    if has_avgpool:
-        out.append(layer_map_spec("epsilon.avgpool=gradient",
-                                  base_map(avgpool=False) + [E("zennit.types.Linear", "Epsilon", epsilon=1e-6)],
-                                  diagnostic=True, why="AvgPool without Norm: its plain gradient"))
-    if fx.canonizer != "none" or fx.name.startswith("resnet"):
-        nc = composite("epsilon-plus.no-canonizer", "EpsilonPlus")
-        out.append({**nc, "canonizers": [], "diagnostic": True,
-                    "why": "no canonizer: BN modules get Pass (layer_map_base), residual adds the gradient"})
-    if fx.canonizer == "resnet" and fx.bn == "in-graph":
-        mb = composite("epsilon-plus.merge-bn-only", "EpsilonPlus")
-        out.append({**mb, "canonizers": CANONIZERS["merge-bn"], "diagnostic": True,
-                    "why": "BN merged but no ResNet canonizer: the residual add passes the gradient"})
-    return out
-
-
-# ---------------------------------------------------------------- zennit objects
-
-def resolve(dotted: str):
-    module, _, attr = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
-
-def _kwargs(kw: dict, arrays: dict) -> dict:
-    return {k: torch.from_numpy(arrays[v["array"]]) if isinstance(v, dict) else v for k, v in kw.items()}
-
-
-def make_composite(spec: dict, arrays: dict, expanded: bool = False):
-    """The Zennit composite of ``spec``; ``expanded`` builds it from the layer maps instead."""
-    import zennit.composites as zc
-    import zennit.rules as zr
-    canonizers = [resolve(c)() for c in spec["canonizers"]]
-    if spec["kind"] == "composite" and not expanded:
-        return resolve(spec["composite"])(**_kwargs(spec["kwargs"], arrays), canonizers=canonizers)
-    lmap = [(resolve(t), getattr(zr, r)(**_kwargs(kw, arrays))) for t, r, kw in spec["layer_map"]]
-    fmap = [(resolve(t), getattr(zr, r)(**_kwargs(kw, arrays))) for t, r, kw in spec["first_map"]]
-    if fmap:
-        return zc.SpecialFirstLayerMapComposite(lmap, fmap, canonizers=canonizers)
-    return zc.LayerMapComposite(lmap, canonizers=canonizers)
-
+# ---------------------------------------------------------------- zennit runs
 
 def attribute(model64, x: np.ndarray, onehot: torch.Tensor, composite):
     """Zennit's Gradient attributor with output relevance logits * one_hot; also the relevance sum
@@ -418,8 +269,8 @@ def build_fixture(name: str) -> tuple[zm.Fixture, torch.nn.Module, np.ndarray, d
         path = OUT_DIR / f"{name}.onnx"
         export_model = zm.unfolded(name) if fx.bn == "folded-by-exporter" else model32
         proto = export(fx, export_model, x, path)
-    entry = {"file": os.path.relpath(path, OUT_DIR), "golden": f"{name}.zennit.npz", "weights": fx.weights, "exporter": fx.exporter,
-             "opset": 18, "export_kwargs": fx.export_kwargs, "bn": fx.bn, "canonizer": fx.canonizer,
+    entry = {"file": os.path.relpath(path, OUT_DIR), "golden": f"{name}.zennit.npz", "weights": fx.weights,
+             "exporter": fx.exporter, "opset": 18, "export_kwargs": fx.export_kwargs, "bn": fx.bn, "canonizer": fx.canonizer,
              "input_shape": ["batch", *fx.in_shape], "op_types": op_types(proto), "notes": fx.notes}
     if fx.bn == "folded-by-exporter":
         entry["exporter_fold_vs_hand_fold_rel"] = load_exporter_folded(model32, proto)
