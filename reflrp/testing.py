@@ -17,6 +17,17 @@ import numpy as np
 from .golden import compare, read_golden
 
 
+def rel_err(got, want) -> float:
+    """``max |got - want| / max |want|`` in float64 (``max |got|`` where ``want`` is all zero; infinite
+    when ``got`` has NaN/Inf or the shapes differ): the one relative error the tests and tools use."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape or not np.isfinite(got).all():
+        return float("inf")
+    diff = float(np.max(np.abs(got - want), initial=0.0))
+    scale = float(np.max(np.abs(want), initial=0.0))
+    return diff / scale if scale > 0 else float(np.max(np.abs(got), initial=0.0))
+
+
 def _golden_relevance(golden: Any) -> dict:
     if isinstance(golden, (str, Path)):
         return read_golden(golden)[0]

@@ -1,0 +1,148 @@
+"""The speed layer (reflrp.fast) computes what the plain path computes: the whole zoo both ways, its
+MatMul layouts and row-restricted products against plain products, the switch, and the allocator
+policy it applies during a call."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import reflrp
+import zoo
+from reflrp.fast import linalg as fast_linalg
+from reflrp.ops import record
+from reflrp.testing import rel_err
+
+rng = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp"])
+def test_zoo_plain_equals_fast(name, preset):
+    m, feeds = zoo.model(name), zoo.feeds(name)
+    fast = reflrp.explain(m, feeds, preset=preset, fast=True)
+    plain = reflrp.explain(m, feeds, preset=preset, fast=False)
+    assert fast.conservation.ok and plain.conservation.ok
+    assert rel_err(fast.outputs[fast.output], plain.outputs[plain.output]) <= 1e-12
+    for w in fast.wrt:
+        assert rel_err(fast.relevance[w], plain.relevance[w]) <= 1e-12, w
+    assert abs(fast.conservation.loss - plain.conservation.loss) <= 1e-9 * abs(plain.conservation.target)
+
+
+def test_switch_from_the_environment(monkeypatch):
+    """fast=None follows REFLRP_FAST; the prepared forward of each setting is its own."""
+    m = reflrp.load(zoo.MODELS / "llama.onnx")
+    monkeypatch.setenv("REFLRP_FAST", "0")
+    m.run(zoo.feeds("llama"))
+    monkeypatch.setenv("REFLRP_FAST", "1")
+    m.run(zoo.feeds("llama"))
+    assert sorted(key[2] for key in m._prepared) == [False, True]
+    plain = next(p for k, p in m._prepared.items() if not k[2])
+    fast = next(p for k, p in m._prepared.items() if k[2])
+    mm = next(s for s in fast.steps if s.node.op_type == "MatMul")
+    assert mm.fn is fast_linalg.MatMul and mm.adjoint is fast_linalg.matmul_vjp
+    assert next(s for s in plain.steps if s.node.op_type == "MatMul").fn is record("MatMul").kernel_for(18)
+    with pytest.raises(reflrp.ReflrpError, match="fast must be"):
+        m.run(zoo.feeds("llama"), fast="yes")
+
+
+def _views(shape):
+    """The same values as a contiguous array, a transposed view of a contiguous stack, and a strided view."""
+    base = rng.standard_normal(shape)
+    t = np.ascontiguousarray(np.swapaxes(base, -1, -2))
+    wide = np.zeros(shape[:-1] + (2 * shape[-1],))
+    wide[..., ::2] = base
+    return {"contiguous": base, "transposed": np.swapaxes(t, -1, -2), "strided": wide[..., ::2]}
+
+
+@pytest.mark.parametrize("a_layout", ["contiguous", "transposed", "strided"])
+@pytest.mark.parametrize("b_layout", ["contiguous", "transposed", "strided"])
+@pytest.mark.parametrize("shapes", [((2, 3, 40, 40), (2, 3, 40, 5)), ((2, 3, 5, 40), (2, 3, 40, 40)),
+                                    ((3, 40, 6), (1, 6, 40)), ((2, 3, 7, 9), (9, 4))])
+def test_matmul_layouts_equal_einsum(a_layout, b_layout, shapes):
+    a = _views(shapes[0])[a_layout]
+    b = _views(shapes[1])[b_layout]
+    got = fast_linalg.matmul(np, a, b)
+    want = np.einsum("...ij,...jk->...ik", a, b)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_matmul_takes_the_transposed_route_for_a_large_transposed_stack():
+    """A^T @ G with A a big contiguous stack: computed as (G^T @ A)^T, returning a transposed view."""
+    A = rng.standard_normal((2, 64, 64))
+    G = rng.standard_normal((2, 64, 3))
+    got = fast_linalg.matmul(np, np.swapaxes(A, -1, -2), G)
+    assert not got.flags.c_contiguous and np.swapaxes(got, -1, -2).flags.c_contiguous
+    np.testing.assert_allclose(got, np.einsum("bji,bjk->bik", A, G), rtol=1e-12, atol=1e-12)
+    Q, K = rng.standard_normal((2, 64, 3)), rng.standard_normal((2, 64, 3))
+    assert fast_linalg.matmul(np, Q, np.swapaxes(K, -1, -2)).flags.c_contiguous
+
+
+@pytest.mark.parametrize("nonzero_rows", [[], [5], [0, 9, 17], list(range(0, 24, 2))])
+@pytest.mark.parametrize("k", [1, 3])
+def test_fast_matmul_adjoint_equals_the_plain_one(nonzero_rows, k):
+    """Products restricted to the non-zero rows of G; the other rows stay exactly 0."""
+    g = np.zeros((k, 2, 12, 7))
+    flat = g.reshape(k, -1, 7)
+    flat[:, nonzero_rows] = rng.standard_normal((k, len(nonzero_rows), 7))
+    A, W = rng.standard_normal((2, 12, 5)), rng.standard_normal((5, 7))
+    y = A @ W
+    plain = record("MatMul").adjoint_for(18)(np, [g], [A, W], [y], {}, (True, True))
+    fast = fast_linalg.matmul_vjp(np, [g], [A, W], [y], {}, (True, True))
+    for p, f in zip(plain, fast):
+        assert p.shape == f.shape
+        np.testing.assert_allclose(f, p, rtol=1e-12, atol=1e-14)
+    zero = [i for i in range(24) if i not in nonzero_rows]
+    assert not fast[0].reshape(k, -1, 5)[:, zero].any()
+
+
+_PROBE = r"""
+import ctypes, json, numpy as np, reflrp
+from reflrp.memory import reuse_during_call
+libc = ctypes.CDLL("libc.so.6")
+class MI(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MI
+def mmapped_by_new_array(mib):  # growing sizes: glibc's own dynamic threshold follows freed mmapped blocks
+    before = libc.mallinfo2().hblkhd
+    a = np.ones(mib * 2**20 // 8)
+    return libc.mallinfo2().hblkhd - before
+out = {"before": mmapped_by_new_array(4)}
+with reuse_during_call():
+    out["during"] = mmapped_by_new_array(8)
+out["after"] = mmapped_by_new_array(16)
+print(json.dumps(out))
+"""
+
+
+def _glibc_with_mallinfo2() -> bool:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2  # noqa: B018  (glibc >= 2.33)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
+@pytest.mark.parametrize("policy", ["call", "system"])
+def test_allocator_policy_is_scoped_to_the_call(policy):
+    """'call': large arrays come from the heap inside a call and are mmapped again after it (the process
+    is left with glibc's default thresholds); 'system': never touched."""
+    env = dict(os.environ, REFLRP_MALLOC=policy)
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["before"] >= 4 * 2**20 and info["after"] >= 16 * 2**20
+    assert info["during"] == 0 if policy == "call" else info["during"] >= 8 * 2**20
+
+
+def test_set_allocator_policy_validates():
+    with pytest.raises(reflrp.ReflrpError, match="reuse"):
+        reflrp.set_allocator_policy("jemalloc")
