@@ -82,8 +82,16 @@ class Emit:
             if info is not None and info.name == name and info.shape is not None:
                 return len(info.shape)
         producer = self.graph.producer.get(name)
-        if producer is not None and producer.op_type in ("Cast", "Identity") and not producer.domain:
+        if producer is None:
+            return None
+        if producer.op_type in ("Cast", "Identity") and not producer.domain:
             return self.rank(producer.inputs[0])
+        if producer.op_type == "Transpose" and producer.attrs.get("perm"):
+            return len(producer.attrs["perm"])
+        if producer.op_type == "Reshape" and self.static(producer.inputs[1]) is not None:
+            return int(self.static(producer.inputs[1]).size)
+        if (producer.domain, producer.op_type) == ("com.microsoft", "EmbedLayerNormalization"):
+            return {0: 3, 1: 1, 2: 3}.get(producer.outputs.index(name))  # output, mask_index, sum
         return None
 
     def float_type(self, *names: str) -> np.dtype:

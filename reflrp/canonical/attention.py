@@ -183,7 +183,7 @@ def group_query_attention(e: Emit):
     Causal attention of ``num_heads`` query heads over ``kv_num_heads`` key/value heads; the present
     cache is the past followed by the new keys (no shared buffer). Key ``j`` is visible to query ``i``
     of batch row ``b`` when ``j <= P + i`` (P: past length), ``j <= seqlens_k[b]`` and, with a local
-    window ``w >= 0``, ``P + i - j <= w``. With ``do_rotary`` the new queries and keys are rotated at
+    window ``w >= 0``, ``P + i - j < w`` (w keys, the query's own included, as onnxruntime's CPU kernel). With ``do_rotary`` the new queries and keys are rotated at
     positions ``max(seqlens_k[b] + 1 - S, 0) + i`` (or ``position_ids``).
     """
     if any(e.input(i) for i in range(11, 16)) or e.attr("smooth_softmax", -1) > 0 or e.output(3):
@@ -225,7 +225,7 @@ def group_query_attention(e: Emit):
     hidden = e.op("Or", hidden, e.op("Greater", kpos, e.reshape(e.cast(seqlens, I64), [-1, 1, 1, 1])))
     window = int(e.attr("local_window_size", -1))
     if window >= 0:
-        hidden = e.op("Or", hidden, e.op("Greater", e.op("Sub", qpos, kpos), e.const(np.array(window, I64))))
+        hidden = e.op("Or", hidden, e.op("Greater", e.op("Sub", qpos, kpos), e.const(np.array(window - 1, I64))))
     logits = e.op("Where", hidden, e.scalar(-np.inf, like), logits)
     merge_heads(e, e.op("MatMul", e.op("Softmax", logits, axis=-1), repeat_kv(e, v4, n // kvn)), e.output(0))
 
