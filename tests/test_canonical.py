@@ -7,7 +7,9 @@ registry fails for a rewrite without a case.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -460,3 +462,46 @@ def test_unsupported_attribute_is_refused_naming_the_node():
     m, _ = model(MS, "Attention", inputs, ("w", "bias"), num_heads=N, do_rotary=1)
     with pytest.raises(reflrp.UnsupportedOpError, match="fused.*do_rotary"):
         reflrp.load(m)
+
+
+# ------------------------------------------------------------------ the committed deployments
+
+DEPLOYED = Path(__file__).resolve().parents[1] / "models" / "deployed"
+MANIFEST = json.loads((DEPLOYED / "MANIFEST.json").read_text())["models"]
+FP32_OPTIMIZED = ("opt", "opt0", "opt99", "extended", "all")
+FLOAT_MODELS = [e for e in MANIFEST if e.get("committed") and e["pipeline"] in FP32_OPTIMIZED + ("opt_fp16", "fp16")]
+
+
+def deployed_feeds(entry, graph):
+    feeds = dict(np.load(DEPLOYED / entry["feeds"]))
+    return {v.name: feeds[v.name].astype(v.dtype) if v.dtype is not None and v.dtype.kind == "f" else feeds[v.name]
+            for v in graph.inputs}
+
+
+def source_path(entry):
+    return DEPLOYED / "bert_ids.onnx" if entry["source"] == "bert_ids" else DEPLOYED.parent / f"{entry['source']}.onnx"
+
+
+@pytest.mark.parametrize("entry", FLOAT_MODELS, ids=lambda e: e["file"])
+def test_deployed_float_model_runs_like_onnxruntime(entry):
+    path = DEPLOYED / entry["file"]
+    m = reflrp.load(str(path))
+    feeds = deployed_feeds(entry, m.graph)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    theirs = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    ours = next(iter(m.run(feeds).values()))
+    tol = 5e-6 if entry["pipeline"] in FP32_OPTIMIZED else 1e-2  # float16: onnxruntime rounds per kernel
+    assert float(np.abs(ours.astype(np.float64) - theirs).max()) <= tol * float(np.abs(theirs).max())
+
+
+@pytest.mark.parametrize("entry", [e for e in FLOAT_MODELS if e["pipeline"] in FP32_OPTIMIZED], ids=lambda e: e["file"])
+def test_optimized_model_relevance_equals_its_source(entry):
+    """Same weights, same input, float64: the expansions get the rules the unfused graph gets."""
+    optimized, source = reflrp.load(str(DEPLOYED / entry["file"])), reflrp.load(str(source_path(entry)))
+    feeds = deployed_feeds(entry, source.graph)
+    ours, theirs = (reflrp.explain(m, feeds) for m in (optimized, source))
+    r_opt, r_src = (np.asarray(a.relevance[a.wrt[0]]) for a in (ours, theirs))
+    assert r_opt.shape == r_src.shape and np.isfinite(r_opt).all()
+    assert float(np.abs(r_opt - r_src).max()) <= 1e-6 * float(np.abs(r_src).max())
+    assert float(np.abs(r_src).max()) > 0  # negative control: a zero relevance would pass trivially

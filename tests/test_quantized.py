@@ -7,6 +7,9 @@ test_u8s8_saturation_is_onnxruntimes_not_the_spec pins down (reflrp computes the
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -201,3 +204,31 @@ def test_quantize_negative_control():
     m1, feeds = one_node("QuantizeLinear", dict(x=x, s=np.array(0.5, np.float32)), ("s",))
     m2, _ = one_node("QuantizeLinear", dict(x=x, s=np.array(0.51, np.float32)), ("s",))
     assert not np.array_equal(both(m1, feeds)[0][0], both(m2, feeds)[1][0])
+
+
+# ------------------------------------------------------------------ the committed quantized deployments
+
+DEPLOYED = Path(__file__).resolve().parents[1] / "models" / "deployed"
+MANIFEST = json.loads((DEPLOYED / "MANIFEST.json").read_text())["models"]
+QUANTIZED = [e for e in MANIFEST if e.get("committed") and e["pipeline"].startswith(("qdyn", "qdq", "nbits"))]
+# one quantum of an activation quantizer after float32 AveragePool sums that differ from
+# onnxruntime's in the last bit (a rounding tie lands on the other side)
+ONE_QUANTUM = {"cnn.qdq.onnx": 1e-2, "cnn.qdq_pc.onnx": 1e-2}
+
+
+@pytest.mark.parametrize("entry", QUANTIZED, ids=lambda e: e["file"])
+def test_deployed_quantized_model_runs_like_onnxruntime(entry):
+    path = DEPLOYED / entry["file"]
+    m = reflrp.load(str(path))
+    feeds = dict(np.load(DEPLOYED / entry["feeds"]))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    theirs = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    ours = next(iter(m.run(feeds).values()))
+    tol = ONE_QUANTUM.get(entry["file"], 1e-6)
+    assert float(np.abs(ours.astype(np.float64) - theirs).max()) <= tol * float(np.abs(theirs).max())
+
+
+def test_qoperator_model_is_refused_naming_the_contrib_op():
+    with pytest.raises(reflrp.UnsupportedOpError, match="com.microsoft.*QLinear"):
+        reflrp.load(str(DEPLOYED / "cnn.qop.onnx"))
