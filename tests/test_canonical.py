@@ -468,7 +468,7 @@ def test_unsupported_attribute_is_refused_naming_the_node():
 
 DEPLOYED = Path(__file__).resolve().parents[1] / "models" / "deployed"
 MANIFEST = json.loads((DEPLOYED / "MANIFEST.json").read_text())["models"]
-FP32_OPTIMIZED = ("opt", "opt0", "opt99", "extended", "all")
+FP32_OPTIMIZED = ("opt", "opt0", "opt99", "extended", "all", "optimum_O2")
 FLOAT_MODELS = [e for e in MANIFEST if e.get("committed") and e["pipeline"] in FP32_OPTIMIZED + ("opt_fp16", "fp16")]
 
 

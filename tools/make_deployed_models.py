@@ -40,7 +40,7 @@ MODELS, OUT, WORK = ROOT / "models", ROOT / "models" / "deployed", ROOT / ".cach
 MAX_BYTES = 1 << 20
 # the representative subset committed to models/deployed (every result stays in .cache/deployed)
 COMMITTED = {"bert": ("opt", "opt_fp16", "extended", "qdyn_u8", "qdq", "qdq_pc", "nbits4", "bf16"),
-             "bert_legacy": ("opt", "opt99"), "bert_ids": ("source", "opt", "opt_fp16", "extended"),
+             "bert_legacy": ("opt", "opt99"), "bert_ids": ("source", "opt", "opt_fp16", "extended", "optimum_O2"),
              "gpt2": ("opt", "extended", "qdyn_s8rr", "qdq"), "vit": ("opt99", "all", "qdyn_u8", "nbits4s"),
              "llama": ("opt", "opt99", "extended", "fp16", "qdq_pc", "nbits4", "bf16"),
              "cnn": ("extended", "all", "qdyn_u8", "qdq", "qdq_pc", "qop")}
@@ -170,6 +170,25 @@ def bf16_export(source: str, dst: Path):
     onnx.save(prog.model_proto, str(dst))
 
 
+def optimum_export(dst: Path, level: str):
+    """``optimum-cli export onnx --task text-classification --optimize <level>`` on the zoo's bert saved
+    to a local folder (with a made-up word-piece vocabulary), offline."""
+    import os
+    import subprocess
+    from transformers import BertTokenizerFast
+    from zoo import build_model
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, out = Path(tmp) / "bert", Path(tmp) / "onnx"
+        build_model("bert")[2]["hf_model"].save_pretrained(folder)
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(59)]
+        (folder / "vocab.txt").write_text("\n".join(vocab))
+        BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+        subprocess.run(["optimum-cli", "export", "onnx", "--model", str(folder), "--task", "text-classification",
+                        "--optimize", level, str(out)], check=True, capture_output=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        dst.write_bytes((out / "model.onnx").read_bytes())
+
+
 def pipelines(source: str, feeds: dict):
     """(name, description, fn(src, dst)) for every pipeline that applies to ``source``."""
     transformer = SOURCES[source][0] is not None
@@ -223,6 +242,9 @@ def build_source(source: str, work: Path) -> list[dict]:
         entries.append(entry_for(src, source, "source", "torch.onnx.export(dynamo=False, opset_version=17)"))
         entries[-1]["committed"] = True
     jobs = pipelines(source, feeds)
+    if source == "bert_ids":
+        jobs += [(f"optimum_{lvl}", f"optimum-cli export onnx --task text-classification --optimize {lvl}",
+                  lambda s, d, lvl=lvl: optimum_export(d, lvl)) for lvl in ("O1", "O2", "O3", "O4")]
     if source in ("bert", "llama"):
         jobs.append(("bf16", "zoo model .to(bfloat16), torch.onnx.export(dynamo=True, opset 18)",
                      lambda s, d: bf16_export(source, d)))
@@ -254,7 +276,7 @@ def build_source(source: str, work: Path) -> list[dict]:
 
 # -------------------------------------------------------------------- check
 
-FP32_OPTIMIZED = ("opt", "opt0", "opt1", "opt99", "extended", "all")
+FP32_OPTIMIZED = ("opt", "opt0", "opt1", "opt99", "extended", "all", "optimum_O1", "optimum_O2")  # O3 approximates GELU
 
 
 def rel_err(a, b) -> float:

@@ -90,6 +90,14 @@ class Emit:
             return len(producer.attrs["perm"])
         if producer.op_type == "Reshape" and self.static(producer.inputs[1]) is not None:
             return int(self.static(producer.inputs[1]).size)
+        if producer.op_type.startswith("Reduce") and not producer.domain:  # mask lengths: ReduceSum(mask, 1)
+            rank = self.rank(producer.inputs[0])
+            axes = producer.attrs.get("axes")
+            if axes is None and len(producer.inputs) > 1:
+                axes = self.static(producer.inputs[1])
+            if rank is None or not producer.attrs.get("keepdims", 1) == 0:
+                return rank
+            return None if axes is None else rank - len(np.atleast_1d(axes))
         if (producer.domain, producer.op_type) == ("com.microsoft", "EmbedLayerNormalization"):
             return {0: 3, 1: 1, 2: 3}.get(producer.outputs.index(name))  # output, mask_index, sum
         return None

@@ -121,10 +121,10 @@ def nchwc_conv(e: Emit):
 @rewrites(NCHWC, "ReorderInput")
 def reorder_input(e: Emit):
     """NCHW (or NHWC) to blocked channels: the channel count is already a multiple of the block."""
-    x = e.input(0)
     if e.attr("channels_last", 0):
-        x = e.op("Transpose", x, perm=[0, 3, 1, 2])
-    e.to(x, e.output(0)) if x != e.input(0) else e.op("Identity", x, outputs=e.output(0))
+        e.op("Transpose", e.input(0), perm=[0, 3, 1, 2], outputs=e.output(0))
+    else:
+        e.op("Identity", e.input(0), outputs=e.output(0))
 
 
 @rewrites(NCHWC, "ReorderOutput")
