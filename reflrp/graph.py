@@ -1,4 +1,4 @@
-"""The frozen graph IR: values, nodes, initializers and the default-domain opset.
+"""The frozen graph IR: values, nodes, initializers, the opsets and the record of import-time rewrites.
 
 Only :mod:`reflrp.onnx_import` builds it from ONNX; everything else reads it.
 """
@@ -38,7 +38,17 @@ class Node:
     attrs: Mapping[str, Any]
 
     def label(self) -> str:
-        return f"node {self.name!r} ({self.op_type})"
+        op = self.op_type if self.domain in ("", "ai.onnx") else f"{self.domain}::{self.op_type}"
+        return f"node {self.name!r} ({op})"
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """An imported node rewritten into core ops at load: the original node and the names of its
+    replacement nodes (each prefixed with the original's name)."""
+
+    original: Node
+    nodes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -53,9 +63,13 @@ class Graph:
     producer: Mapping[str, Node] = field(repr=False)
     consumers: Mapping[str, tuple[Node, ...]] = field(repr=False)
     metadata: Mapping[str, str] = field(default_factory=dict, repr=False)  # ONNX metadata_props
+    opsets: Mapping[str, int] = field(default_factory=dict, repr=False)  # every imported domain's version
+    expansions: Mapping[str, Expansion] = field(default_factory=dict, repr=False)  # by original node name
+    value_info: Mapping[str, ValueInfo] = field(default_factory=dict, repr=False)  # the model's recorded types
 
     @classmethod
-    def build(cls, nodes, inputs, outputs, initializers, opset, metadata=None) -> "Graph":
+    def build(cls, nodes, inputs, outputs, initializers, opset, metadata=None, opsets=None,
+              expansions=None, value_info=None) -> "Graph":
         ordered = topological_order(nodes, {v.name for v in inputs} | set(initializers))
         producer = {out: n for n in ordered for out in n.outputs if out}
         consumers: dict[str, list[Node]] = {}
@@ -67,7 +81,8 @@ class Graph:
                 raise GraphError(f"graph output {out.name!r} is produced by no node")
         return cls(tuple(ordered), tuple(inputs), tuple(outputs), MappingProxyType(dict(initializers)), opset,
                    MappingProxyType(producer), MappingProxyType({k: tuple(v) for k, v in consumers.items()}),
-                   MappingProxyType(dict(metadata or {})))
+                   MappingProxyType(dict(metadata or {})), MappingProxyType(dict(opsets or {"": opset})),
+                   MappingProxyType(dict(expansions or {})), MappingProxyType(dict(value_info or {})))
 
     @property
     def input_names(self) -> tuple[str, ...]:

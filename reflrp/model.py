@@ -9,9 +9,11 @@ import numpy as np
 
 from . import onnx_import
 from .backend import float_policy, namespace
-from .errors import FeedError
+from .canonical import canonicalize, supported_rewrites
+from .errors import FeedError, UnsupportedOpError
 from .graph import Graph
 from .interpreter import Prepared, check_feeds, execute, prepare
+from .ops import resolve
 
 
 class Model:
@@ -99,14 +101,22 @@ def _run_usage(feeds, second) -> str:
 def load(source: Any) -> Model:
     """Load an ONNX model from a path, bytes or ``onnx.ModelProto``.
 
+    Fused and contrib ops (com.microsoft, onnxruntime's own default-domain ops) are rewritten into
+    core ONNX ops first (:func:`reflrp.canonical.canonicalize`); ``model.graph.expansions`` records
+    each rewritten node.
+
     Raises :class:`reflrp.ModelLoadError` for unreadable input, :class:`reflrp.UnsupportedOpError`
     for ops reflrp cannot run (naming node, op, domain and opset) and :class:`reflrp.GraphError`
     for cycles, missing initializers and undefined tensors.
     """
     proto, base = onnx_import.read_model(source)
-    graph = onnx_import.to_graph(proto, base)
-    from .ops import resolve
+    graph = canonicalize(onnx_import.to_graph(proto, base))
     for node in graph.nodes:  # fail at load, not at the first run, on ops with no kernel
+        if node.domain:
+            raise UnsupportedOpError(
+                f"{node.label()}: op {node.op_type!r} of domain {node.domain!r} (version "
+                f"{graph.opsets.get(node.domain, '?')}) has no rewrite into core ONNX ops in reflrp; "
+                f"rewritten: {', '.join(f'{d}::{o}' if d else o for d, o in supported_rewrites())}")
         resolve(node.op_type, graph.opset, node.label())
     name = str(source) if isinstance(source, (str,)) or hasattr(source, "__fspath__") else "<model>"
     return Model(graph, name, onnx_import.digest(source, proto))

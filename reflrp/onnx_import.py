@@ -44,10 +44,11 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
 
 def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
     """Convert a ``ModelProto`` to the frozen IR, decoding attributes and initializers once."""
-    opset = None
+    opset, opsets = None, {}
     for imp in model.opset_import:
         if imp.domain in DEFAULT_DOMAINS:
             opset = imp.version
+        opsets["" if imp.domain in DEFAULT_DOMAINS else imp.domain] = imp.version
     if opset is None:
         raise UnsupportedOpError("the model imports no default-domain ('' / ai.onnx) opset")
     g = model.graph
@@ -62,17 +63,16 @@ def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
         while name in seen:  # node names key the plan: make them unique (ONNX does not require it)
             name = f"{name}_{i}"
         seen.add(name)
-        if n.domain not in DEFAULT_DOMAINS:
-            raise UnsupportedOpError(
-                f"node {name!r} ({n.op_type}) is in domain {n.domain!r}; reflrp runs only the default "
-                f"ONNX domain (opsets {MIN_OPSET}..{MAX_OPSET}); see reflrp.supported_ops()")
+        # other domains (com.microsoft, ...) stay in the IR: reflrp.canonical rewrites them at load
+        domain = "" if n.domain in DEFAULT_DOMAINS else n.domain
         attrs = {a.name: _attribute(a, base_dir, name) for a in n.attribute}
-        nodes.append(Node(name, n.op_type, "", tuple(n.input), tuple(n.output), attrs))
+        nodes.append(Node(name, n.op_type, domain, tuple(n.input), tuple(n.output), attrs))
     init_names = set(initializers)
     inputs = tuple(_value_info(v) for v in g.input if v.name not in init_names)
     outputs = tuple(_value_info(v) for v in g.output)
     metadata = {p.key: p.value for p in model.metadata_props}
-    return Graph.build(nodes, inputs, outputs, initializers, opset, metadata)
+    value_info = {v.name: _value_info(v) for v in g.value_info}  # ranks and types the rewrites may need
+    return Graph.build(nodes, inputs, outputs, initializers, opset, metadata, opsets, value_info=value_info)
 
 
 def _tensor(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:

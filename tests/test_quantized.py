@@ -1,0 +1,234 @@
+"""Quantized kernels (reflrp.ops.quant) against onnxruntime on one-node models, and the committed
+quantized deployments (models/deployed) against onnxruntime on the same file.
+
+Integer outputs must be equal; float outputs equal to float32 rounding. The documented exception:
+onnxruntime's uint8 x int8 MatMulInteger on AVX2 saturates pair sums to int16, which
+test_u8s8_saturation_is_onnxruntimes_not_the_spec pins down (reflrp computes the exact product).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import reflrp
+
+ort = pytest.importorskip("onnxruntime")
+RNG = np.random.default_rng(21)
+
+
+NARROW = ("uint4", "int4", "e4m3fn", "e5m2")  # types onnxruntime's python API cannot hand over
+
+
+def one_node(op, inputs, consts=(), opset=21, then_dequantize=False, **attrs):
+    """A one-node model; ``inputs`` name -> array in order; names in ``consts`` are initializers.
+    ``then_dequantize`` appends DequantizeLinear (same scale, zero point, attributes) so that a 4-bit
+    or float8 result leaves the graph as float."""
+    node = helper.make_node(op, list(inputs), ["y"] if op != "DynamicQuantizeLinear" else ["y", "s", "z"],
+                            name="q", **attrs)
+    if then_dequantize:
+        node.output[0] = "yq"
+        back = helper.make_node("DequantizeLinear", ["yq"] + list(inputs)[1:], ["y"], name="dq",
+                                **{k: v for k, v in attrs.items() if k in ("axis", "block_size")})
+    dyn = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+           for n, v in inputs.items() if n not in consts]
+    inits = [numpy_helper.from_array(v, n) for n, v in inputs.items() if n in consts]
+    nodes = [node, back] if then_dequantize else [node]
+    outs = [helper.make_empty_tensor_value_info(o) for o in nodes[-1].output]
+    m = helper.make_model(helper.make_graph(nodes, "q", dyn, outs, initializer=inits),
+                          opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 10
+    return m, {n: v for n, v in inputs.items() if n not in consts}
+
+
+def both(m, feeds):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    theirs = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    ours = list(reflrp.load(m).run(feeds).values())
+    return ours, theirs
+
+
+def assert_equal_outputs(m, feeds, float_tol=0.0):
+    ours, theirs = both(m, feeds)
+    for a, b in zip(ours, theirs):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape and np.dtype(a.dtype) == np.dtype(b.dtype), (a.dtype, b.dtype)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        if float_tol:
+            assert np.allclose(a64, b64, rtol=float_tol, atol=float_tol * np.abs(b64).max(), equal_nan=True)
+        else:
+            assert np.array_equal(a64, b64, equal_nan=True), np.argwhere(a64 != b64)[:5]
+
+
+def floats(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+QTYPES = {"uint8": np.uint8, "int8": np.int8, "uint4": ml_dtypes.uint4, "int4": ml_dtypes.int4,
+          "e4m3fn": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "uint16": np.uint16, "int16": np.int16}
+
+
+def zero_point(qtype, shape=()):
+    dtype = np.dtype(QTYPES[qtype])
+    if qtype.startswith("e"):
+        return np.zeros(shape, dtype)
+    value = {"uint8": 128, "int8": -3, "uint4": 8, "int4": -1, "uint16": 30000, "int16": -7}[qtype]
+    return np.full(shape, value).astype(dtype)
+
+
+@pytest.mark.parametrize("qtype", sorted(QTYPES))
+@pytest.mark.parametrize("layout", ["tensor", "axis", "block"])
+def test_quantize_linear(qtype, layout):
+    x = floats(4, 6, 8, scale=3.0)
+    x[0, 0, :4] = [0.25, -0.25, 0.75, 1e6]  # ties at half and a saturating value
+    if layout == "tensor":
+        scale, zp, attrs = np.array(0.5, np.float32), zero_point(qtype), {}
+    elif layout == "axis":
+        scale, zp, attrs = (RNG.random(6) * 0.5 + 0.1).astype(np.float32), zero_point(qtype, (6,)), dict(axis=1)
+    else:
+        scale = (RNG.random((4, 6, 2)) * 0.5 + 0.1).astype(np.float32)
+        zp, attrs = zero_point(qtype, (4, 6, 2)), dict(axis=2, block_size=4)
+    m, feeds = one_node("QuantizeLinear", dict(x=x, s=scale, z=zp), ("s", "z"), then_dequantize=qtype in NARROW, **attrs)
+    assert_equal_outputs(m, feeds)
+
+
+@pytest.mark.parametrize("qtype", sorted(QTYPES))
+@pytest.mark.parametrize("layout", ["tensor", "axis", "block"])
+def test_dequantize_linear(qtype, layout):
+    dtype = np.dtype(QTYPES[qtype])
+    if qtype.startswith("e"):
+        q = floats(4, 6, 8, scale=4.0).astype(dtype)
+    else:
+        lo, hi = (-8, 8) if qtype == "int4" else (0, 16) if qtype == "uint4" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+        q = RNG.integers(lo, hi, (4, 6, 8)).astype(dtype)
+    if layout == "tensor":
+        scale, zp, attrs = np.array(0.05, np.float32), zero_point(qtype), {}
+    elif layout == "axis":
+        scale, zp, attrs = (RNG.random(8) * 0.1).astype(np.float32), zero_point(qtype, (8,)), dict(axis=-1)
+    else:
+        scale = (RNG.random((2, 6, 8)) * 0.1).astype(np.float32)
+        zp, attrs = zero_point(qtype, (2, 6, 8)), dict(axis=0, block_size=2)
+    consts = ("q", "s", "z") if qtype in NARROW else ("s", "z")
+    m, feeds = one_node("DequantizeLinear", dict(q=q, s=scale, z=zp), consts, **attrs)
+    assert_equal_outputs(m, feeds, float_tol=1e-7)
+
+
+def test_quantize_without_zero_point_defaults_to_uint8_and_saturates():
+    x = np.array([-1.0, 0.4, 0.5, 0.6, 1.5, 2.5, 300.0, np.inf], np.float32)
+    m, feeds = one_node("QuantizeLinear", dict(x=x, s=np.array(1.0, np.float32)), ("s",))
+    ours, theirs = both(m, feeds)
+    assert ours[0].dtype == np.uint8 and np.array_equal(ours[0], theirs[0])
+    assert ours[0].tolist() == [0, 0, 0, 1, 2, 2, 255, 255]  # half to even, saturation
+
+
+@pytest.mark.parametrize("case", ["mixed", "positive", "negative", "zeros"])
+def test_dynamic_quantize_linear(case):
+    x = {"mixed": floats(3, 7, scale=2), "positive": np.abs(floats(3, 7)) + 0.1,
+         "negative": -np.abs(floats(3, 7)) - 0.1, "zeros": np.zeros((3, 7), np.float32)}[case]
+    m, feeds = one_node("DynamicQuantizeLinear", dict(x=x))
+    assert_equal_outputs(m, feeds)
+
+
+@pytest.mark.parametrize("a_type,b_type,zps", [(np.uint8, np.uint8, "tensor"), (np.uint8, np.uint8, "rows_cols"),
+                                               (np.int8, np.int8, "tensor"), (np.uint8, np.int8, "small")])
+def test_matmul_integer(a_type, b_type, zps):
+    def ints(dtype, shape, small=False):
+        info = np.iinfo(dtype)
+        lo, hi = (info.min // 2, info.max // 2) if small else (info.min, info.max)
+        return RNG.integers(lo, hi + 1, shape).astype(dtype)
+    a, b = ints(a_type, (2, 5, 16)), ints(b_type, (16, 6), small=zps == "small")
+    if zps == "rows_cols":  # onnxruntime's CPU kernel takes a per-column B zero point, a scalar A one
+        za, zb = np.array(ints(a_type, ())), ints(b_type, (6,))
+    else:
+        za, zb = np.array(ints(a_type, ())), np.array(ints(b_type, ()) if zps != "small" else 0, b_type)
+    m, feeds = one_node("MatMulInteger", dict(a=a, b=b, za=za, zb=zb), ("b", "za", "zb"))
+    assert_equal_outputs(m, feeds)
+
+
+def test_u8s8_saturation_is_onnxruntimes_not_the_spec():
+    """uint8 x int8 with large values: onnxruntime's AVX2 kernel saturates adjacent product pairs to
+    int16; reflrp's exact result differs, and equals the exact integer product."""
+    a = np.full((2, 16), 255, np.uint8)
+    b = np.full((16, 3), 127, np.int8)
+    m, feeds = one_node("MatMulInteger", dict(a=a, b=b), ("b",))
+    ours, theirs = both(m, feeds)
+    assert ours[0].tolist() == [[16 * 255 * 127] * 3] * 2
+    exact_equals_ort = np.array_equal(ours[0], theirs[0])
+    saturated = np.array_equal(theirs[0], np.full((2, 3), 8 * 32767, np.int32))
+    assert exact_equals_ort or saturated  # the two behaviours onnxruntime has (VNNI / AVX2)
+
+
+@pytest.mark.parametrize("with_zp,pads,group", [(True, [1, 1, 1, 1], 1), (False, [0, 0, 0, 0], 1), (True, [1, 0, 1, 0], 2)])
+def test_conv_integer(with_zp, pads, group):
+    x = RNG.integers(0, 256, (1, 4, 6, 6)).astype(np.uint8)
+    w = RNG.integers(0, 256, (6, 4 // group, 3, 3)).astype(np.uint8)
+    inputs = dict(x=x, w=w)
+    if with_zp:
+        inputs.update(zx=np.array(100, np.uint8), zw=np.array(120, np.uint8))
+    m, feeds = one_node("ConvInteger", inputs, ("w", "zx", "zw"), pads=pads, group=group)
+    assert_equal_outputs(m, feeds)
+
+
+def test_qlinear_matmul():
+    a = RNG.integers(0, 256, (3, 16)).astype(np.uint8)
+    b = RNG.integers(0, 256, (16, 5)).astype(np.uint8)
+    inputs = dict(a=a, sa=np.array(0.02, np.float32), za=np.array(128, np.uint8), b=b, sb=np.array(0.01, np.float32),
+                  zb=np.array(120, np.uint8), sy=np.array(0.05, np.float32), zy=np.array(100, np.uint8))
+    m, feeds = one_node("QLinearMatMul", inputs, tuple(k for k in inputs if k != "a"))
+    assert_equal_outputs(m, feeds)
+
+
+@pytest.mark.parametrize("per_channel,bias", [(False, False), (True, True)])
+def test_qlinear_conv(per_channel, bias):
+    x = RNG.integers(0, 256, (1, 3, 6, 6)).astype(np.uint8)
+    w = RNG.integers(-63, 64, (4, 3, 3, 3)).astype(np.int8)  # 7-bit: no int16 pair saturation on AVX2
+    sw = (RNG.random(4) * 0.01 + 0.001).astype(np.float32) if per_channel else np.array(0.004, np.float32)
+    zw = np.zeros(4, np.int8) if per_channel else np.array(0, np.int8)
+    inputs = dict(x=x, sx=np.array(0.02, np.float32), zx=np.array(128, np.uint8), w=w, sw=sw, zw=zw,
+                  sy=np.array(0.03, np.float32), zy=np.array(110, np.uint8))
+    if bias:
+        inputs["b"] = RNG.integers(-500, 500, 4).astype(np.int32)
+    m, feeds = one_node("QLinearConv", inputs, tuple(k for k in inputs if k != "x"), pads=[1, 1, 1, 1])
+    assert_equal_outputs(m, feeds)
+
+
+def test_quantize_negative_control():
+    """A different scale changes the integers: the equality checks above can fail."""
+    x = floats(4, 8, scale=3)
+    m1, feeds = one_node("QuantizeLinear", dict(x=x, s=np.array(0.5, np.float32)), ("s",))
+    m2, _ = one_node("QuantizeLinear", dict(x=x, s=np.array(0.51, np.float32)), ("s",))
+    assert not np.array_equal(both(m1, feeds)[0][0], both(m2, feeds)[1][0])
+
+
+# ------------------------------------------------------------------ the committed quantized deployments
+
+DEPLOYED = Path(__file__).resolve().parents[1] / "models" / "deployed"
+MANIFEST = json.loads((DEPLOYED / "MANIFEST.json").read_text())["models"]
+QUANTIZED = [e for e in MANIFEST if e.get("committed") and e["pipeline"].startswith(("qdyn", "qdq", "nbits"))]
+# one quantum of an activation quantizer after float32 AveragePool sums that differ from
+# onnxruntime's in the last bit (a rounding tie lands on the other side)
+ONE_QUANTUM = {"cnn.qdq.onnx": 1e-2, "cnn.qdq_pc.onnx": 1e-2}
+
+
+@pytest.mark.parametrize("entry", QUANTIZED, ids=lambda e: e["file"])
+def test_deployed_quantized_model_runs_like_onnxruntime(entry):
+    path = DEPLOYED / entry["file"]
+    m = reflrp.load(str(path))
+    feeds = dict(np.load(DEPLOYED / entry["feeds"]))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    theirs = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    ours = next(iter(m.run(feeds).values()))
+    tol = ONE_QUANTUM.get(entry["file"], 1e-6)
+    assert float(np.abs(ours.astype(np.float64) - theirs).max()) <= tol * float(np.abs(theirs).max())
+
+
+def test_qoperator_model_is_refused_naming_the_contrib_op():
+    with pytest.raises(reflrp.UnsupportedOpError, match="com.microsoft.*QLinear"):
+        reflrp.load(str(DEPLOYED / "cnn.qop.onnx"))
