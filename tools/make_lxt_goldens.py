@@ -214,7 +214,9 @@ def worker(name: str, preset: str, out: Path) -> None:
     assert y.dtype == torch.float64
     target, sel = select_target(y, spec.output_name)
     sel.sum().backward()                            # rows are independent
-    rels = {n: (t * t.grad).detach() for n, t in leaves.items()}
+    # no gradient reaches a leaf the rules cut off (CP-LRP: past keys meet only the softmax)
+    rels = {n: (t * t.grad).detach() if t.grad is not None else torch.zeros_like(t).detach()
+            for n, t in leaves.items()}
 
     (first, rel), *more = rels.items()
     arrays = {"target": target.numpy().astype(np.int64), "logits": y.detach().numpy(),

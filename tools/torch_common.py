@@ -265,3 +265,17 @@ def select_target(y, output_name: str = "logits"):
         return target, y[rows, -1, target]
     target = y.argmax(-1)                           # sequence / image classifier
     return target, y[rows, target]
+
+
+def fold_constants_as_exported(model) -> list[str]:
+    """Round what the exporter constant-folds in float32 to float32 (call after ``.double()``):
+    Gemma3RMSNorm scales by ``1 + weight``, stored in the graph as one float32 initializer, so
+    weight becomes float32(1 + weight) - 1 (exact in float64; 1 + weight is then that float32)."""
+    import torch
+    done = []
+    with torch.no_grad():
+        for mname, m in model.named_modules():
+            if type(m).__name__ == "Gemma3RMSNorm":
+                m.weight.copy_((1 + m.weight).float().double() - 1)
+                done.append(mname)
+    return done
