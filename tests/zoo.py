@@ -1,4 +1,5 @@
-"""Helpers over the committed model zoo in models/ (MANIFEST.json, <name>.ref.npz, <name>.lxt.npz)."""
+"""Helpers over the committed model zoo in models/ (MANIFEST.json, <name>.ref.npz, <name>.lxt.npz,
+<name>.grad.npz)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,17 @@ def manifest() -> dict:
 
 
 def names() -> list[str]:
-    return sorted(manifest())
+    """The zoo models whose reference batch has no padding (the masked ones: ``padded_names``)."""
+    return sorted(n for n, e in manifest().items() if "ref_padding" not in e)
+
+
+def padded_names() -> list[str]:
+    """The masked / KV-cache models: their reference batch holds padded and fully padded rows."""
+    return sorted(n for n, e in manifest().items() if "ref_padding" in e)
+
+
+def fully_padded_rows(name: str) -> list[int]:
+    return manifest()[name]["ref_padding"]["fully_padded_rows"]
 
 
 @lru_cache(maxsize=None)
@@ -37,6 +48,12 @@ def torch_output(name: str) -> np.ndarray:
 
 def golden(name: str):
     path = MODELS / f"{name}.lxt.npz"
+    return np.load(path) if path.exists() else None
+
+
+def grad_golden(name: str):
+    """torch autograd float64 gradients (tools/make_grad_goldens.py): grad:<tensor>, target, logits."""
+    path = MODELS / f"{name}.grad.npz"
     return np.load(path) if path.exists() else None
 
 

@@ -8,7 +8,8 @@ Usage:
 
 For every model NAME this writes models/NAME.onnx (self-contained, no external
 data), models/NAME.ref.npz (a batch-2 / seq-6 input under the graph input
-name plus the torch outputs under "out:<output name>") and updates
+name plus the torch outputs under "out:<output name>"; the masked models have
+batch 4 with padding patterns and one fully padded row) and updates
 models/MANIFEST.json.  ``build_model`` is re-exported from tools/zoo.py:
 
     sys.path.insert(0, "tools"); from export_models import build_model
@@ -33,7 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_common import io_summary, op_types, save_npz, strip_stack_traces  # noqa: E402
-from zoo import (DEFAULT_MODELS, REF_BATCH, REF_SEED, REF_SEQ, build_model, make_feeds)
+from zoo import (DEFAULT_MODELS, REF_SEED, REF_SEQ, SPECS, build_model, call, make_feeds,
+                 ref_batch)
 
 
 __all__ = ["build_model", "make_feeds", "export_one"]
@@ -46,19 +48,52 @@ MAX_SEQ = 32  # max_position_embeddings of the text fixtures
 
 # ------------------------------------------------------------------ export
 
+def _dims(axes: dict[str, dict[int, str]]) -> dict[str, dict]:
+    """torch.export dims per input: one Dim per name; total_seq (= past + seq) left to
+    torch.export (Dim.AUTO), which cannot declare a sum of two dims."""
+    made = {}
+
+    def dim(nm):
+        if nm == "total_seq":
+            return torch.export.Dim.AUTO
+        if nm not in made:
+            made[nm] = torch.export.Dim(nm, max=MAX_SEQ) if nm in ("seq", "past") else torch.export.Dim(nm)
+        return made[nm]
+    return {inp: {ax: dim(nm) for ax, nm in ax_names.items()} for inp, ax_names in axes.items()}
+
+
+def _name_auto_dims(proto: onnx.ModelProto, axes: dict[str, dict[int, str]]) -> None:
+    """Give the dims torch.export named itself (s53, ...) on the graph inputs the names of
+    ``axes``, everywhere in the graph."""
+    rename = {}
+    for v in proto.graph.input:
+        for ax, nm in axes.get(v.name, {}).items():
+            d = v.type.tensor_type.shape.dim[ax]
+            if d.HasField("dim_param") and d.dim_param != nm:
+                rename[d.dim_param] = nm
+    for v in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+
+
 def _export_proto(model, feeds, meta) -> onnx.ModelProto:
     """Run the requested exporter and return the in-memory ModelProto."""
     args = tuple(feeds[n] for n in meta["input_names"])
     inp = meta["input_names"][0]
     if meta["exporter"] == "dynamo":
-        dims = {ax: torch.export.Dim(nm, max=MAX_SEQ) if nm == "seq" else torch.export.Dim(nm)
-                for ax, nm in meta["dynamic_axes"].items()}
+        dims = _dims(meta["input_dynamic_axes"])
+        # one input: keyed by name (as the zoo was first exported); several: in forward order
+        # (the graph input names past_key_values.0.key ... are not forward's argument names)
+        shapes = dims if len(args) == 1 else tuple(dims[n] for n in meta["input_names"])
         prog = torch.onnx.export(model, args, dynamo=True, opset_version=meta["opset"],
                                  input_names=meta["input_names"],
                                  output_names=meta["output_names"],
-                                 dynamic_shapes={inp: dims}, external_data=False,
+                                 dynamic_shapes=shapes, external_data=False,
                                  verbose=False, **meta["export_kwargs"])
-        return prog.model_proto
+        proto = prog.model_proto  # (a property that serializes anew on every access)
+        _name_auto_dims(proto, meta["input_dynamic_axes"])
+        return proto
     buf = io.BytesIO()
     torch.onnx.export(model, args, buf, dynamo=False, opset_version=meta["opset"],
                       input_names=meta["input_names"], output_names=meta["output_names"],
@@ -125,12 +160,15 @@ def export_one(name: str, out_dir: Path) -> dict:
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path), save_as_external_data=False)
 
-    # Reference data: a different sequence length than the export example.
-    ref_feeds = make_feeds(name, model, batch=REF_BATCH, seq=REF_SEQ, seed=REF_SEED)
+    # Reference data: a different sequence length (and past length) than the export example.
+    spec = SPECS[name]
+    ref_feeds = make_feeds(name, model, batch=ref_batch(name), seq=REF_SEQ, seed=REF_SEED,
+                           past_len=spec.past_len)
     with torch.no_grad():
-        y = model(**ref_feeds)
+        y = call(model, ref_feeds, meta)
+    ys = y if isinstance(y, tuple) else (y,)
     np_feeds = {k: v.numpy() for k, v in ref_feeds.items()}
-    outputs = {meta["output_names"][0]: y.float().numpy()}
+    outputs = {n: t.float().numpy() for n, t in zip(meta["output_names"], ys)}
     save_npz(ref_path, {**np_feeds, **{f"out:{k}": v for k, v in outputs.items()}})
 
     data = onnx_path.read_bytes()
@@ -157,6 +195,7 @@ def export_one(name: str, out_dir: Path) -> dict:
         "onnx_reference_vs_torch": _onnx_reference_rel_err(onnx_path, np_feeds, outputs),
         "ref_input_shapes": {k: list(v.shape) for k, v in np_feeds.items()},
         "notes": meta["notes"],
+        **_padding_summary(np_feeds),
         "torch": torch.__version__,
         "transformers": _transformers_version(),
         "onnxruntime": _ort_version(),
@@ -171,6 +210,15 @@ def export_one(name: str, out_dir: Path) -> dict:
     else:
         del entry["ort_vs_torch_batch1"]
     return entry
+
+
+def _padding_summary(feeds: dict[str, np.ndarray]) -> dict:
+    """Reference rows by padding (masked models only): fully padded rows have no real token."""
+    if "attention_mask" not in feeds:
+        return {}
+    m = feeds["attention_mask"]
+    return {"ref_padding": {"pad_tokens_per_row": (m == 0).sum(1).tolist(),
+                            "fully_padded_rows": np.flatnonzero(~m.any(1)).tolist()}}
 
 
 def _ort_version() -> str:

@@ -19,11 +19,17 @@ Key layout of ``<name>.lxt.npz``:
     logits                 float64: full output of the patched float64 model
                            (minilm: last_hidden_state)
     <preset>:relevance     float64, shape of inputs_embeds / pixel_values; for
-                           llama_ids of the embedding output [batch, seq, hidden]
+                           llama_ids / llama_past of the embedding output [batch, seq, hidden]
+    <preset>:relevance:<t> (llama_past) float64 relevance of the further attributed
+                           tensors t = past_key_values.<layer>.key / .value
+    fully_padded_rows      (masked models) int64 indices of the rows whose
+                           attention_mask is all zeros
     attnlrp:latent:mlp0    (llama only) relevance of the input of
                            model.layers[0].mlp.down_proj
     meta                   JSON string (versions, maps, float64 patches,
-                           conservation, conventions)
+                           conservation, conventions; masked models also
+                           relevance_tensors = {ONNX tensor name: key after "<preset>:"},
+                           fully_padded_rows, pad_tokens_per_row)
 presets: attnlrp, cp-lrp (where LXT has one for the family).
 """
 
@@ -35,7 +41,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -45,7 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
 MINILM_DIR = ROOT / ".cache" / "minilm"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_common import import_lxt, save_npz  # noqa: E402
+from torch_common import (attributed_tensors, float64_mode, import_lxt,  # noqa: E402
+                          ort_tensor, rope_to_float64, save_npz, select_target)
 
 
 # Presets per zoo family; "map" documents where the patch map comes from.
@@ -72,72 +78,6 @@ def _paths(name: str) -> tuple[Path, Path, Path]:
 def _ref_feeds(name: str) -> dict[str, np.ndarray]:
     with np.load(_paths(name)[1]) as z:
         return {k: z[k] for k in z.files if not k.startswith("out:")}
-
-
-# ------------------------------------------------------------ float64 mode
-
-def _float64_mode():
-    """TorchFunctionMode turning every float32 request into float64.
-
-    Catches softmax(dtype=float32), x.to(float32), x.float(), arange(dtype=float)
-    etc. in HF and LXT code and, while active, makes float64 the default dtype
-    (e.g. torch.ones(...) masks); ``hits`` counts rewrites, ``leaks`` counts
-    float32 tensors that still come out of an op (expected: none)."""
-    import torch
-    from torch.overrides import TorchFunctionMode, resolve_name
-
-    def sub(a):
-        return torch.float64 if a is torch.float32 else a
-
-    class Float64Mode(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.hits, self.leaks = Counter(), Counter()
-
-        def __enter__(self):
-            self._dtype = torch.get_default_dtype()
-            torch.set_default_dtype(torch.float64)
-            return super().__enter__()
-
-        def __exit__(self, *exc):
-            torch.set_default_dtype(self._dtype)
-            return super().__exit__(*exc)
-
-        def __torch_function__(self, func, types_, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            name = resolve_name(func) or getattr(func, "__name__", str(func))
-            if func is torch.Tensor.float:
-                self.hits[f"{name}()"] += 1
-                func = torch.Tensor.double
-            else:
-                new_args = tuple(sub(a) for a in args)
-                new_kwargs = {k: sub(v) for k, v in kwargs.items()}
-                if any(a is not b for a, b in zip(new_args, args)) or \
-                        any(new_kwargs[k] is not kwargs[k] for k in kwargs):
-                    self.hits[f"{name}(float32)"] += 1
-                args, kwargs = new_args, new_kwargs
-            out = func(*args, **kwargs)
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            if any(isinstance(o, torch.Tensor) and o.dtype == torch.float32 for o in outs):
-                self.leaks[name] += 1
-            return out
-
-    return Float64Mode()
-
-
-def _rope_to_float64(model) -> list[str]:
-    """Recompute RoPE inv_freq in float64 (HF computes it in float32 at init)."""
-    import torch
-    mode, done = _float64_mode(), []
-    for mname, m in model.named_modules():
-        if hasattr(m, "rope_init_fn") and isinstance(getattr(m, "inv_freq", None), torch.Tensor):
-            with mode:
-                inv_freq, scaling = m.rope_init_fn(m.config, None)
-            assert inv_freq.dtype == torch.float64 and scaling == m.attention_scaling
-            m.inv_freq = inv_freq
-            m.original_inv_freq = inv_freq
-            done.append(mname)
-    return done
 
 
 # --------------------------------------------------------------- patch maps
@@ -214,19 +154,6 @@ def _find_down_proj_input(onnx_path: Path, weight: np.ndarray) -> str:
     return hits[0]
 
 
-def _ort_tensor(onnx_path: Path, feeds: dict, tensor: str) -> np.ndarray:
-    """Run onnxruntime with ``tensor`` added as an extra graph output."""
-    import onnx
-    import onnxruntime as ort
-    m = onnx.load(str(onnx_path))
-    m.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run([tensor], feeds)[0]
-
-
 def worker(name: str, preset: str, out: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -256,21 +183,12 @@ def worker(name: str, preset: str, out: Path) -> None:
     for p in hf.parameters():
         p.requires_grad_(False)
 
-    rope = _rope_to_float64(hf)
-    mode = _float64_mode()
+    rope = rope_to_float64(hf)
+    mode = float64_mode()
 
     feeds = _ref_feeds(name)
-    (key, x_np), = feeds.items()
-    if spec.input_kind == "ids":
-        ids = torch.from_numpy(x_np)
-        x = hf.get_input_embeddings()(ids).detach()
-        call = lambda e: hf(inputs_embeds=e, **wrapper.call_kwargs).logits  # noqa: E731
-        notes.append("input_ids graph: relevance at the embedding output "
-                     "(model.get_input_embeddings()(input_ids))")
-    else:
-        x = torch.from_numpy(x_np).double()
-        call = lambda e: wrapper(**{key: e})  # noqa: E731
-    x.requires_grad_(True)
+    leaves, call, more_notes = attributed_tensors(name, wrapper, feeds, _paths(name)[0])
+    notes += more_notes
 
     # Diagnostic for BERT/ViT: relevance reaching the embedding block's output
     # (position / token-type / CLS embeddings and the patch bias absorb some
@@ -292,24 +210,19 @@ def worker(name: str, preset: str, out: Path) -> None:
         hook = hf.model.layers[0].mlp.down_proj.register_forward_pre_hook(grab)
 
     with mode:
-        y = call(x)
+        y = call()
     assert y.dtype == torch.float64
-    rows = torch.arange(y.shape[0])
-    if spec.output_name == "last_hidden_state":     # minilm: strongest CLS unit
-        target = y[:, 0, :].argmax(-1)
-        sel = y[rows, 0, target]
-    elif y.dim() == 3:                              # decoder LM: last position
-        target = y[:, -1, :].argmax(-1)
-        sel = y[rows, -1, target]
-    else:                                           # sequence / image classifier
-        target = y.argmax(-1)
-        sel = y[rows, target]
+    target, sel = select_target(y, spec.output_name)
     sel.sum().backward()                            # rows are independent
-    rel = (x * x.grad).detach()
+    # no gradient reaches a leaf the rules cut off (CP-LRP: past keys meet only the softmax)
+    rels = {n: (t * t.grad).detach() if t.grad is not None else torch.zeros_like(t).detach()
+            for n, t in leaves.items()}
 
+    (first, rel), *more = rels.items()
     arrays = {"target": target.numpy().astype(np.int64), "logits": y.detach().numpy(),
               f"{preset}:relevance": rel.numpy()}
-    totals = rel.flatten(1).sum(1)
+    arrays.update({f"{preset}:relevance:{n}": r.numpy() for n, r in more})
+    totals = sum(r.flatten(1).sum(1) for r in rels.values())
     meta = {
         "map": desc,
         "attn_implementation": hf.config._attn_implementation,
@@ -320,6 +233,10 @@ def worker(name: str, preset: str, out: Path) -> None:
                          "ratio": (totals / sel).tolist()},
         "notes": notes,
     }
+    if more:
+        meta["attributed_tensors"] = list(rels)
+        meta["conservation"]["relevance_sum_per_tensor"] = {
+            n: r.flatten(1).sum(1).tolist() for n, r in rels.items()}
     if emb_out:
         e = emb_out["out"]
         et = (e * e.grad).flatten(1).sum(1)
@@ -337,7 +254,7 @@ def worker(name: str, preset: str, out: Path) -> None:
         onnx_path = _paths(name)[0]
         w = hf.model.layers[0].mlp.down_proj.weight.detach().float().numpy()
         tname = _find_down_proj_input(onnx_path, w)
-        ort_val = _ort_tensor(onnx_path, feeds, tname)
+        ort_val = ort_tensor(onnx_path, feeds, tname)
         err = float(np.abs(ort_val - a.detach().numpy()).max() / np.abs(ort_val).max())
         assert err < 1e-4, f"ONNX tensor {tname} does not match down_proj input ({err})"
         meta["latent_onnx_tensor"] = tname
@@ -372,7 +289,7 @@ def _run_worker(name: str, preset: str, tmp: Path) -> dict:
 
 
 def make_one(name: str, tmp: Path) -> dict:
-    from zoo import SPECS
+    from zoo import MASKED_KINDS, SPECS
     spec = SPECS[name]
     family = "bert" if name == "minilm" else spec.family
     parts = {p: _run_worker(name, p, tmp) for p in PRESETS[family]}
@@ -399,7 +316,8 @@ def make_one(name: str, tmp: Path) -> dict:
         assert np.array_equal(z["target"], arrays["target"]), f"{name}: target differs for {p}"
         pm = json.loads(str(z["meta"]))
         pm["logits_max_abs_diff_vs_first_preset"] = float(np.abs(z["logits"] - arrays["logits"]).max())
-        for k in ("versions", "notes", "latent_onnx_tensor", "latent_onnx_check_max_rel_err"):
+        for k in ("versions", "notes", "latent_onnx_tensor", "latent_onnx_check_max_rel_err",
+                  "attributed_tensors"):
             if k in pm:
                 v = pm.pop(k)
                 if k == "notes":
@@ -410,10 +328,27 @@ def make_one(name: str, tmp: Path) -> dict:
         arrays.update({k: v for k, v in z.items() if k.startswith(f"{p}:")})
     if spec.notes:
         meta["notes"].append(f"zoo: {spec.notes}")
+    if spec.input_kind in MASKED_KINDS:
+        _describe_padded_batch(meta, arrays, spec.input_name)
     arrays["meta"] = np.array(json.dumps(meta, indent=1))
     out = _paths(name)[2]
     save_npz(out, arrays)
     return meta
+
+
+def _describe_padded_batch(meta: dict, arrays: dict, input_name: str) -> None:
+    """Masked models: which rows are fully padded, and the npz key of every attributed tensor's
+    relevance ("<preset>:" + key; the first is the usual "<preset>:relevance")."""
+    mask = arrays["inputs:attention_mask"]
+    arrays["fully_padded_rows"] = np.flatnonzero(~mask.any(1)).astype(np.int64)
+    meta["fully_padded_rows"] = arrays["fully_padded_rows"].tolist()
+    meta["pad_tokens_per_row"] = (mask == 0).sum(1).tolist()
+    names = meta.pop("attributed_tensors", None) or [input_name]
+    meta["relevance_tensors"] = {n: "relevance" if i == 0 else f"relevance:{n}"
+                                 for i, n in enumerate(names)}
+    if len(names) > 1:
+        meta["relevance_at"] = (f"embedding output (ONNX tensor {names[0]}) and the float graph "
+                                f"inputs {', '.join(names[1:])} (x * grad)")
 
 
 def _ensure_minilm() -> bool:
