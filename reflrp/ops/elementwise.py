@@ -318,7 +318,7 @@ def _pow_vjp(xp, G, inputs, outputs, attrs, need):
     ga = gb = None
     if need[0]:
         ga = unbroadcast(xp, G[0] * bb * xp.power(a, bb - 1), a.shape)
-    if need[1]:
+    if need[1] and b.dtype.kind == "f":  # an integer exponent is not differentiable
         gb = unbroadcast(xp, G[0] * outputs[0] * xp.log(xp.where(a > 0, a, 1).astype(a.dtype)), b.shape)
     return [ga, gb]
 
