@@ -462,7 +462,8 @@ def _attention_vjp(xp, G, inputs, outputs, attrs, need):
         if need[i]:
             grads[i] = heads_merged(gi) if Q.ndim == 3 else gi
     if len(inputs) > 3 and inputs[3] is not None and inputs[3].dtype.kind == "f" and need[3]:
-        grads[3] = unbroadcast(xp, g_logits, inputs[3].shape)
+        mask = inputs[3]  # a mask shorter than the keys was padded with -inf: those columns are not its own
+        grads[3] = unbroadcast(xp, g_logits[..., :mask.shape[-1]], mask.shape)
     return grads
 
 
