@@ -435,7 +435,8 @@ def _attention_vjp(xp, G, inputs, outputs, attrs, need):
     if len(G) > 3 and G[3] is not None:
         raise UnsupportedOpError("Attention: no gradient through the qk_matmul_output output")
     p = attention_parts(xp, Q, Kt, V, **attention_inputs(inputs, attrs))
-    g = G[0]
+    k = next(t.shape[0] for t in G if t is not None)
+    g = G[0] if G[0] is not None else xp.zeros((k,) + outputs[0].shape, dtype=p["q"].dtype)  # present_* only
     g4 = heads_first(g, p["q"].shape[1]) if Q.ndim == 3 else g
     g_probs = xp.matmul(g4, xp.swapaxes(p["v"], -1, -2))
     g_v = xp.matmul(xp.swapaxes(p["probs"], -1, -2), g4)
