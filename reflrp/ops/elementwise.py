@@ -215,20 +215,26 @@ def _clip_vjp(xp, G, inputs, outputs, attrs, need):
     """``y = min(max(x, lo), hi)``: ``x`` gets the gradient where it is inside [lo, hi], a bound where it
     is the value taken."""
     x, g = inputs[0], G[0]
-    lo = inputs[1] if len(inputs) > 1 else None
-    hi = inputs[2] if len(inputs) > 2 else None
+    lo, hi = (_clip_bound(xp, inputs, attrs, i, name, x.dtype) for i, name in ((1, "min"), (2, "max")))
     floored = x if lo is None else xp.maximum(x, lo)
     from_x = xp.ones(x.shape, dtype=bool) if lo is None else x >= lo
     grads = [None] * len(inputs)
-    if lo is not None and need[1]:
+    if lo is not None and len(inputs) > 1 and need[1]:
         grads[1] = unbroadcast(xp, select(xp, (x < lo) & (True if hi is None else lo <= hi), g), lo.shape)
     if hi is not None:
         from_x = from_x & (x <= hi)
-        if need[2]:
+        if len(inputs) > 2 and need[2]:
             grads[2] = unbroadcast(xp, select(xp, floored > hi, g), hi.shape)
     if need[0]:
         grads[0] = select(xp, from_x, g)
     return grads
+
+
+def _clip_bound(xp, inputs, attrs, i, name, dtype):
+    """A bound of Clip: input ``i`` (opset 11 on) or the attribute ``name`` (before), or None."""
+    if len(inputs) > i:
+        return inputs[i]
+    return None if attrs.get(name) is None else xp.asarray(attrs[name], dtype=dtype)
 
 
 # ---- binary arithmetic (numpy broadcasting is ONNX's multidirectional broadcasting) ----
@@ -312,7 +318,7 @@ def _pow_vjp(xp, G, inputs, outputs, attrs, need):
     ga = gb = None
     if need[0]:
         ga = unbroadcast(xp, G[0] * bb * xp.power(a, bb - 1), a.shape)
-    if need[1]:
+    if need[1] and b.dtype.kind == "f":  # an integer exponent is not differentiable
         gb = unbroadcast(xp, G[0] * outputs[0] * xp.log(xp.where(a > 0, a, 1).astype(a.dtype)), b.shape)
     return [ga, gb]
 

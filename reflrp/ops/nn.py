@@ -435,7 +435,8 @@ def _attention_vjp(xp, G, inputs, outputs, attrs, need):
     if len(G) > 3 and G[3] is not None:
         raise UnsupportedOpError("Attention: no gradient through the qk_matmul_output output")
     p = attention_parts(xp, Q, Kt, V, **attention_inputs(inputs, attrs))
-    g = G[0]
+    k = next(t.shape[0] for t in G if t is not None)
+    g = G[0] if G[0] is not None else xp.zeros((k,) + outputs[0].shape, dtype=p["q"].dtype)  # present_* only
     g4 = heads_first(g, p["q"].shape[1]) if Q.ndim == 3 else g
     g_probs = xp.matmul(g4, xp.swapaxes(p["v"], -1, -2))
     g_v = xp.matmul(xp.swapaxes(p["probs"], -1, -2), g4)
@@ -462,7 +463,8 @@ def _attention_vjp(xp, G, inputs, outputs, attrs, need):
         if need[i]:
             grads[i] = heads_merged(gi) if Q.ndim == 3 else gi
     if len(inputs) > 3 and inputs[3] is not None and inputs[3].dtype.kind == "f" and need[3]:
-        grads[3] = unbroadcast(xp, g_logits, inputs[3].shape)
+        mask = inputs[3]  # a mask shorter than the keys was padded with -inf: those columns are not its own
+        grads[3] = unbroadcast(xp, g_logits[..., :mask.shape[-1]], mask.shape)
     return grads
 
 

@@ -144,8 +144,9 @@ def Slice(xp, data, starts, ends, axes=None, steps=None):
 def _slice_vjp(xp, G, inputs, outputs, attrs, need):
     """Slices never overlap: put the gradient where the elements came from."""
     x, g = inputs[0], G[0]
+    where = inputs[1:] or [attrs.get(k) for k in ("starts", "ends", "axes")]  # attributes before opset 10
     grad = xp.zeros((g.shape[0],) + x.shape, dtype=g.dtype)
-    grad[(slice(None),) + slice_index(xp, x.shape, *inputs[1:])] = g
+    grad[(slice(None),) + slice_index(xp, x.shape, *where)] = g
     return [grad] + [None] * (len(inputs) - 1)
 
 
