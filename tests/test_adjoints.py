@@ -47,8 +47,10 @@ UNSUPPORTED_BRANCHES = [  # attribute variants whose adjoint raises instead of g
 ]
 # Piecewise constant ops: their derivative is 0 wherever it exists, so their cases check zeros.
 PIECEWISE_CONSTANT = {"Ceil", "Floor", "Round", "Sign"}
-# Registered non-constant ops with no finite-difference case (none today; say why when adding one).
-NO_CASE: dict[str, str] = {}
+# Registered non-constant ops with no finite-difference case (say why when adding one).
+_QUANTIZED = "integer tensors in and out: no finite differences; their straight-through adjoints are tested in tests/test_quantized.py"
+NO_CASE: dict[str, str] = {op: _QUANTIZED for op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                                                      "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv")}
 
 DIFFERENTIABLE = [op for op, rec in records().items() if rec.kind != kinds.CONSTANT]
 WORST: dict[str, float] = defaultdict(float)

@@ -232,3 +232,31 @@ def test_deployed_quantized_model_runs_like_onnxruntime(entry):
 def test_qoperator_model_is_refused_naming_the_contrib_op():
     with pytest.raises(reflrp.UnsupportedOpError, match="com.microsoft.*QLinear"):
         reflrp.load(str(DEPLOYED / "cnn.qop.onnx"))
+
+
+def test_straight_through_adjoints():
+    """Quantize -> Dequantize chains to the identity gradient where nothing saturates (the straight-through
+    estimator), and the integer products' adjoints are the float products' on the centred operands."""
+    from reflrp.ops import record
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (2, 5))
+    scale, zp = np.float64(0.01), np.uint8(128)
+    q = record("QuantizeLinear").kernel_for(19)(np, x, scale, zp)
+    y = record("DequantizeLinear").kernel_for(19)(np, q, scale, zp)
+    g = rng.standard_normal((3,) + x.shape)
+    gq = record("DequantizeLinear").adjoint_for(19)(np, [g], [q, scale, zp], [y], {}, (True, False, False))[0]
+    gx = record("QuantizeLinear").adjoint_for(19)(np, [gq], [x, scale, zp], [q], {}, (True, False, False))[0]
+    np.testing.assert_allclose(gx, g, rtol=1e-12)
+    big = record("QuantizeLinear").kernel_for(19)(np, np.array([5.0, -5.0, 0.3]), scale, zp)  # first two saturate
+    gs = record("QuantizeLinear").adjoint_for(19)(np, [np.ones((1, 3))], [np.array([5.0, -5.0, 0.3]), scale, zp],
+                                                  [big], {}, (True, False, False))[0]
+    assert gs.tolist() == [[0.0, 0.0, 100.0]]
+    A = rng.integers(0, 255, (2, 3, 4)).astype(np.uint8)
+    B = rng.integers(-128, 127, (4, 5)).astype(np.int8)
+    azp, bzp = np.uint8(120), np.int8(3)
+    out = record("MatMulInteger").kernel_for(10)(np, A, B, azp, bzp)
+    G = rng.standard_normal((2,) + out.shape)
+    ga, gb = record("MatMulInteger").adjoint_for(10)(np, [G], [A, B, azp, bzp], [out], {}, (True, True, False, False))[:2]
+    a, b = A.astype(float) - 120, B.astype(float) - 3
+    np.testing.assert_allclose(ga, G @ b.T, rtol=1e-12)
+    np.testing.assert_allclose(gb, np.einsum("bmi,kbmj->kij", a, G), rtol=1e-12)

@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from . import kernel
+from . import adjoint, kernel
 from . import kinds as K
 from .linalg import Conv
 
@@ -176,3 +176,87 @@ def QLinearConv(xp, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale,
     if B is not None:
         acc = acc + B.astype(np.int32).reshape((1, -1) + (1,) * (acc.ndim - 2))
     return requantize(xp, acc, multiplier(xp, x_scale, w_scale, y_scale).reshape(-1), y_zero_point, 1)
+
+
+# ---- adjoints: straight-through through the rounding (its true derivative is 0 almost everywhere) ----
+# Integer tensors are treated as the real numbers they stand for: quantize(x) ~ x / scale + zero_point,
+# dequantize(q) = (q - zero_point) * scale, and the integer products are the products of the centred values.
+
+@adjoint("QuantizeLinear")
+def _quantize_vjp(xp, G, inputs, outputs, attrs, need):
+    """Straight-through: ``dx = g / scale`` where the value was not saturated, 0 where it was."""
+    x, scale = inputs[:2]
+    s = along(xp, scale, x, attrs.get("axis", 1), attrs.get("block_size", 0))
+    y = outputs[0]
+    if y.dtype in FLOAT8:
+        inside = xp.isfinite(y.astype(np.float32))
+    else:
+        lo, hi = integer_range(np.dtype(y.dtype))
+        inside = (as_int(xp, y) > lo) & (as_int(xp, y) < hi)
+    return [xp.where(inside, G[0] / s, 0) if need[0] else None] + [None] * (len(inputs) - 1)
+
+
+@adjoint("DequantizeLinear")
+def _dequantize_vjp(xp, G, inputs, outputs, attrs, need):
+    """``y = (q - zero_point) * scale``: ``dq = g * scale`` (straight-through for the integer ``q``),
+    ``dscale = sum g * (q - zero_point)``."""
+    x, scale = inputs[:2]
+    zp = inputs[2] if len(inputs) > 2 else None
+    axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
+    s = along(xp, scale, x, axis, block)
+    grads = [G[0] * s if need[0] else None, None, None][:len(inputs)]
+    if need[1] and scale.dtype.kind == "f" and scale.size == 1:  # per-tensor scale (per-axis: held constant)
+        centred = outputs[0] / xp.where(s == 0, 1, s)
+        grads[1] = (G[0] * centred).reshape(G[0].shape[0], -1).sum(axis=1).reshape((G[0].shape[0],) + scale.shape)
+    return grads
+
+
+@adjoint("DynamicQuantizeLinear")
+def _dynamic_quantize_vjp(xp, G, inputs, outputs, attrs, need):
+    """Straight-through: ``dx = g / scale`` (the scale and zero point are statistics: held constant)."""
+    if any(g is not None for g in G[1:]):
+        raise UnsupportedOpError("DynamicQuantizeLinear: no gradient through its scale / zero-point outputs")
+    return [G[0] / outputs[1].astype(G[0].dtype)]
+
+
+@adjoint("MatMulInteger")
+def _matmul_integer_vjp(xp, G, inputs, outputs, attrs, need):
+    """The MatMul adjoint on the centred operands ``A - a_zero_point``, ``B - b_zero_point``."""
+    from .linalg import _matmul_vjp
+    A, B = inputs[:2]
+    a, b = centered(xp, A, inputs[2] if len(inputs) > 2 else None, -2), centered(xp, B, inputs[3] if len(inputs) > 3 else None, -1)
+    ga, gb = _matmul_vjp(xp, G, [a, b], outputs, {}, (need[0], need[1]))
+    return [ga, gb] + [None] * (len(inputs) - 2)
+
+
+@adjoint("ConvInteger")
+def _conv_integer_vjp(xp, G, inputs, outputs, attrs, need):
+    """The Conv adjoint on the centred input and weight."""
+    from .linalg import _conv_vjp
+    x, w = inputs[:2]
+    xc = centered(xp, x, inputs[2] if len(inputs) > 2 else None, 1)
+    wc = centered(xp, w, inputs[3] if len(inputs) > 3 else None, 0)
+    gx, gw = _conv_vjp(xp, G, [xc, wc], outputs, attrs, (need[0], need[1]))
+    return [gx, gw] + [None] * (len(inputs) - 2)
+
+
+@adjoint("QLinearMatMul")
+def _qlinear_matmul_vjp(xp, G, inputs, outputs, attrs, need):
+    """Straight-through the requantization (``dacc = g * a_scale b_scale / y_scale``), then MatMulInteger's."""
+    a, a_scale, a_zp, b, b_scale, b_zp, y_scale = inputs[:7]
+    m = multiplier(xp, a_scale, b_scale, y_scale).astype(np.float64).reshape(-1)
+    ga, gb = _matmul_integer_vjp(xp, [G[0] * m], [a, b, a_zp, b_zp], outputs, {}, (need[0], need[3]))[:2]
+    return [ga, None, None, gb, None, None, None, None]
+
+
+@adjoint("QLinearConv")
+def _qlinear_conv_vjp(xp, G, inputs, outputs, attrs, need):
+    """Straight-through the requantization, then ConvInteger's; the int32 bias gets the summed gradient."""
+    x, x_scale, x_zp, w, w_scale, w_zp, y_scale = inputs[:7]
+    m = multiplier(xp, x_scale, w_scale, y_scale).astype(np.float64).reshape(-1)
+    g = G[0] * m.reshape((1, -1) + (1,) * (G[0].ndim - 2)) if m.size > 1 else G[0] * m
+    gx, gw = _conv_integer_vjp(xp, [g], [x, w, x_zp, w_zp], outputs, attrs, (need[0], need[3]))[:2]
+    grads = [gx, None, None, gw, None, None, None, None]
+    if len(inputs) > 8:
+        grads.append(g.sum(axis=(1,) + tuple(range(3, g.ndim))) if need[8] and inputs[8] is not None else None)
+    return grads
