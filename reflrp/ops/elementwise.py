@@ -9,32 +9,37 @@ from ..errors import UnsupportedOpError
 from . import kernel
 
 
-def _unary(op: str, fn, since: int = 1):
-    def run(xp, x, **_):
+def _unary(op: str, fn, since: int):
+    def run(xp, x):
         return fn(xp, x)
     run.__name__ = op
     kernel(op, since)(run)
 
 
-for _op, _fn in {
-    "Abs": lambda xp, x: xp.abs(x), "Neg": lambda xp, x: -x, "Exp": lambda xp, x: xp.exp(x),
-    "Log": lambda xp, x: xp.log(x), "Sqrt": lambda xp, x: xp.sqrt(x), "Floor": lambda xp, x: xp.floor(x),
-    "Ceil": lambda xp, x: xp.ceil(x), "Round": lambda xp, x: xp.round(x), "Sign": lambda xp, x: xp.sign(x),
-    "Sin": lambda xp, x: xp.sin(x), "Cos": lambda xp, x: xp.cos(x), "Tan": lambda xp, x: xp.tan(x),
-    "Asin": lambda xp, x: xp.arcsin(x), "Acos": lambda xp, x: xp.arccos(x), "Atan": lambda xp, x: xp.arctan(x),
-    "Sinh": lambda xp, x: xp.sinh(x), "Cosh": lambda xp, x: xp.cosh(x), "Tanh": lambda xp, x: xp.tanh(x),
-    "Asinh": lambda xp, x: xp.arcsinh(x), "Acosh": lambda xp, x: xp.arccosh(x), "Atanh": lambda xp, x: xp.arctanh(x),
-    "Reciprocal": lambda xp, x: (1 / x).astype(x.dtype, copy=False),
-    "Not": lambda xp, x: xp.logical_not(x), "IsNaN": lambda xp, x: xp.isnan(x),
-    "Erf": lambda xp, x: erf(xp, x).astype(x.dtype, copy=False),
-    "Relu": lambda xp, x: xp.maximum(x, x.dtype.type(0)),
-    "Sigmoid": lambda xp, x: _sigmoid(xp, x),
-    "Softsign": lambda xp, x: x / (1 + xp.abs(x)),
-    "Softplus": lambda xp, x: xp.logaddexp(x, x.dtype.type(0)),
-    "Mish": lambda xp, x: x * xp.tanh(xp.logaddexp(x, x.dtype.type(0))),
-    "HardSwish": lambda xp, x: x * xp.clip(x / 6 + x.dtype.type(0.5), 0, 1),
+# since: the first opset whose form the kernel takes (opset 1 versions of the old ops carry the
+# legacy ``consumed_inputs`` attribute: they start at 6)
+for _op, (_since, _fn) in {
+    "Abs": (6, lambda xp, x: xp.abs(x)), "Neg": (6, lambda xp, x: -x), "Exp": (6, lambda xp, x: xp.exp(x)),
+    "Log": (6, lambda xp, x: xp.log(x)), "Sqrt": (6, lambda xp, x: xp.sqrt(x)),
+    "Floor": (6, lambda xp, x: xp.floor(x)), "Ceil": (6, lambda xp, x: xp.ceil(x)),
+    "Round": (11, lambda xp, x: xp.round(x)), "Sign": (9, lambda xp, x: xp.sign(x)),
+    "Sin": (7, lambda xp, x: xp.sin(x)), "Cos": (7, lambda xp, x: xp.cos(x)), "Tan": (7, lambda xp, x: xp.tan(x)),
+    "Asin": (7, lambda xp, x: xp.arcsin(x)), "Acos": (7, lambda xp, x: xp.arccos(x)),
+    "Atan": (7, lambda xp, x: xp.arctan(x)), "Sinh": (9, lambda xp, x: xp.sinh(x)),
+    "Cosh": (9, lambda xp, x: xp.cosh(x)), "Tanh": (6, lambda xp, x: xp.tanh(x)),
+    "Asinh": (9, lambda xp, x: xp.arcsinh(x)), "Acosh": (9, lambda xp, x: xp.arccosh(x)),
+    "Atanh": (9, lambda xp, x: xp.arctanh(x)),
+    "Reciprocal": (6, lambda xp, x: (1 / x).astype(x.dtype, copy=False)),
+    "Not": (1, lambda xp, x: xp.logical_not(x)), "IsNaN": (9, lambda xp, x: xp.isnan(x)),
+    "Erf": (9, lambda xp, x: erf(xp, x).astype(x.dtype, copy=False)),
+    "Relu": (6, lambda xp, x: xp.maximum(x, x.dtype.type(0))),
+    "Sigmoid": (6, lambda xp, x: _sigmoid(xp, x)),
+    "Softsign": (1, lambda xp, x: x / (1 + xp.abs(x))),
+    "Softplus": (1, lambda xp, x: xp.logaddexp(x, x.dtype.type(0))),
+    "Mish": (18, lambda xp, x: x * xp.tanh(xp.logaddexp(x, x.dtype.type(0)))),
+    "HardSwish": (14, lambda xp, x: x * xp.clip(x / 6 + x.dtype.type(0.5), 0, 1)),
 }.items():
-    _unary(_op, _fn)
+    _unary(_op, _fn, _since)
 
 
 def _sigmoid(xp, x):
@@ -51,46 +56,46 @@ def Identity(xp, x):
     return x
 
 
-@kernel("Dropout")
+@kernel("Dropout", since=10)
 def Dropout(xp, data, ratio=None, training_mode=None, seed=None):
     if training_mode is not None and bool(training_mode) and (ratio is None or float(ratio) > 0):
         raise UnsupportedOpError("Dropout in training mode is random; reflrp runs inference graphs only")
     return data, xp.ones(data.shape, dtype=bool)
 
 
-@kernel("IsInf")
+@kernel("IsInf", since=10)
 def IsInf(xp, x, detect_negative=1, detect_positive=1):
     return xp.isinf(x) & (((x < 0) & bool(detect_negative)) | ((x > 0) & bool(detect_positive)))
 
 
-@kernel("LeakyRelu")
+@kernel("LeakyRelu", since=6)
 def LeakyRelu(xp, x, alpha=0.01):
     return xp.where(x >= 0, x, x * x.dtype.type(alpha))
 
 
-@kernel("Elu")
+@kernel("Elu", since=6)
 def Elu(xp, x, alpha=1.0):
     return xp.where(x >= 0, x, x.dtype.type(alpha) * xp.expm1(xp.minimum(x, 0)))
 
 
-@kernel("Celu")
+@kernel("Celu", since=12)
 def Celu(xp, x, alpha=1.0):
     a = x.dtype.type(alpha)
     return xp.maximum(x, 0) + xp.minimum(0, a * xp.expm1(x / a))
 
 
-@kernel("Selu")
+@kernel("Selu", since=6)
 def Selu(xp, x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
     t = x.dtype.type
     return t(gamma) * xp.where(x > 0, x, t(alpha) * xp.expm1(xp.minimum(x, 0)))
 
 
-@kernel("ThresholdedRelu")
+@kernel("ThresholdedRelu", since=10)
 def ThresholdedRelu(xp, x, alpha=1.0):
     return xp.where(x > alpha, x, x.dtype.type(0))
 
 
-@kernel("HardSigmoid")
+@kernel("HardSigmoid", since=6)
 def HardSigmoid(xp, x, alpha=0.2, beta=0.5):
     t = x.dtype.type
     return xp.clip(x * t(alpha) + t(beta), 0, 1).astype(x.dtype, copy=False)
@@ -105,12 +110,12 @@ def Gelu(xp, x, approximate="none"):
     return t(0.5) * x * (1 + erf(xp, x / t(math.sqrt(2))).astype(x.dtype, copy=False))
 
 
-@kernel("PRelu")
+@kernel("PRelu", since=7)
 def PRelu(xp, x, slope):
     return xp.where(x >= 0, x, x * slope)
 
 
-@kernel("Clip")
+@kernel("Clip", since=6)
 def Clip(xp, x, min=None, max=None):
     if min is not None:
         x = xp.maximum(x, xp.asarray(min, dtype=x.dtype))
@@ -119,24 +124,25 @@ def Clip(xp, x, min=None, max=None):
     return x
 
 
-# ---- binary arithmetic (numpy broadcasting is ONNX's multidirectional broadcasting) ----
+# ---- binary arithmetic (numpy broadcasting is ONNX's multidirectional broadcasting, from opset 7;
+# before it a ``broadcast``/``axis`` attribute pair chose another rule) ----
 
-@kernel("Add")
+@kernel("Add", since=7)
 def Add(xp, a, b):
     return a + b
 
 
-@kernel("Sub")
+@kernel("Sub", since=7)
 def Sub(xp, a, b):
     return a - b
 
 
-@kernel("Mul")
+@kernel("Mul", since=7)
 def Mul(xp, a, b):
     return a * b
 
 
-@kernel("Div")
+@kernel("Div", since=7)
 def Div(xp, a, b):
     if a.dtype.kind in "iu":  # ONNX integer division truncates toward zero
         q = xp.abs(a) // xp.abs(b)
@@ -144,12 +150,12 @@ def Div(xp, a, b):
     return a / b
 
 
-@kernel("Mod")
+@kernel("Mod", since=10)
 def Mod(xp, a, b, fmod=0):
     return xp.fmod(a, b) if fmod else xp.mod(a, b)
 
 
-@kernel("Pow")
+@kernel("Pow", since=7)
 def Pow(xp, a, b):
     if a.dtype.kind == "f" and b.dtype.kind == "f" and b.ndim == 0 and float(b) == 2.0:
         return a * a
@@ -158,7 +164,7 @@ def Pow(xp, a, b):
     return xp.power(a, b.astype(a.dtype) if a.dtype.kind == "f" else b).astype(a.dtype, copy=False)
 
 
-def _variadic(op: str, fn, since: int = 1):
+def _variadic(op: str, fn, since: int = 6):
     def run(xp, *xs):
         out = xs[0]
         for x in xs[1:]:
@@ -173,7 +179,7 @@ _variadic("Max", lambda xp, a, b: xp.maximum(a, b))
 _variadic("Min", lambda xp, a, b: xp.minimum(a, b))
 
 
-@kernel("Mean")
+@kernel("Mean", since=6)
 def Mean(xp, *xs):
     out = xs[0]
     for x in xs[1:]:
@@ -181,21 +187,22 @@ def Mean(xp, *xs):
     return (out / len(xs)).astype(xs[0].dtype, copy=False)
 
 
-for _op, _fn in {
-    "Equal": lambda xp, a, b: a == b, "Less": lambda xp, a, b: a < b, "Greater": lambda xp, a, b: a > b,
-    "LessOrEqual": lambda xp, a, b: a <= b, "GreaterOrEqual": lambda xp, a, b: a >= b,
-    "And": lambda xp, a, b: a & b, "Or": lambda xp, a, b: a | b, "Xor": lambda xp, a, b: a ^ b,
-    "BitwiseAnd": lambda xp, a, b: a & b, "BitwiseOr": lambda xp, a, b: a | b,
-    "BitwiseXor": lambda xp, a, b: a ^ b,
+for _op, (_since, _fn) in {
+    "Equal": (7, lambda xp, a, b: a == b), "Less": (7, lambda xp, a, b: a < b),
+    "Greater": (7, lambda xp, a, b: a > b), "LessOrEqual": (12, lambda xp, a, b: a <= b),
+    "GreaterOrEqual": (12, lambda xp, a, b: a >= b),
+    "And": (7, lambda xp, a, b: a & b), "Or": (7, lambda xp, a, b: a | b), "Xor": (7, lambda xp, a, b: a ^ b),
+    "BitwiseAnd": (18, lambda xp, a, b: a & b), "BitwiseOr": (18, lambda xp, a, b: a | b),
+    "BitwiseXor": (18, lambda xp, a, b: a ^ b),
 }.items():
-    kernel(_op)((lambda f: lambda xp, a, b: f(xp, a, b))(_fn))
+    kernel(_op, _since)((lambda f: lambda xp, a, b: f(xp, a, b))(_fn))
 
 
-@kernel("BitwiseNot")
+@kernel("BitwiseNot", since=18)
 def BitwiseNot(xp, x):
     return ~x
 
 
-@kernel("Where")
+@kernel("Where", since=9)
 def Where(xp, condition, x, y):
     return xp.where(condition, x, y)

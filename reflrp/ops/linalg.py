@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..dtypes import is_numpy_native
 from . import kernel
 
 
@@ -29,16 +30,22 @@ def matmul(xp, a, b):
     return xp.matmul(a, b)
 
 
+def _as(y, dtype):
+    """A product in the operands' type: ml_dtypes' bfloat16/float8 products come back as float32
+    (accumulated in float32) and are rounded once, as onnx's reference does."""
+    return y if y.dtype == dtype else y.astype(dtype)
+
+
 @kernel("MatMul")
 def MatMul(xp, a, b):
-    return matmul(xp, a, b)
+    return _as(matmul(xp, a, b), a.dtype)
 
 
-@kernel("Gemm")
+@kernel("Gemm", since=7)
 def Gemm(xp, A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     a = A.T if transA else A
     b = B.T if transB else B
-    y = a @ b
+    y = _as(a @ b, A.dtype)
     if alpha != 1.0:
         y = y * y.dtype.type(alpha)
     if C is not None:
@@ -46,9 +53,13 @@ def Gemm(xp, A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     return y
 
 
-@kernel("Einsum")
+@kernel("Einsum", since=12)
 def Einsum(xp, *inputs, equation):
-    return xp.einsum(equation.replace(" ", ""), *inputs)
+    equation = equation.replace(" ", "")
+    if all(is_numpy_native(i.dtype) for i in inputs):
+        return xp.einsum(equation, *inputs)
+    # numpy's einsum takes no ml_dtypes type: float32 accumulation, one rounding (as MatMul)
+    return _as(xp.einsum(equation, *[i.astype(np.float32) for i in inputs]), inputs[0].dtype)
 
 
 def conv_geometry(spatial, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode=0):
@@ -109,7 +120,7 @@ def Conv(xp, X, W, B=None, auto_pad="NOTSET", dilations=None, group=1, kernel_sh
     kk = int(np.prod(kernel_shape, dtype=np.int64))
     cols = cols.reshape(N, group, (C // group) * kk, no)
     w = W.reshape(group, M // group, (C // group) * kk)
-    y = xp.matmul(w[None], cols)  # N, group, M/g, no
+    y = _as(xp.matmul(w[None], cols), X.dtype)  # N, group, M/g, no
     y = y.reshape((N, M) + tuple(out))
     if B is not None:
         y = y + B.reshape((1, M) + (1,) * nk)

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..dtypes import is_float
 from ..errors import UnsupportedOpError
 from . import kernel
-from .linalg import conv_geometry, windows
+from .linalg import _as, conv_geometry, windows
+from .tensor import axis_index
 
 
 def softmax(xp, x, axis):
     """Numerically stable softmax; a row that is entirely -inf gives zeros, never NaN."""
+    if not x.size:
+        return x.copy()
     m = xp.max(x, axis=axis, keepdims=True)
     if not bool(xp.isfinite(m).all()):  # rows that are entirely -inf
         m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
@@ -25,13 +29,15 @@ def softmax(xp, x, axis):
 def _flattened(fn):
     """Softmax family before opset 13: coerce to 2-D at ``axis``, normalise over the second dim."""
     def run(xp, x, axis=1):
-        a = axis % x.ndim
+        a = axis_index(axis, x.ndim)
         flat = x.reshape(int(np.prod(x.shape[:a], dtype=np.int64)), -1)
         return fn(xp, flat, 1).reshape(x.shape)
     return run
 
 
 def log_softmax(xp, x, axis):
+    if not x.size:
+        return x.copy()
     m = xp.max(x, axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
     z = x - m
@@ -44,12 +50,12 @@ kernel("LogSoftmax", since=1)(_flattened(log_softmax))
 
 @kernel("Softmax", since=13)
 def Softmax(xp, x, axis=-1):
-    return softmax(xp, x, axis)
+    return softmax(xp, x, axis_index(axis, x.ndim))
 
 
 @kernel("LogSoftmax", since=13)
 def LogSoftmax(xp, x, axis=-1):
-    return log_softmax(xp, x, axis)
+    return log_softmax(xp, x, axis_index(axis, x.ndim))
 
 
 def _stash(x, stash_type):
@@ -58,7 +64,7 @@ def _stash(x, stash_type):
 
 @kernel("LayerNormalization", since=17)
 def LayerNormalization(xp, X, Scale, B=None, axis=-1, epsilon=1e-5, stash_type=1):
-    axes = tuple(range(axis % X.ndim, X.ndim))
+    axes = tuple(range(axis_index(axis, X.ndim), X.ndim))
     x = _stash(X, stash_type)
     mean = xp.mean(x, axis=axes, keepdims=True)
     d = x - mean
@@ -71,13 +77,13 @@ def LayerNormalization(xp, X, Scale, B=None, axis=-1, epsilon=1e-5, stash_type=1
 
 @kernel("RMSNormalization", since=23)
 def RMSNormalization(xp, X, scale, axis=-1, epsilon=1e-5, stash_type=1):
-    axes = tuple(range(axis % X.ndim, X.ndim))
+    axes = tuple(range(axis_index(axis, X.ndim), X.ndim))
     x = _stash(X, stash_type)
     inv_rms = 1 / xp.sqrt(xp.mean(x * x, axis=axes, keepdims=True) + x.dtype.type(epsilon))
     return (x * inv_rms).astype(X.dtype, copy=False) * scale
 
 
-@kernel("BatchNormalization", since=15)
+@kernel("BatchNormalization", since=9)
 def BatchNormalization(xp, X, scale, B, input_mean, input_var, epsilon=1e-5, momentum=0.9, training_mode=0):
     if training_mode:
         raise UnsupportedOpError("BatchNormalization in training mode is not supported (inference only)")
@@ -86,7 +92,7 @@ def BatchNormalization(xp, X, scale, B, input_mean, input_var, epsilon=1e-5, mom
     return (X - input_mean.reshape(shape)) * (inv * scale).reshape(shape) + B.reshape(shape)
 
 
-@kernel("InstanceNormalization")
+@kernel("InstanceNormalization", since=6)
 def InstanceNormalization(xp, X, scale, B, epsilon=1e-5):
     axes = tuple(range(2, X.ndim))
     shape = (1, -1) + (1,) * (X.ndim - 2)
@@ -105,10 +111,32 @@ def _pool(xp, X, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, fi
 
 @kernel("MaxPool")
 def MaxPool(xp, X, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
-            storage_order=0, strides=None):
-    fill = -np.inf if X.dtype.kind == "f" else np.iinfo(X.dtype).min
-    cols, _, _ = _pool(xp, X, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, fill)
-    return xp.max(cols, axis=2)
+            storage_order=0, strides=None, _n_outputs=1):
+    fill = -np.inf if is_float(X.dtype) else np.iinfo(X.dtype).min
+    cols, geo, _ = _pool(xp, X, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, fill)
+    if _n_outputs < 2:
+        return xp.max(cols, axis=2)
+    first = xp.argmax(cols, axis=2)[:, :, None]
+    return xp.take_along_axis(cols, first, axis=2)[:, :, 0], _max_indices(xp, X, kernel_shape, geo, first,
+                                                                           storage_order)
+
+
+def _max_indices(xp, X, kernel_shape, geo, first, storage_order):
+    """MaxPool's Indices: the flat index into X of each window's first maximum (padding has none).
+
+    An (n, c) plane starts at ``(n * C + c) * prod(spatial)``; inside it positions count row-major,
+    or column-major with ``storage_order=1``."""
+    out, begin, end, strides, dilations = geo
+    spatial = X.shape[2:]
+    plane = int(np.prod(spatial, dtype=np.int64))
+    pos = xp.arange(plane, dtype=np.int64).reshape(spatial)
+    if storage_order:
+        pos = xp.arange(plane, dtype=np.int64).reshape(spatial[::-1]).transpose()
+    pos = windows(xp, pos[None, None], kernel_shape, out, begin, end, strides, dilations, fill=-1)
+    pos = pos.reshape((1, 1, -1) + tuple(out))
+    picked = xp.take_along_axis(xp.broadcast_to(pos, first.shape[:2] + pos.shape[2:]), first, axis=2)[:, :, 0]
+    planes = xp.arange(X.shape[0] * X.shape[1], dtype=np.int64).reshape(X.shape[:2] + (1,) * len(out))
+    return picked + planes * plane
 
 
 @kernel("AveragePool")
@@ -200,7 +228,7 @@ def attention_parts(xp, Q, K, V, attn_mask=None, past_key=None, past_value=None,
     reps = q.shape[1] // k.shape[1]
     if reps > 1:
         k, v = xp.repeat(k, reps, axis=1), xp.repeat(v, reps, axis=1)
-    raw = scores = q @ xp.swapaxes(k, -1, -2)
+    raw = scores = _as(q @ xp.swapaxes(k, -1, -2), q.dtype)
     if softcap and softcap > 0:
         scores = softcap * xp.tanh(raw / softcap)
     bias = attention_bias(xp, q.dtype, q.shape[2], k.shape[2], attn_mask, is_causal, past_len, nonpad_kv_seqlen,
@@ -209,7 +237,7 @@ def attention_parts(xp, Q, K, V, attn_mask=None, past_key=None, past_value=None,
     probs = softmax(xp, logits, -1)
     masked_rows = xp.isneginf(xp.max(bias, axis=-1, keepdims=True))
     probs = xp.where(masked_rows, probs.dtype.type(0), probs)
-    return dict(q=q, k=k, v=v, raw=raw, scores=scores, logits=logits, probs=probs, y4=probs @ v,
+    return dict(q=q, k=k, v=v, raw=raw, scores=scores, logits=logits, probs=probs, y4=_as(probs @ v, q.dtype),
                 present_key=present_k, present_value=present_v, reps=reps)
 
 

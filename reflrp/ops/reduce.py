@@ -1,15 +1,18 @@
 """Reductions. ``axes`` is an attribute before opset 13 (ReduceSum) / 18 (the others), an input after."""
 from __future__ import annotations
 
+import numpy as np
+
+from ..dtypes import finfo, is_float
 from . import kernel
-from .tensor import _ints
+from .tensor import _ints, axes_indices
 
 
 def _axes(xp, data, axes, noop_with_empty_axes):
-    axes = _ints(xp, axes)
-    if not axes:
+    """The reduced axes counted from 0; ``None`` for all of them, ``()`` for none (the no-op)."""
+    if not _ints(xp, axes):
         return None if not noop_with_empty_axes else ()
-    return tuple(a % data.ndim for a in axes) if data.ndim else None
+    return axes_indices(xp, axes, data.ndim)
 
 
 def _reduction(op: str, fn):
@@ -46,11 +49,18 @@ def _empty_shape(x, ax, keep):
 
 
 def _extreme(xp, dtype, low):
-    if dtype.kind == "f":
-        return -xp.inf if low else xp.inf
+    """The identity of max (``low``) or min: -inf/+inf, or the type's extreme where it has no inf."""
+    if is_float(dtype):
+        info = finfo(dtype)
+        big = float("inf") if _has_inf(dtype) else float(info.max)
+        return -big if low else big
     if dtype.kind == "b":
         return not low
     return xp.iinfo(dtype).min if low else xp.iinfo(dtype).max
+
+
+def _has_inf(dtype) -> bool:
+    return bool(np.isinf(np.array(float("inf")).astype(dtype)))
 
 
 def _logsumexp(xp, x, ax, keep):
