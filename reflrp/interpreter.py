@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .backend import quiet
-from .dtypes import numpy_dtype
+from .dtypes import family, is_float, numpy_dtype
 from .errors import FeedError, KernelError, ReflrpError, UnsupportedOpError
 from .graph import Graph, Node
 from .ops import resolve
@@ -46,7 +46,7 @@ class Prepared:
 
 
 def _policy_dtype(dt: np.dtype, policy: np.dtype | None) -> np.dtype:
-    return policy if policy is not None and dt.kind == "f" else dt
+    return policy if policy is not None and is_float(dt) else dt
 
 
 def _attrs_for(node: Node, policy: np.dtype | None) -> dict:
@@ -62,7 +62,7 @@ def _attrs_for(node: Node, policy: np.dtype | None) -> dict:
                 attrs[key] = attrs[key].astype(_policy_dtype(attrs[key].dtype, policy))
         if node.op_type == "Constant":
             attrs["_float"] = policy if policy is not None else np.float32
-    elif node.op_type == "Split":
+    elif node.op_type in ("Split", "MaxPool"):  # Split's chunk count; MaxPool's Indices output
         attrs["_n_outputs"] = len(node.outputs)
     return attrs
 
@@ -106,7 +106,7 @@ def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
     # shape arithmetic and masks that depend on the feeds' shapes but not their values: computed
     # once per shape signature (Shape reads only a shape; everything else needs shape-only inputs)
     shape_only, known = set(), set(constants)
-    float_dependent = {v.name for v in graph.inputs if v.dtype is not None and v.dtype.kind == "f"}
+    float_dependent = {v.name for v in graph.inputs if v.dtype is not None and is_float(v.dtype)}
     cacheable = True
     for i, step in enumerate(steps):
         if step.node.op_type in ("Shape", "Size") or all(not n or n in known for n in step.inputs):
@@ -117,7 +117,7 @@ def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
             # float values turned into integers could become shape arguments: no shape cache then
             # (integer feeds are part of the cache key, so ids-driven shapes are safe)
             to_int = step.node.op_type in ("ArgMax", "ArgMin") or (
-                step.node.op_type == "Cast" and np.dtype(step.attrs["to"]).kind in "iub")
+                step.node.op_type == "Cast" and not is_float(step.attrs["to"]))
             cacheable = cacheable and not to_int
     if not cacheable:
         shape_only = set()
@@ -128,8 +128,10 @@ def prepare(graph: Graph, policy: np.dtype | None, xp) -> Prepared:
     return Prepared(xp, policy, constants, steps, frees, frozenset(shape_only), value_steps)
 
 
-def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None, xp, allow_nan=False) -> dict:
-    """Validate feeds against the graph's inputs and convert them (names, rank, dims, dtype, NaN)."""
+def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None, xp, allow_nan=None) -> dict:
+    """Validate feeds against the graph's inputs and convert them (names, rank, dims, dtype).
+
+    NaN and +-inf are values like any other, as in onnxruntime (``allow_nan`` is ignored)."""
     expected = {v.name: v for v in graph.inputs}
     missing = [n for n in expected if n not in feeds]
     extra = [n for n in feeds if n not in expected]
@@ -155,16 +157,12 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None,
                         first = symbols[want]
                         raise FeedError(f"input {name!r}: dimension {want!r} is {got} here but {first[0]} in input {first[1]!r}")
         if info.dtype is not None:
-            kind_ok = arr.dtype.kind == info.dtype.kind or (arr.dtype.kind in "iu" and info.dtype.kind in "iu")
-            if not kind_ok:
+            if family(arr.dtype) != family(info.dtype):  # a float feed may be any float type, etc.
                 raise FeedError(f"input {info.describe()} expects dtype {info.dtype}, got {arr.dtype}")
             target = _policy_dtype(info.dtype, policy)
         else:
             target = _policy_dtype(arr.dtype, policy)
-        arr = xp.asarray(arr).astype(target, copy=False)
-        if not allow_nan and arr.dtype.kind == "f" and arr.size and bool(xp.isnan(arr).any()):
-            raise FeedError(f"input {name!r} contains NaN")
-        out[name] = arr
+        out[name] = xp.asarray(arr).astype(target, copy=False)
     return out
 
 
@@ -207,7 +205,7 @@ def execute(prep: Prepared, graph: Graph, feeds: dict, keep=()) -> dict:
     env.update(feeds)
     keep_all = keep is True
     held = set(graph.output_names) | (set() if keep_all else set(keep))
-    signature = tuple((k, tuple(v.shape), v.dtype.str, v.tobytes() if v.dtype.kind in "iub" else None)
+    signature = tuple((k, tuple(v.shape), v.dtype.str, v.tobytes() if not is_float(v.dtype) else None)
                       for k, v in sorted(feeds.items()))
     cached = prep.shape_cache.get(signature)
     fresh = None if cached is not None or not prep.shape_only else {}
