@@ -10,8 +10,6 @@ from conformance import eligible, load_cases, run_case
 KNOWN_FAILURES = {
     "test_batchnorm_epsilon_training_mode": "training-mode BatchNormalization (running statistics) is not supported",
     "test_batchnorm_example_training_mode": "training-mode BatchNormalization (running statistics) is not supported",
-    "test_maxpool_with_argmax_2d_precomputed_pads": "MaxPool's optional Indices output is not computed",
-    "test_maxpool_with_argmax_2d_precomputed_strides": "MaxPool's optional Indices output is not computed",
     "test_training_dropout": "training-mode Dropout is random; reflrp runs inference graphs",
     "test_training_dropout_default": "training-mode Dropout is random; reflrp runs inference graphs",
     "test_training_dropout_default_mask": "training-mode Dropout is random; reflrp runs inference graphs",
