@@ -1,6 +1,8 @@
 """Linear algebra kernels: MatMul, Gemm, Einsum, Conv (im2col from one strided view)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..dtypes import is_numpy_native
@@ -14,7 +16,7 @@ def matmul(xp, a, b):
     if b.ndim == 2 and a.ndim > 2:
         if not a.flags.c_contiguous:
             a = xp.ascontiguousarray(a)
-        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+        return (a.reshape(math.prod(a.shape[:-1]), a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
     if a.ndim > 2 or b.ndim > 2:
         copies = (0 if a.flags.c_contiguous else a.size) + (0 if b.flags.c_contiguous else b.size)
         if copies:

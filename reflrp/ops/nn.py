@@ -1,6 +1,8 @@
 """Neural-network kernels: softmax, normalizations, pooling, fused Attention and RotaryEmbedding."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..dtypes import is_float
@@ -30,7 +32,7 @@ def _flattened(fn):
     """Softmax family before opset 13: coerce to 2-D at ``axis``, normalise over the second dim."""
     def run(xp, x, axis=1):
         a = axis_index(axis, x.ndim)
-        flat = x.reshape(int(np.prod(x.shape[:a], dtype=np.int64)), -1)
+        flat = x.reshape(math.prod(x.shape[:a]), math.prod(x.shape[a:]))
         return fn(xp, flat, 1).reshape(x.shape)
     return run
 
@@ -106,7 +108,8 @@ def _pool(xp, X, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, fi
         X.shape[2:], kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
     cols = windows(xp, X, kernel_shape, out, begin, end, strides, dilations, fill=fill)
     nk = len(kernel_shape)
-    return cols.reshape(X.shape[:2] + (-1,) + tuple(out)), (out, begin, end, strides, dilations), nk
+    k = math.prod(kernel_shape)
+    return cols.reshape(X.shape[:2] + (k,) + tuple(out)), (out, begin, end, strides, dilations), nk
 
 
 @kernel("MaxPool")
@@ -133,7 +136,7 @@ def _max_indices(xp, X, kernel_shape, geo, first, storage_order):
     if storage_order:
         pos = xp.arange(plane, dtype=np.int64).reshape(spatial[::-1]).transpose()
     pos = windows(xp, pos[None, None], kernel_shape, out, begin, end, strides, dilations, fill=-1)
-    pos = pos.reshape((1, 1, -1) + tuple(out))
+    pos = pos.reshape((1, 1, math.prod(kernel_shape)) + tuple(out))
     picked = xp.take_along_axis(xp.broadcast_to(pos, first.shape[:2] + pos.shape[2:]), first, axis=2)[:, :, 0]
     planes = xp.arange(X.shape[0] * X.shape[1], dtype=np.int64).reshape(X.shape[:2] + (1,) * len(out))
     return picked + planes * plane
@@ -148,10 +151,12 @@ def AveragePool(xp, X, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     if count_include_pad:
         # explicit pads count, the ceil-mode overhang past them does not
         ones = xp.ones((1, 1) + tuple(s + begin[i] + end[i] for i, s in enumerate(X.shape[2:])), dtype=X.dtype)
-        count = windows(xp, ones, kernel_shape, out, [0] * nk, [0] * nk, strides, dilations).reshape(1, 1, -1, *out).sum(axis=2)
+        count = windows(xp, ones, kernel_shape, out, [0] * nk, [0] * nk, strides, dilations).reshape(
+            1, 1, math.prod(kernel_shape), *out).sum(axis=2)
     else:
         ones = xp.ones((1, 1) + X.shape[2:], dtype=X.dtype)
-        count = windows(xp, ones, kernel_shape, out, begin, end, strides, dilations).reshape(1, 1, -1, *out).sum(axis=2)
+        count = windows(xp, ones, kernel_shape, out, begin, end, strides, dilations).reshape(
+            1, 1, math.prod(kernel_shape), *out).sum(axis=2)
     return (total / count).astype(X.dtype, copy=False)
 
 
@@ -172,7 +177,7 @@ def attention_heads(Q, K, V, q_num_heads, kv_num_heads):
     if Q.ndim == 4:
         return Q, K, V
     def split(t, h):
-        return t.reshape(t.shape[0], t.shape[1], h, -1).transpose(0, 2, 1, 3)
+        return t.reshape(t.shape[0], t.shape[1], h, t.shape[2] // h).transpose(0, 2, 1, 3)
     return split(Q, q_num_heads), split(K, kv_num_heads), split(V, kv_num_heads)
 
 
@@ -249,7 +254,7 @@ def Attention(xp, Q, K, V, attn_mask=None, past_key=None, past_value=None, nonpa
                         q_num_heads, scale, softcap, left_window_size, right_window_size)
     y = p["y4"].astype(Q.dtype, copy=False)
     if Q.ndim == 3:
-        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
+        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], y.shape[1] * y.shape[3])
     qk = {2: p["logits"], 3: p["probs"]}.get(qk_matmul_output_mode, p["scores"])
     return y, p["present_key"], p["present_value"], qk.astype(Q.dtype, copy=False)
 
@@ -283,7 +288,7 @@ def rotary_inputs(xp, X, cos_cache, sin_cache, position_ids, num_heads):
         x = X.transpose(0, 2, 1, 3)
         restore = lambda y: y.transpose(0, 2, 1, 3)  # noqa: E731
     else:
-        x = X.reshape(shape[0], shape[1], num_heads, -1)
+        x = X.reshape(shape[0], shape[1], num_heads, shape[2] // num_heads)
         restore = lambda y: y.reshape(shape)  # noqa: E731
     if position_ids is not None:
         cos_cache, sin_cache = cos_cache[position_ids], sin_cache[position_ids]

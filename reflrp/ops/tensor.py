@@ -1,6 +1,8 @@
 """Data movement and shape kernels: Reshape, Transpose, Slice, Gather*, Concat, Split, Cast, ..."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..dtypes import cast, is_float
@@ -47,10 +49,33 @@ def Size(xp, data):
 
 @kernel("Reshape", since=5)
 def Reshape(xp, data, shape, allowzero=0):
+    """A 0 copies the input's dimension (a real 0 with ``allowzero``); one -1 is inferred."""
     target = _ints(xp, shape)
     if not allowzero:
+        if any(d == 0 for d in target[data.ndim:]):
+            raise KernelError(f"shape {target}: a 0 past the input's rank {data.ndim} has no dimension to copy")
         target = [data.shape[i] if d == 0 else d for i, d in enumerate(target)]
+    if target.count(-1) > 1 or any(d < -1 for d in target):
+        raise KernelError(f"shape {target}: at most one -1 and no other negative dimension")
+    if -1 in target:
+        target[target.index(-1)] = _inferred_dim(data.shape, target, allowzero)
     return data.reshape(target)
+
+
+def _inferred_dim(have, target, allowzero) -> int:
+    """The -1 of a Reshape: size / product of the other dimensions. With ``allowzero`` an empty
+    tensor and a 0 in ``target`` leave that undetermined (the spec calls the shape invalid); as
+    onnxruntime does (dynamo exports reshape batch 0 so) the zero dimensions are left out of both."""
+    known = math.prod(d for d in target if d != -1)
+    if known:
+        if math.prod(have) % known:
+            raise KernelError(f"cannot reshape a tensor of shape {tuple(have)} to {target}")
+        return math.prod(have) // known
+    if allowzero and 0 in have:
+        size, rest = math.prod(d for d in have if d), math.prod(d for d in target if d not in (0, -1))
+        if size % rest == 0:
+            return size // rest
+    raise KernelError(f"shape {target}: the -1 cannot be inferred for a tensor of shape {tuple(have)}")
 
 
 @kernel("Flatten")
@@ -163,7 +188,7 @@ def GatherND(xp, data, indices, batch_dims=0):
     nb = int(np.prod(batch_shape, dtype=np.int64))
     k = indices.shape[-1]
     d = data.reshape((nb,) + data.shape[b:])
-    ind = indices.reshape((nb, -1, k))
+    ind = indices.reshape((nb, math.prod(indices.shape[b:-1]), k))
     ind = xp.where(ind < 0, ind + xp.asarray(d.shape[1:1 + k]), ind)
     rows = xp.arange(nb)[:, None]
     out = d[(rows,) + tuple(ind[..., j] for j in range(k))]
