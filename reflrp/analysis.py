@@ -6,6 +6,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 
+from .dtypes import is_float
 from .errors import RuleError
 from .graph import Graph, Node
 
@@ -89,7 +90,7 @@ class Plan:
 
 def default_wrt(graph: Graph) -> tuple[str, ...]:
     """The float graph inputs; for a model fed token ids, the output of the embedding Gather(s)."""
-    floats = tuple(v.name for v in graph.inputs if v.dtype is not None and v.dtype.kind == "f")
+    floats = tuple(v.name for v in graph.inputs if v.dtype is not None and is_float(v.dtype))
     if floats:
         return floats
     ints = [v.name for v in graph.inputs if v.dtype is not None and v.dtype.kind in "iu"]

@@ -9,6 +9,7 @@ import numpy as np
 from .analysis import Plan, default_wrt
 from .backend import namespace, quiet, to_numpy
 from .conservation import ConservationReport, report
+from .dtypes import is_float
 from .errors import ReflrpError, TargetError
 from .interpreter import check_feeds, execute, execute_segments, run_segment
 from .memory import apply_allocator_policy
@@ -102,7 +103,7 @@ def make_seed(xp, logits, target):
 
 
 def _seed(xp, logits, target, output):
-    if logits.dtype.kind != "f":
+    if not is_float(logits.dtype):
         raise ReflrpError(f"output {output!r} is not a float tensor")
     return make_seed(xp, logits, target)
 
