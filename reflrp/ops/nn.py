@@ -240,7 +240,8 @@ def attention_parts(xp, Q, K, V, attn_mask=None, past_key=None, past_value=None,
                           left_window_size, right_window_size)
     logits = scores + bias
     probs = softmax(xp, logits, -1)
-    masked_rows = xp.isneginf(xp.max(bias, axis=-1, keepdims=True))
+    # a query that may attend to no key gets zeros (with no keys at all, every query)
+    masked_rows = xp.isneginf(xp.max(bias, axis=-1, keepdims=True)) if bias.shape[-1] else True
     probs = xp.where(masked_rows, probs.dtype.type(0), probs)
     return dict(q=q, k=k, v=v, raw=raw, scores=scores, logits=logits, probs=probs, y4=_as(probs @ v, q.dtype),
                 present_key=present_k, present_value=present_v, reps=reps)

@@ -1,6 +1,8 @@
 """Reductions. ``axes`` is an attribute before opset 13 (ReduceSum) / 18 (the others), an input after."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..dtypes import finfo, is_float
@@ -12,7 +14,7 @@ def _axes(xp, data, axes, noop_with_empty_axes):
     """The reduced axes counted from 0; ``None`` for all of them, ``()`` for none (the no-op)."""
     if not _ints(xp, axes):
         return None if not noop_with_empty_axes else ()
-    return axes_indices(xp, axes, data.ndim)
+    return axes_indices(xp, axes, data.ndim, repeats=True)
 
 
 def _reduction(op: str, fn):
@@ -30,7 +32,7 @@ def _keep_dtype(f):
 
 
 _reduction("ReduceSum", _keep_dtype(lambda xp, x, ax, k: xp.sum(x, axis=ax, keepdims=k)))
-_reduction("ReduceMean", _keep_dtype(lambda xp, x, ax, k: xp.mean(x, axis=ax, keepdims=k)))
+_reduction("ReduceMean", _keep_dtype(lambda xp, x, ax, k: _mean(xp, x, ax, k)))
 _reduction("ReduceProd", _keep_dtype(lambda xp, x, ax, k: xp.prod(x, axis=ax, keepdims=k)))
 _reduction("ReduceMax", lambda xp, x, ax, k: xp.max(x, axis=ax, keepdims=k) if x.size else
            xp.full(_empty_shape(x, ax, k), _extreme(xp, x.dtype, low=True), dtype=x.dtype))
@@ -41,6 +43,12 @@ _reduction("ReduceL2", _keep_dtype(lambda xp, x, ax, k: xp.sqrt(xp.sum(x * x, ax
 _reduction("ReduceSumSquare", _keep_dtype(lambda xp, x, ax, k: xp.sum(x * x, axis=ax, keepdims=k)))
 _reduction("ReduceLogSum", _keep_dtype(lambda xp, x, ax, k: xp.log(xp.sum(x, axis=ax, keepdims=k))))
 _reduction("ReduceLogSumExp", _keep_dtype(lambda xp, x, ax, k: _logsumexp(xp, x, ax, k)))
+
+
+def _mean(xp, x, ax, keep):
+    """The mean; of no values 0, as onnxruntime gives (ONNX leaves it undefined, numpy says NaN)."""
+    n = x.size if ax is None else math.prod(x.shape[a] for a in ax)
+    return xp.mean(x, axis=ax, keepdims=keep) if n else xp.sum(x, axis=ax, keepdims=keep)
 
 
 def _empty_shape(x, ax, keep):

@@ -29,11 +29,14 @@ def axis_index(axis, rank: int, what: str = "axis", end: bool = False) -> int:
     return a + rank if a < 0 else a
 
 
-def axes_indices(xp, axes, rank: int, what: str = "axes") -> tuple[int, ...]:
-    """Every entry of an ``axes`` argument counted from 0 (each in ``-rank .. rank-1``, no repeats)."""
+def axes_indices(xp, axes, rank: int, what: str = "axes", repeats: bool = False) -> tuple[int, ...]:
+    """Every entry of an ``axes`` argument counted from 0 (each in ``-rank .. rank-1``). An axis named
+    twice is an error, or (``repeats``: reductions and Squeeze, a set as in onnxruntime) counted once."""
     out = tuple(axis_index(a, rank, what) for a in _ints(xp, axes))
     if len(set(out)) != len(out):
-        raise KernelError(f"{what} {_ints(xp, axes)} name an axis twice (rank {rank})")
+        if not repeats:
+            raise KernelError(f"{what} {_ints(xp, axes)} name an axis twice (rank {rank})")
+        out = tuple(dict.fromkeys(out))
     return out
 
 
@@ -92,7 +95,7 @@ def Transpose(xp, data, perm=None):
 
 @kernel("Squeeze")
 def Squeeze(xp, data, axes=None):
-    axes = axes_indices(xp, axes, data.ndim)
+    axes = axes_indices(xp, axes, data.ndim, repeats=True)
     wide = [a for a in axes if data.shape[a] != 1]
     if wide:
         raise KernelError(f"Squeeze axes {list(axes)}: axis {wide[0]} has size {data.shape[wide[0]]}, not 1")
