@@ -82,8 +82,9 @@ def cast(x: np.ndarray, dtype, saturate: int = 1, round_mode: str = "up") -> np.
         return to_e8m0(x, saturate, round_mode)
     if saturate and dt in _SATURATING:
         x = x if is_float(x.dtype) else x.astype(np.float32)
-        info = finfo(dt)
-        x = np.clip(x, x.dtype.type(float(info.min)), x.dtype.type(float(info.max)))
+        top = float(finfo(dt).max)
+        if float(finfo(x.dtype).max) >= top:  # else x cannot leave the range (and has no inf)
+            x = np.clip(x, x.dtype.type(-top), x.dtype.type(top))
     return x.astype(dt, copy=False)
 
 
