@@ -52,7 +52,7 @@ class Model:
             constant, cast and feed so the whole model runs in float64 (the reference mode).
         keep : names of intermediate tensors to return besides the graph outputs.
         device : None / ``"cpu"`` (numpy unless the feeds are cupy arrays) or ``"cuda"`` (cupy).
-        allow_nan : a NaN in a float feed is an error unless this is True (+-inf is allowed: masks).
+        allow_nan : deprecated and ignored: NaN and +-inf feeds run, as in onnxruntime.
 
         Returns
         -------
