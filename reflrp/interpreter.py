@@ -182,6 +182,8 @@ def _run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=froze
                 _call(step, xp, [env[n] if n else None for n in step.inputs])
                 raise
             if type(out) is not tuple:
+                if len(step.outputs) > 1 and any(step.outputs[1:]):  # outputs the kernel does not compute
+                    _call(step, xp, [env[n] if n else None for n in step.inputs])
                 env[step.outputs[0]] = out
             else:
                 if len(out) < len(step.outputs):

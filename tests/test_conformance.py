@@ -114,3 +114,20 @@ def test_opset_onnx_does_not_define_is_refused(opset):
         reflrp.load(model)
     model.opset_import[0].version = 14  # the same graph at a defined opset runs
     assert reflrp.load(model).run({"x": [-1.0, 2.0]})["y"].tolist() == [0.0, 2.0]
+
+
+def test_outputs_a_kernel_does_not_compute_are_a_typed_error():
+    """BatchNormalization's running statistics (training only) read downstream: an
+    UnsupportedOpError naming them (it was a KeyError from the forward loop)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    consts = [numpy_helper.from_array(np.ones(3, np.float32), n) for n in ("s", "b", "m", "v")]
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], name="bn"),
+         helper.make_node("Identity", ["rm"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], initializer=consts)
+    model = reflrp.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]))
+    with pytest.raises(reflrp.UnsupportedOpError, match="'bn'.*'rm', 'rv'"):
+        model.run({"x": np.ones((2, 3), np.float32)})
