@@ -190,6 +190,9 @@ def cumsum_cases():
         for exclusive, reverse in ((0, 0), (1, 0), (0, 1), (1, 1)):
             yield case(f"axis{a}-ex{exclusive}-rev{reverse}", model("CumSum", {"x": data()}, {"a": np.array(a)},
                                                                     exclusive=exclusive, reverse=reverse))
+    for exclusive, reverse in ((0, 0), (1, 0), (1, 1)):
+        yield case(f"zero-size-ex{exclusive}-rev{reverse}", model("CumSum", {"x": data((2, 0, 4))}, {"a": np.array(1)},
+                                                                   exclusive=exclusive, reverse=reverse))
     yield from (case(f"axis{a}", model("CumSum", {"x": data()}, {"a": np.array(a)}), False) for a in ILLEGAL)
 
 

@@ -109,14 +109,16 @@ def test_castlike_matches_onnx_reference(target, saturate):
 
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_feeds_outputs_and_initializers_of_every_type(name):
-    """A graph input and an initializer of the type (decoded from the model), Concat-ed: the output
-    carries both unchanged; the graph's declared types decode to the ml_dtypes dtype."""
+    """A graph input, an initializer and a Constant node's tensor of the type (decoded from the model),
+    Concat-ed: the output carries all three unchanged; the graph's declared types decode to the
+    ml_dtypes dtype."""
     dtype = np.dtype(ALL[name])
     values = np.array([1, 0, 1, 1], np.float32) if name not in ("FLOAT8E8M0",) else np.array([1, 2, 4, 0.5], np.float32)
-    x, init = values.astype(dtype), values[::-1].astype(dtype)
-    graph = helper.make_graph([helper.make_node("Concat", ["x", "w"], ["y"], axis=0)], "g",
+    x, init, const = values.astype(dtype), values[::-1].astype(dtype), values[[1, 0, 3, 2]].astype(dtype)
+    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(const)),
+                               helper.make_node("Concat", ["x", "w", "c"], ["y"], axis=0)], "g",
                               [helper.make_tensor_value_info("x", code(name), [4])],
-                              [helper.make_tensor_value_info("y", code(name), [8])],
+                              [helper.make_tensor_value_info("y", code(name), [12])],
                               initializer=[numpy_helper.from_array(init, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     m = reflrp.load(model.SerializeToString())

@@ -312,8 +312,12 @@ def CumSum(xp, x, axis, exclusive=0, reverse=0):
     if reverse:
         x = xp.flip(x, a)
     out = xp.cumsum(x, axis=a, dtype=x.dtype)
-    if exclusive:
-        out = xp.concatenate([xp.zeros_like(xp.take(out, [0], axis=a)), xp.take(out, range(x.shape[a] - 1), axis=a)], axis=a)
+    if exclusive:  # shifted one place along the axis, a 0 first
+        shifted = xp.zeros_like(out)
+        head = tuple(slice(1, None) if i == a else slice(None) for i in range(x.ndim))
+        body = tuple(slice(0, max(x.shape[a] - 1, 0)) if i == a else slice(None) for i in range(x.ndim))
+        shifted[head] = out[body]
+        out = shifted
     return xp.flip(out, a) if reverse else out
 
 
