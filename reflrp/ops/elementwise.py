@@ -5,6 +5,7 @@ import math
 
 
 from ..backend import erf
+from ..dtypes import is_float, is_integer
 from ..errors import UnsupportedOpError
 from . import kernel
 
@@ -144,7 +145,7 @@ def Mul(xp, a, b):
 
 @kernel("Div", since=7)
 def Div(xp, a, b):
-    if a.dtype.kind in "iu":  # ONNX integer division truncates toward zero
+    if is_integer(a.dtype):  # ONNX integer division truncates toward zero
         q = xp.abs(a) // xp.abs(b)
         return xp.where((a < 0) != (b < 0), -q, q).astype(a.dtype, copy=False)
     return a / b
@@ -157,11 +158,11 @@ def Mod(xp, a, b, fmod=0):
 
 @kernel("Pow", since=7)
 def Pow(xp, a, b):
-    if a.dtype.kind == "f" and b.dtype.kind == "f" and b.ndim == 0 and float(b) == 2.0:
+    if is_float(a.dtype) and is_float(b.dtype) and b.ndim == 0 and float(b) == 2.0:
         return a * a
-    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+    if is_integer(a.dtype) and is_integer(b.dtype):
         return xp.power(a, b.astype(a.dtype) if b.dtype.kind == "u" else xp.maximum(b, 0).astype(a.dtype))
-    return xp.power(a, b.astype(a.dtype) if a.dtype.kind == "f" else b).astype(a.dtype, copy=False)
+    return xp.power(a, b.astype(a.dtype) if is_float(a.dtype) else b).astype(a.dtype, copy=False)
 
 
 def _variadic(op: str, fn, since: int = 6):
