@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -93,7 +92,7 @@ def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
             name = f"{name}_{i}"
         seen.add(name)
         domain = "" if n.domain in DEFAULT_DOMAINS else n.domain
-        attrs = {a.name: _attribute(a, base_dir, name) for a in n.attribute}
+        attrs = {a.name: _attribute(a, base_dir) for a in n.attribute}
         nodes.append(Node(name, n.op_type, domain, tuple(n.input), tuple(n.output), attrs))
     init_names = set(initializers)
     _refuse_value_types([v for v in g.input if v.name not in init_names], g.output, g.value_info)
@@ -116,7 +115,7 @@ def _tensor(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
         raise ModelLoadError(f"cannot read tensor {t.name!r}: {exc}") from None
 
 
-def _attribute(a: onnx.AttributeProto, base_dir: str | None, node_name: str) -> Any:
+def _attribute(a: onnx.AttributeProto, base_dir: str | None) -> Any:
     A = onnx.AttributeProto
     if a.type == A.TENSOR:
         return _tensor(a.t, base_dir)

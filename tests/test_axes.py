@@ -12,7 +12,7 @@ import numpy as np
 import onnx.defs
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import reflrp
 import zoo
@@ -33,7 +33,8 @@ def model(op, inputs, consts=(), n_outputs=1, opset=18, **attrs):
     outs = [f"y{i}" for i in range(n_outputs)]
     graph = helper.make_graph(
         [helper.make_node(op, order, outs, name="node", **attrs)], "axes",
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in inputs.items()],
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+         for n, v in inputs.items()],
         [helper.make_empty_tensor_value_info(o) for o in outs],
         initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

@@ -137,8 +137,8 @@ def test_a_float_feed_converts_to_a_bfloat16_input():
 def bf16_matmul_model():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3)).astype(ml_dtypes.bfloat16)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"])],
-                              "g", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["b", 4])],
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["b", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["b", 3])],
                               initializer=[numpy_helper.from_array(w, "w")])
     x = rng.standard_normal((2, 4)).astype(ml_dtypes.bfloat16)
@@ -165,7 +165,8 @@ def seq(name):
 
 
 def opt(name):
-    return helper.make_value_info(name, helper.make_optional_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [2])))
+    inner = helper.make_tensor_type_proto(TensorProto.FLOAT, [2])
+    return helper.make_value_info(name, helper.make_optional_type_proto(inner))
 
 
 def tensor(name):

@@ -28,12 +28,14 @@ def test_flatten_at_rank_of_a_mask_then_mul_and_reduce():
              helper.make_node("Reshape", ["mask", "column"], ["col"]),
              helper.make_node("Mul", ["flat", "col"], ["prod"]),
              helper.make_node("ReduceSum", ["prod"], ["y"], keepdims=0)]
-    graph = helper.make_graph(nodes, "optimum_mask", [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["b", "s"])],
+    graph = helper.make_graph(nodes, "optimum_mask",
+                              [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["b", "s"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
                               initializer=[numpy_helper.from_array(np.array([-1, 1], np.int64), "column")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     mask = np.arange(12, dtype=np.float32).reshape(2, 6)
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"mask": mask})[0]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"mask": mask})[0]
     got = reflrp.load(model).run({"mask": mask})["y"]
     assert float(want) == float((mask ** 2).sum()) == 506.0  # the oracle agrees with the formula
     assert got.shape == want.shape and float(got) == float(want)
