@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .dtypes import is_float
 from .errors import RuleError
 from .graph import Graph, Node
 from .ops import kinds as K
@@ -68,7 +69,7 @@ def _relayout(node: Node | None) -> bool:
 def default_wrt(graph: Graph) -> tuple[str, ...]:
     """The tensors relevance is attributed to by default: every float graph input, and for token-id
     inputs the output of the embedding Gather that reads them (a Gather from an initializer)."""
-    floats = [v.name for v in graph.inputs if v.dtype is not None and v.dtype.kind == "f"]
+    floats = [v.name for v in graph.inputs if v.dtype is not None and is_float(v.dtype)]
     ints = {v.name for v in graph.inputs if v.dtype is not None and v.dtype.kind in "iu"}
     ids = {n for n in ints if "input_ids" in n} or ints
     embeddings = [node.outputs[0] for node in graph.nodes

@@ -13,6 +13,7 @@ from . import options
 from .analysis import Plan
 from .backend import namespace, quiet, to_numpy
 from .conservation import Ledger
+from .dtypes import is_float
 from .errors import FeedError, ReflrpError, TargetError
 from .memory import reuse_during_call
 from .interpreter import check_feeds, execute, execute_segments, run_segment
@@ -214,13 +215,13 @@ def _value_of(prep, checked, name, like):
 def _check_attributed_feeds(xp, checked, wrt) -> None:
     for w in wrt:
         v = checked.get(w)
-        if v is not None and v.dtype.kind == "f" and v.size and not bool(xp.isfinite(v).all()):
+        if v is not None and is_float(v.dtype) and v.size and not bool(xp.isfinite(v.astype(np.float64, copy=False)).all()):
             raise FeedError(f"input {w!r} is attributed (wrt) but contains NaN or Inf; relevance of non-finite "
                             "values is undefined")
 
 
 def _check_logits(xp, logits, output) -> None:
-    if logits.dtype.kind != "f":
+    if not is_float(logits.dtype):
         raise TargetError(f"output {output!r} is not a float tensor (dtype {logits.dtype})")
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .backend import quiet
-from .dtypes import under_policy
+from .dtypes import family, is_float, under_policy
 from .errors import FeedError, KernelError, ReflrpError, UnsupportedOpError
 from .graph import Graph, Node
 from .ops import record, resolve
@@ -93,8 +93,10 @@ def prepare(graph: Graph, policy: np.dtype | None, xp, fast: bool = False) -> Pr
     return prep
 
 
-def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None, xp, allow_nan=False) -> dict:
-    """Validate feeds against the graph's inputs and convert them (names, rank, dims, dtype, NaN)."""
+def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None, xp, allow_nan=None) -> dict:
+    """Validate feeds against the graph's inputs and convert them (names, rank, dims, dtype).
+
+    NaN and +-inf are values like any other, as in onnxruntime (``allow_nan`` is ignored)."""
     expected = {v.name: v for v in graph.inputs}
     missing = [n for n in expected if n not in feeds]
     extra = [n for n in feeds if n not in expected]
@@ -120,16 +122,12 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None,
                         first = symbols[want]
                         raise FeedError(f"input {name!r}: dimension {want!r} is {got} here but {first[0]} in input {first[1]!r}")
         if info.dtype is not None:
-            kind_ok = arr.dtype.kind == info.dtype.kind or (arr.dtype.kind in "iu" and info.dtype.kind in "iu")
-            if not kind_ok:
+            if family(arr.dtype) != family(info.dtype):  # a float feed may be any float type, etc.
                 raise FeedError(f"input {info.describe()} expects dtype {info.dtype}, got {arr.dtype}")
             target = under_policy(info.dtype, policy)
         else:
             target = under_policy(arr.dtype, policy)
-        arr = xp.asarray(arr).astype(target, copy=False)
-        if not allow_nan and arr.dtype.kind == "f" and arr.size and bool(xp.isnan(arr).any()):
-            raise FeedError(f"input {name!r} contains NaN")
-        out[name] = arr
+        out[name] = xp.asarray(arr).astype(target, copy=False)
     return out
 
 

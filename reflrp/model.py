@@ -111,13 +111,7 @@ def load(source: Any) -> Model:
     """
     proto, base = onnx_import.read_model(source)
     graph = canonicalize(onnx_import.to_graph(proto, base))
-    for node in graph.nodes:  # fail at load, not at the first run, on ops with no kernel
-        if node.domain:
-            raise UnsupportedOpError(
-                f"{node.label()}: op {node.op_type!r} of domain {node.domain!r} (version "
-                f"{graph.opsets.get(node.domain, '?')}) has no rewrite into core ONNX ops in reflrp; "
-                f"rewritten: {', '.join(f'{d}::{o}' if d else o for d, o in supported_rewrites())}")
-        resolve(node.op_type, graph.opset, node.label())
+    refuse_unsupported_nodes(graph)  # at load, not at the first run
     name = str(source) if isinstance(source, (str,)) or hasattr(source, "__fspath__") else "<model>"
     return Model(graph, name, onnx_import.digest(source, proto))
 
@@ -161,3 +155,38 @@ class InferenceSession:
         extra = [n for n in wanted if n not in self.model.output_names]
         out = self.model.run(input_feed, intermediates=extra)
         return [out[n] for n in wanted]
+
+
+def refuse_unsupported_nodes(graph: Graph) -> None:
+    """One :class:`UnsupportedOpError` listing every node reflrp cannot run, grouped by op and domain."""
+    from .errors import UnsupportedOpError
+    from .ops import supported_ops
+    kernels = supported_ops()
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for node in graph.nodes:
+        why = _why_unsupported(node, graph.opset, kernels, graph.opsets)
+        if why:
+            groups.setdefault((node.domain, node.op_type, why), []).append(node.name)
+    if not groups:
+        return
+    count = sum(len(v) for v in groups.values())
+    lines = [f"{count} node(s) of this opset-{graph.opset} model cannot run in reflrp:"]
+    for (domain, op, why), names in sorted(groups.items()):
+        shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        lines.append(f"  {op} (domain {domain!r}), {len(names)} node(s) {shown}: {why}")
+    lines.append(f"Supported ops (default domain): {', '.join(kernels)}")
+    raise UnsupportedOpError("\n".join(lines))
+
+
+def _why_unsupported(node, opset: int, kernels: Mapping[str, tuple[int, ...]], opset_of=None) -> str | None:
+    opset_of = opset_of or {}
+    from .onnx_import import UndecodedAttribute
+    if node.domain:
+        return (f"domain {node.domain!r} (version {opset_of.get(node.domain, '?')}) has no rewrite into core "
+                f"ONNX ops in reflrp; rewritten: {', '.join(f'{d}::{o}' if d else o for d, o in supported_rewrites())}")
+    if node.op_type not in kernels:
+        return f"no kernel in reflrp (opset {opset})"
+    if opset < kernels[node.op_type][0]:
+        return f"reflrp's kernel starts at opset {kernels[node.op_type][0]}, the model uses opset {opset}"
+    undecoded = [v.reason for v in node.attrs.values() if isinstance(v, UndecodedAttribute)]
+    return "; ".join(undecoded) or None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,24 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .dtypes import UNSUPPORTED_TYPES, numpy_dtype
 from .errors import ModelLoadError, UnsupportedOpError
 from .graph import Graph, Node, ValueInfo
 
-MIN_OPSET, MAX_OPSET = 13, 23
 DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class UndecodedAttribute:
+    """An attribute reflrp does not decode (a subgraph, a sparse tensor): ``reflrp.load`` refuses
+    its node, together with every other node it cannot run."""
+
+    reason: str
+
+
+def newest_opset() -> int:
+    """The newest default-domain opset the installed onnx defines."""
+    return onnx.defs.onnx_opset_version()
 
 
 def read_model(source: Any) -> tuple[onnx.ModelProto, str | None]:
@@ -42,15 +56,31 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     return model
 
 
-def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
-    """Convert a ``ModelProto`` to the frozen IR, decoding attributes and initializers once."""
-    opset, opsets = None, {}
-    for imp in model.opset_import:
-        if imp.domain in DEFAULT_DOMAINS:
-            opset = imp.version
-        opsets["" if imp.domain in DEFAULT_DOMAINS else imp.domain] = imp.version
-    if opset is None:
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset; one that onnx does not define (<= 0, newer than the
+    installed onnx knows) or two different ones are an :class:`UnsupportedOpError`."""
+    versions = sorted({int(imp.version) for imp in model.opset_import if imp.domain in DEFAULT_DOMAINS})
+    if not versions:
         raise UnsupportedOpError("the model imports no default-domain ('' / ai.onnx) opset")
+    if len(versions) > 1:
+        raise UnsupportedOpError(f"the model imports the default domain at opsets {versions}; a model has one")
+    newest = newest_opset()
+    if not 1 <= versions[0] <= newest:
+        raise UnsupportedOpError(
+            f"the model imports default-domain opset {versions[0]}, which ONNX does not define: the installed "
+            f"onnx {onnx.__version__} knows opsets 1..{newest}, and reflrp runs those (each op from the opset "
+            "its kernel starts at, see reflrp.supported_ops())")
+    return versions[0]
+
+
+def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
+    """Convert a ``ModelProto`` to the frozen IR, decoding attributes and initializers once.
+
+    Nodes of other domains and attributes reflrp cannot decode are kept (the latter as
+    :class:`UndecodedAttribute`): ``reflrp.load`` lists every node it cannot run in one error.
+    """
+    opset = default_opset(model)
+    opsets = {("" if imp.domain in DEFAULT_DOMAINS else imp.domain): int(imp.version) for imp in model.opset_import}
     g = model.graph
     initializers = {}
     for t in g.initializer:
@@ -65,9 +95,10 @@ def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
         seen.add(name)
         # other domains (com.microsoft, ...) stay in the IR: reflrp.canonical rewrites them at load
         domain = "" if n.domain in DEFAULT_DOMAINS else n.domain
-        attrs = {a.name: _attribute(a, base_dir, name) for a in n.attribute}
+        attrs = {a.name: _attribute(a, base_dir) for a in n.attribute}
         nodes.append(Node(name, n.op_type, domain, tuple(n.input), tuple(n.output), attrs))
     init_names = set(initializers)
+    _refuse_value_types([v for v in g.input if v.name not in init_names], g.output, g.value_info)
     inputs = tuple(_value_info(v) for v in g.input if v.name not in init_names)
     outputs = tuple(_value_info(v) for v in g.output)
     metadata = {p.key: p.value for p in model.metadata_props}
@@ -88,7 +119,7 @@ def _tensor(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
         raise ModelLoadError(f"cannot read tensor {t.name!r}: {exc}") from None
 
 
-def _attribute(a: onnx.AttributeProto, base_dir: str | None, node_name: str) -> Any:
+def _attribute(a: onnx.AttributeProto, base_dir: str | None) -> Any:
     A = onnx.AttributeProto
     if a.type == A.TENSOR:
         return _tensor(a.t, base_dir)
@@ -97,23 +128,48 @@ def _attribute(a: onnx.AttributeProto, base_dir: str | None, node_name: str) -> 
     if a.type == A.STRINGS:
         return [s.decode("utf-8") for s in a.strings]
     if a.type in (A.GRAPH, A.GRAPHS):
-        raise UnsupportedOpError(f"node {node_name!r}: attribute {a.name!r} holds a subgraph (control flow is not supported)")
+        return UndecodedAttribute(f"attribute {a.name!r} holds a subgraph (control flow is not supported)")
     if a.type in (A.SPARSE_TENSOR, A.SPARSE_TENSORS):
-        raise UnsupportedOpError(f"node {node_name!r}: sparse tensor attribute {a.name!r} is not supported")
+        return UndecodedAttribute(f"sparse tensor attribute {a.name!r} is not supported")
     value = helper.get_attribute_value(a)
     if a.type == A.TENSORS:
         return [np.asarray(numpy_helper.to_array(t)) for t in value]
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def type_text(t: onnx.TypeProto) -> str:
+    """A value type as ONNX writes it: ``tensor(float)``, ``seq(tensor(int64))``, ``optional(...)``."""
+    kind = t.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        code = getattr(t, kind).elem_type
+        elem = onnx.TensorProto.DataType.Name(code).lower() if code in onnx.TensorProto.DataType.values() else code
+        return f"{kind[:-5]}({elem})"
+    if kind == "sequence_type":
+        return f"seq({type_text(t.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({type_text(t.optional_type.elem_type)})"
+    if kind == "map_type":
+        key = onnx.TensorProto.DataType.Name(t.map_type.key_type).lower()
+        return f"map({key}, {type_text(t.map_type.value_type)})"
+    return kind or "no type"
+
+
+def _refuse_value_types(inputs, outputs, value_info) -> None:
+    """Graph inputs, outputs and value_info must be (dense) tensors: reflrp has no sequence,
+    optional, map or sparse values."""
+    bad = [f"{where} {v.name!r} is a {type_text(v.type)}"
+           for where, values in (("input", inputs), ("output", outputs), ("value_info", value_info))
+           for v in values if v.type.WhichOneof("value") not in (None, "tensor_type")]
+    if bad:
+        raise UnsupportedOpError("reflrp runs tensor values only (no sequence, optional, map or sparse "
+                                 "values): " + "; ".join(bad))
+
+
 def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
     tt = v.type.tensor_type
-    dtype = None
-    if tt.elem_type:
-        try:
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        except Exception:
-            dtype = None
+    code = tt.elem_type
+    # 0 (left open), string and complex: not checked at the feed (numpy runs what kernels allow)
+    dtype = None if code == 0 or code in UNSUPPORTED_TYPES else numpy_dtype(code, f"value {v.name!r}")
     shape = None
     if tt.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)

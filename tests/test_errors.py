@@ -86,12 +86,18 @@ def test_wrong_rank_shape_dtype():
         m.run({"inputs_embeds": x.astype(np.int64)})
 
 
-def test_nan_feed():
-    """run() computes with NaN like onnxruntime; explain() refuses a non-finite attributed feed by name."""
+def test_nan_and_inf_feeds_run_like_onnxruntime():
+    """NaN and +-inf are values (run is onnxruntime's forward): they propagate as onnxruntime's do."""
+    import onnxruntime as ort
     x = feeds("llama")["inputs_embeds"].copy()
-    x[0, 1, 2] = np.nan
-    out = model("llama").run({"inputs_embeds": x})["logits"]
-    assert np.isnan(out[0]).any() and np.isfinite(out[1]).all()
+    x[0, 1, 2], x[0, 0, 3] = np.nan, np.inf  # row 0 only: row 1 stays finite
+    got = model("llama").run({"inputs_embeds": x})
+    session = ort.InferenceSession(str(MODELS / "llama.onnx"), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"inputs_embeds": x})[0]
+    have = got[model("llama").output_names[0]]
+    assert np.isnan(want).any() and np.isfinite(want).any()  # the case exercises both
+    np.testing.assert_array_equal(np.isnan(have), np.isnan(want))
+    np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5, equal_nan=True)
     with pytest.raises(reflrp.FeedError, match="inputs_embeds.*NaN"):
         reflrp.explain(model("llama"), {"inputs_embeds": x})
 

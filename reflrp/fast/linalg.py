@@ -1,6 +1,8 @@
 """Faster MatMul and its adjoint (same numbers as reflrp.ops.linalg, other layouts)."""
 from __future__ import annotations
 
+import math
+
 from ..ops.grad import unbroadcast
 
 
@@ -12,7 +14,7 @@ def matmul(xp, a, b):
     if b.ndim == 2 and a.ndim > 2:
         if not a.flags.c_contiguous:
             a = xp.ascontiguousarray(a)
-        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+        return (a.reshape(math.prod(a.shape[:-1]), a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
     if a.ndim > 2 or b.ndim > 2:
         copies = (0 if a.flags.c_contiguous else a.size) + (0 if b.flags.c_contiguous else b.size)
         if copies:
@@ -26,7 +28,8 @@ def matmul(xp, a, b):
 
 
 def MatMul(xp, a, b):
-    return matmul(xp, a, b)
+    out = matmul(xp, a, b)
+    return out if out.dtype == a.dtype else out.astype(a.dtype)  # ml_dtypes products: rounded once
 
 
 def rows_times_matrix(xp, g, m):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ..backend import erf
+from ..dtypes import is_float, is_integer
 from ..errors import UnsupportedOpError
 from . import adjoint, kernel
 from . import kinds as K
@@ -15,7 +16,7 @@ from .grad import select, unbroadcast, winners
 
 def _unary(op: str, fn, derivative, kind: str = K.ACTIVATION, since: int = 1):
     """Register a one-input elementwise op: ``y = fn(x)``, adjoint ``G * derivative(x, y)``."""
-    def run(xp, x, **_):
+    def run(xp, x):
         return fn(xp, x)
     run.__name__ = op
     kernel(op, since, kind=kind)(run)
@@ -78,13 +79,19 @@ UNARY = {
     "HardSwish": (lambda xp, x: x * xp.clip(x / 6 + x.dtype.type(0.5), 0, 1),
                   lambda xp, x, y: xp.where(x < -3, 0, xp.where(x > 3, 1, x / 3 + x.dtype.type(0.5))).astype(x.dtype)),
 }
+# the first opset whose form each kernel takes (opset 1 versions of the old ops carry the legacy
+# ``consumed_inputs`` attribute: they start at 6)
+SINCE = {"Abs": 6, "Neg": 6, "Exp": 6, "Log": 6, "Sqrt": 6, "Floor": 6, "Ceil": 6, "Round": 11, "Sign": 9, "Sin": 7,
+         "Cos": 7, "Tan": 7, "Asin": 7, "Acos": 7, "Atan": 7, "Sinh": 9, "Cosh": 9, "Tanh": 6, "Asinh": 9, "Acosh": 9,
+         "Atanh": 9, "Reciprocal": 6, "Erf": 9, "Relu": 6, "Sigmoid": 6, "Softsign": 1, "Softplus": 1, "Mish": 18,
+         "HardSwish": 14}
 for _op, (_fn, _d) in UNARY.items():
-    _unary(_op, _fn, _d)
-_unary("Neg", lambda xp, x: -x, lambda xp, x, y: -xp.ones(x.shape, dtype=x.dtype))
+    _unary(_op, _fn, _d, since=SINCE[_op])
+_unary("Neg", lambda xp, x: -x, lambda xp, x, y: -xp.ones(x.shape, dtype=x.dtype), since=SINCE["Neg"])
 
-for _op in ("Not", "IsNaN", "BitwiseNot"):
-    kernel(_op, kind=K.CONSTANT)({"Not": lambda xp, x: xp.logical_not(x), "IsNaN": lambda xp, x: xp.isnan(x),
-                                  "BitwiseNot": lambda xp, x: ~x}[_op])
+for _op, (_since, _fn) in {"Not": (1, lambda xp, x: xp.logical_not(x)), "IsNaN": (9, lambda xp, x: xp.isnan(x)),
+                           "BitwiseNot": (18, lambda xp, x: ~x)}.items():
+    kernel(_op, _since, kind=K.CONSTANT)(_fn)
 
 
 @kernel("Identity", kind=K.CAST)
@@ -97,7 +104,7 @@ def _identity_vjp(xp, G, inputs, outputs, attrs, need):
     return [G[0]]
 
 
-@kernel("Dropout", kind=K.CAST, relevant_outputs=1)
+@kernel("Dropout", since=10, kind=K.CAST, relevant_outputs=1)
 def Dropout(xp, data, ratio=None, training_mode=None, seed=None):
     if training_mode is not None and bool(training_mode) and (ratio is None or float(ratio) > 0):
         raise UnsupportedOpError("Dropout in training mode is random; reflrp runs inference graphs only")
@@ -109,7 +116,7 @@ def _dropout_vjp(xp, G, inputs, outputs, attrs, need):
     return [G[0]] + [None] * (len(inputs) - 1)
 
 
-@kernel("IsInf", kind=K.CONSTANT)
+@kernel("IsInf", since=10, kind=K.CONSTANT)
 def IsInf(xp, x, detect_negative=1, detect_positive=1):
     return xp.isinf(x) & (((x < 0) & bool(detect_negative)) | ((x > 0) & bool(detect_positive)))
 
@@ -121,34 +128,34 @@ def _activation(op: str, derivative):
     adjoint(op)(vjp)
 
 
-@kernel("LeakyRelu", kind=K.ACTIVATION)
+@kernel("LeakyRelu", since=6, kind=K.ACTIVATION)
 def LeakyRelu(xp, x, alpha=0.01):
     return xp.where(x >= 0, x, x * x.dtype.type(alpha))
 
 
-@kernel("Elu", kind=K.ACTIVATION)
+@kernel("Elu", since=6, kind=K.ACTIVATION)
 def Elu(xp, x, alpha=1.0):
     return xp.where(x >= 0, x, x.dtype.type(alpha) * xp.expm1(xp.minimum(x, 0)))
 
 
-@kernel("Celu", kind=K.ACTIVATION)
+@kernel("Celu", since=12, kind=K.ACTIVATION)
 def Celu(xp, x, alpha=1.0):
     a = x.dtype.type(alpha)
     return xp.maximum(x, 0) + xp.minimum(0, a * xp.expm1(x / a))
 
 
-@kernel("Selu", kind=K.ACTIVATION)
+@kernel("Selu", since=6, kind=K.ACTIVATION)
 def Selu(xp, x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
     t = x.dtype.type
     return t(gamma) * xp.where(x > 0, x, t(alpha) * xp.expm1(xp.minimum(x, 0)))
 
 
-@kernel("ThresholdedRelu", kind=K.ACTIVATION)
+@kernel("ThresholdedRelu", since=10, kind=K.ACTIVATION)
 def ThresholdedRelu(xp, x, alpha=1.0):
     return xp.where(x > alpha, x, x.dtype.type(0))
 
 
-@kernel("HardSigmoid", kind=K.ACTIVATION)
+@kernel("HardSigmoid", since=6, kind=K.ACTIVATION)
 def HardSigmoid(xp, x, alpha=0.2, beta=0.5):
     t = x.dtype.type
     return xp.clip(x * t(alpha) + t(beta), 0, 1).astype(x.dtype, copy=False)
@@ -188,7 +195,7 @@ _activation("HardSigmoid", lambda xp, x, y, alpha=0.2, beta=0.5:
 _activation("Gelu", _gelu_derivative)
 
 
-@kernel("PRelu", kind=K.ELEMENTWISE)
+@kernel("PRelu", since=7, kind=K.ELEMENTWISE)
 def PRelu(xp, x, slope):
     return xp.where(x >= 0, x, x * slope)
 
@@ -201,7 +208,7 @@ def _prelu_vjp(xp, G, inputs, outputs, attrs, need):
             unbroadcast(xp, select(xp, x < 0, g * x), slope.shape) if need[1] else None]
 
 
-@kernel("Clip", kind=K.ELEMENTWISE)
+@kernel("Clip", since=6, kind=K.ELEMENTWISE)
 def Clip(xp, x, min=None, max=None):
     if min is not None:
         x = xp.maximum(x, xp.asarray(min, dtype=x.dtype))
@@ -237,14 +244,15 @@ def _clip_bound(xp, inputs, attrs, i, name, dtype):
     return None if attrs.get(name) is None else xp.asarray(attrs[name], dtype=dtype)
 
 
-# ---- binary arithmetic (numpy broadcasting is ONNX's multidirectional broadcasting) ----
+# ---- binary arithmetic (numpy broadcasting is ONNX's multidirectional broadcasting, from opset 7;
+# before it a ``broadcast``/``axis`` attribute pair chose another rule) ----
 
-@kernel("Add", kind=K.SUM, addends="all")
+@kernel("Add", since=7, kind=K.SUM, addends="all")
 def Add(xp, a, b):
     return a + b
 
 
-@kernel("Sub", kind=K.SUM, addends="all")
+@kernel("Sub", since=7, kind=K.SUM, addends="all")
 def Sub(xp, a, b):
     return a - b
 
@@ -261,7 +269,7 @@ def _sub_vjp(xp, G, inputs, outputs, attrs, need):
             unbroadcast(xp, -G[0], b.shape) if need[1] else None]
 
 
-@kernel("Mul", kind=K.PRODUCT)
+@kernel("Mul", since=7, kind=K.PRODUCT)
 def Mul(xp, a, b):
     return a * b
 
@@ -273,9 +281,9 @@ def _mul_vjp(xp, G, inputs, outputs, attrs, need):
             unbroadcast(xp, G[0] * a, b.shape) if need[1] else None]
 
 
-@kernel("Div", kind=K.QUOTIENT)
+@kernel("Div", since=7, kind=K.QUOTIENT)
 def Div(xp, a, b):
-    if a.dtype.kind in "iu":  # ONNX integer division truncates toward zero
+    if is_integer(a.dtype):  # ONNX integer division truncates toward zero
         q = xp.abs(a) // xp.abs(b)
         return xp.where((a < 0) != (b < 0), -q, q).astype(a.dtype, copy=False)
     return a / b
@@ -288,7 +296,7 @@ def _div_vjp(xp, G, inputs, outputs, attrs, need):
             unbroadcast(xp, -G[0] * outputs[0] / b, b.shape) if need[1] else None]
 
 
-@kernel("Mod", kind=K.ELEMENTWISE)
+@kernel("Mod", since=10, kind=K.ELEMENTWISE)
 def Mod(xp, a, b, fmod=0):
     return xp.fmod(a, b) if fmod else xp.mod(a, b)
 
@@ -302,13 +310,13 @@ def _mod_vjp(xp, G, inputs, outputs, attrs, need):
             unbroadcast(xp, -G[0] * q, b.shape) if need[1] else None]
 
 
-@kernel("Pow", kind=K.ELEMENTWISE)
+@kernel("Pow", since=7, kind=K.ELEMENTWISE)
 def Pow(xp, a, b):
-    if a.dtype.kind == "f" and b.dtype.kind == "f" and b.ndim == 0 and float(b) == 2.0:
+    if is_float(a.dtype) and is_float(b.dtype) and b.ndim == 0 and float(b) == 2.0:
         return a * a
-    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+    if is_integer(a.dtype) and is_integer(b.dtype):
         return xp.power(a, b.astype(a.dtype) if b.dtype.kind == "u" else xp.maximum(b, 0).astype(a.dtype))
-    return xp.power(a, b.astype(a.dtype) if a.dtype.kind == "f" else b).astype(a.dtype, copy=False)
+    return xp.power(a, b.astype(a.dtype) if is_float(a.dtype) else b).astype(a.dtype, copy=False)
 
 
 @adjoint("Pow")
@@ -318,19 +326,19 @@ def _pow_vjp(xp, G, inputs, outputs, attrs, need):
     ga = gb = None
     if need[0]:
         ga = unbroadcast(xp, G[0] * bb * xp.power(a, bb - 1), a.shape)
-    if need[1] and b.dtype.kind == "f":  # an integer exponent is not differentiable
+    if need[1] and is_float(b.dtype):  # an integer exponent is not differentiable
         gb = unbroadcast(xp, G[0] * outputs[0] * xp.log(xp.where(a > 0, a, 1).astype(a.dtype)), b.shape)
     return [ga, gb]
 
 
-def _variadic(op: str, fn, kind: str, **facts):
+def _variadic(op: str, fn, kind: str, since: int = 6, **facts):
     def run(xp, *xs):
         out = xs[0]
         for x in xs[1:]:
             out = fn(xp, out, x)
         return out if len(xs) > 1 else out.copy()
     run.__name__ = op
-    kernel(op, kind=kind, **facts)(run)
+    kernel(op, since, kind=kind, **facts)(run)
 
 
 _variadic("Sum", lambda xp, a, b: a + b, K.SUM, addends="all")
@@ -353,7 +361,7 @@ adjoint("Max")(_winner_vjp)
 adjoint("Min")(_winner_vjp)
 
 
-@kernel("Mean", kind=K.SUM, addends="all")
+@kernel("Mean", since=6, kind=K.SUM, addends="all")
 def Mean(xp, *xs):
     out = xs[0]
     for x in xs[1:]:
@@ -367,17 +375,18 @@ def _mean_vjp(xp, G, inputs, outputs, attrs, need):
     return [unbroadcast(xp, share, x.shape) if n else None for x, n in zip(inputs, need)]
 
 
-for _op, _fn in {
-    "Equal": lambda xp, a, b: a == b, "Less": lambda xp, a, b: a < b, "Greater": lambda xp, a, b: a > b,
-    "LessOrEqual": lambda xp, a, b: a <= b, "GreaterOrEqual": lambda xp, a, b: a >= b,
-    "And": lambda xp, a, b: a & b, "Or": lambda xp, a, b: a | b, "Xor": lambda xp, a, b: a ^ b,
-    "BitwiseAnd": lambda xp, a, b: a & b, "BitwiseOr": lambda xp, a, b: a | b,
-    "BitwiseXor": lambda xp, a, b: a ^ b,
+for _op, (_since, _fn) in {
+    "Equal": (7, lambda xp, a, b: a == b), "Less": (7, lambda xp, a, b: a < b),
+    "Greater": (7, lambda xp, a, b: a > b), "LessOrEqual": (12, lambda xp, a, b: a <= b),
+    "GreaterOrEqual": (12, lambda xp, a, b: a >= b),
+    "And": (7, lambda xp, a, b: a & b), "Or": (7, lambda xp, a, b: a | b), "Xor": (7, lambda xp, a, b: a ^ b),
+    "BitwiseAnd": (18, lambda xp, a, b: a & b), "BitwiseOr": (18, lambda xp, a, b: a | b),
+    "BitwiseXor": (18, lambda xp, a, b: a ^ b),
 }.items():
-    kernel(_op, kind=K.CONSTANT)((lambda f: lambda xp, a, b: f(xp, a, b))(_fn))
+    kernel(_op, _since, kind=K.CONSTANT)((lambda f: lambda xp, a, b: f(xp, a, b))(_fn))
 
 
-@kernel("Where", kind=K.SELECT, elementwise=True)
+@kernel("Where", since=9, kind=K.SELECT, elementwise=True)
 def Where(xp, condition, x, y):
     return xp.where(condition, x, y)
 

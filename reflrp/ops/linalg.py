@@ -5,15 +5,22 @@ import itertools
 
 import numpy as np
 
+from ..dtypes import is_numpy_native
 from ..errors import UnsupportedOpError
 from . import adjoint, kernel
 from . import kinds as K
 from .grad import unbroadcast
 
 
+def _as(y, dtype):
+    """A product in the operands' type: ml_dtypes' bfloat16/float8 products come back as float32
+    (accumulated in float32) and are rounded once, as onnx's reference does."""
+    return y if y.dtype == dtype else y.astype(dtype)
+
+
 @kernel("MatMul", kind=K.CONTRACTION)
 def MatMul(xp, a, b):
-    return xp.matmul(a, b)
+    return _as(xp.matmul(a, b), a.dtype)
 
 
 @adjoint("MatMul")
@@ -35,11 +42,11 @@ def _matmul_vjp(xp, G, inputs, outputs, attrs, need):
     return [ga, gb]
 
 
-@kernel("Gemm", kind=K.CONTRACTION, addends=(2,))
+@kernel("Gemm", since=7, kind=K.CONTRACTION, addends=(2,))
 def Gemm(xp, A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     a = A.T if transA else A
     b = B.T if transB else B
-    y = a @ b
+    y = _as(a @ b, A.dtype)
     if alpha != 1.0:
         y = y * y.dtype.type(alpha)
     if C is not None:
@@ -67,9 +74,13 @@ def _gemm_vjp(xp, G, inputs, outputs, attrs, need):
     return grads
 
 
-@kernel("Einsum", kind=K.CONTRACTION)
+@kernel("Einsum", since=12, kind=K.CONTRACTION)
 def Einsum(xp, *inputs, equation):
-    return xp.einsum(equation.replace(" ", ""), *inputs)
+    equation = equation.replace(" ", "")
+    if all(is_numpy_native(i.dtype) for i in inputs):
+        return xp.einsum(equation, *inputs)
+    # numpy's einsum takes no ml_dtypes type: float32 accumulation, one rounding (as MatMul)
+    return _as(xp.einsum(equation, *[i.astype(np.float32) for i in inputs]), inputs[0].dtype)
 
 
 def einsum_terms(equation: str) -> tuple[list[str], str]:
@@ -165,7 +176,7 @@ def Conv(xp, X, W, B=None, auto_pad="NOTSET", dilations=None, group=1, kernel_sh
     kk = int(np.prod(kernel_shape, dtype=np.int64))
     cols = cols.reshape(N, group, (C // group) * kk, no)
     w = W.reshape(group, M // group, (C // group) * kk)
-    y = xp.matmul(w[None], cols)  # N, group, M/g, no
+    y = _as(xp.matmul(w[None], cols), X.dtype)  # N, group, M/g, no
     y = y.reshape((N, M) + tuple(out))
     if B is not None:
         y = y + B.reshape((1, M) + (1,) * nk)

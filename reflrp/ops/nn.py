@@ -2,18 +2,25 @@
 RotaryEmbedding."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from ..dtypes import is_float
 
 from ..errors import UnsupportedOpError
 from . import adjoint, kernel
 from . import kinds as K
 from .grad import float64_bincount, unbroadcast
-from .linalg import col2im, conv_geometry, windows
+from .linalg import _as, col2im, conv_geometry, windows
 from .reduce import kept_dims
+from .tensor import axis_index
 
 
 def softmax(xp, x, axis):
     """Numerically stable softmax; a row that is entirely -inf gives zeros, never NaN."""
+    if not x.size:
+        return x.copy()
     m = xp.max(x, axis=axis, keepdims=True)
     if not bool(xp.isfinite(m).all()):  # rows that are entirely -inf
         m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
@@ -29,13 +36,15 @@ def softmax(xp, x, axis):
 def _flattened(fn):
     """Softmax family before opset 13: coerce to 2-D at ``axis``, normalise over the second dim."""
     def run(xp, x, axis=1):
-        a = axis % x.ndim
-        flat = x.reshape(int(np.prod(x.shape[:a], dtype=np.int64)), -1)
+        a = axis_index(axis, x.ndim)
+        flat = x.reshape(math.prod(x.shape[:a]), math.prod(x.shape[a:]))
         return fn(xp, flat, 1).reshape(x.shape)
     return run
 
 
 def log_softmax(xp, x, axis):
+    if not x.size:
+        return x.copy()
     m = xp.max(x, axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
     z = x - m
@@ -48,12 +57,12 @@ kernel("LogSoftmax", since=1, kind=K.NONLINEAR)(_flattened(log_softmax))
 
 @kernel("Softmax", since=13)
 def Softmax(xp, x, axis=-1):
-    return softmax(xp, x, axis)
+    return softmax(xp, x, axis_index(axis, x.ndim))
 
 
 @kernel("LogSoftmax", since=13)
 def LogSoftmax(xp, x, axis=-1):
-    return log_softmax(xp, x, axis)
+    return log_softmax(xp, x, axis_index(axis, x.ndim))
 
 
 def softmax_vjp(xp, g, s, axis):
@@ -94,7 +103,7 @@ def _stash(x, stash_type):
 
 @kernel("LayerNormalization", since=17, kind=K.LAYERNORM, relevant_outputs=1)
 def LayerNormalization(xp, X, Scale, B=None, axis=-1, epsilon=1e-5, stash_type=1):
-    axes = tuple(range(axis % X.ndim, X.ndim))
+    axes = tuple(range(axis_index(axis, X.ndim), X.ndim))
     x = _stash(X, stash_type)
     mean = xp.mean(x, axis=axes, keepdims=True)
     d = x - mean
@@ -136,7 +145,7 @@ def _layernorm_vjp(xp, G, inputs, outputs, attrs, need):
 
 @kernel("RMSNormalization", since=23, kind=K.RMSNORM)
 def RMSNormalization(xp, X, scale, axis=-1, epsilon=1e-5, stash_type=1):
-    axes = tuple(range(axis % X.ndim, X.ndim))
+    axes = tuple(range(axis_index(axis, X.ndim), X.ndim))
     x = _stash(X, stash_type)
     inv_rms = 1 / xp.sqrt(xp.mean(x * x, axis=axes, keepdims=True) + x.dtype.type(epsilon))
     return (x * inv_rms).astype(X.dtype, copy=False) * scale
@@ -158,7 +167,7 @@ def _rmsnorm_vjp(xp, G, inputs, outputs, attrs, need):
     return [dx if need[0] else None, unbroadcast(xp, g * xhat, scale.shape) if need[1] else None]
 
 
-@kernel("BatchNormalization", since=15, kind=K.LINEAR, addends=(2, 3))
+@kernel("BatchNormalization", since=9, kind=K.LINEAR, addends=(2, 3))
 def BatchNormalization(xp, X, scale, B, input_mean, input_var, epsilon=1e-5, momentum=0.9, training_mode=0):
     if training_mode:
         raise UnsupportedOpError("BatchNormalization in training mode is not supported (inference only)")
@@ -184,7 +193,7 @@ def _batchnorm_vjp(xp, G, inputs, outputs, attrs, need):
             channel_sum(g * centred) * (-0.5 * scale * inv ** 3) if need[4] else None]
 
 
-@kernel("InstanceNormalization", kind=K.NONLINEAR)
+@kernel("InstanceNormalization", since=6, kind=K.NONLINEAR)
 def InstanceNormalization(xp, X, scale, B, epsilon=1e-5):
     axes = tuple(range(2, X.ndim))
     shape = (1, -1) + (1,) * (X.ndim - 2)
@@ -216,15 +225,39 @@ def _pool(xp, X, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, fi
         X.shape[2:], kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
     cols = windows(xp, X, kernel_shape, out, begin, end, strides, dilations, fill=fill)
     nk = len(kernel_shape)
-    return cols.reshape(X.shape[:2] + (-1,) + tuple(out)), (out, begin, end, strides, dilations), nk
+    k = math.prod(kernel_shape)
+    return cols.reshape(X.shape[:2] + (k,) + tuple(out)), (out, begin, end, strides, dilations), nk
 
 
-@kernel("MaxPool", kind=K.SELECT, relevant_outputs=1)
+@kernel("MaxPool", kind=K.SELECT, relevant_outputs=1,
+        decode_attrs=lambda attrs, policy, node: {**attrs, "_n_outputs": len(node.outputs)})
 def MaxPool(xp, X, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
-            storage_order=0, strides=None):
-    fill = -np.inf if X.dtype.kind == "f" else np.iinfo(X.dtype).min
-    cols, _, _ = _pool(xp, X, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, fill)
-    return xp.max(cols, axis=2)
+            storage_order=0, strides=None, _n_outputs=1):
+    fill = -np.inf if is_float(X.dtype) else np.iinfo(X.dtype).min
+    cols, geo, _ = _pool(xp, X, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, fill)
+    if _n_outputs < 2:
+        return xp.max(cols, axis=2)
+    first = xp.argmax(cols, axis=2)[:, :, None]
+    return xp.take_along_axis(cols, first, axis=2)[:, :, 0], _max_indices(xp, X, kernel_shape, geo, first,
+                                                                           storage_order)
+
+
+def _max_indices(xp, X, kernel_shape, geo, first, storage_order):
+    """MaxPool's Indices: the flat index into X of each window's first maximum (padding has none).
+
+    An (n, c) plane starts at ``(n * C + c) * prod(spatial)``; inside it positions count row-major,
+    or column-major with ``storage_order=1``."""
+    out, begin, end, strides, dilations = geo
+    spatial = X.shape[2:]
+    plane = int(np.prod(spatial, dtype=np.int64))
+    pos = xp.arange(plane, dtype=np.int64).reshape(spatial)
+    if storage_order:
+        pos = xp.arange(plane, dtype=np.int64).reshape(spatial[::-1]).transpose()
+    pos = windows(xp, pos[None, None], kernel_shape, out, begin, end, strides, dilations, fill=-1)
+    pos = pos.reshape((1, 1, math.prod(kernel_shape)) + tuple(out))
+    picked = xp.take_along_axis(xp.broadcast_to(pos, first.shape[:2] + pos.shape[2:]), first, axis=2)[:, :, 0]
+    planes = xp.arange(X.shape[0] * X.shape[1], dtype=np.int64).reshape(X.shape[:2] + (1,) * len(out))
+    return picked + planes * plane
 
 
 @adjoint("MaxPool")
@@ -234,7 +267,7 @@ def _maxpool_vjp(xp, G, inputs, outputs, attrs, need):
     if any(t is not None for t in G[1:]):
         raise UnsupportedOpError("MaxPool: no gradient through the Indices output")
     a = attrs
-    fill = -np.inf if X.dtype.kind == "f" else np.iinfo(X.dtype).min
+    fill = -np.inf if is_float(X.dtype) else np.iinfo(X.dtype).min
     vals, geo, _ = _pool(xp, X, a["kernel_shape"], a.get("strides"), a.get("pads"), a.get("dilations"),
                          a.get("auto_pad", "NOTSET"), a.get("ceil_mode", 0), fill)
     labels = xp.arange(1, X.size + 1, dtype=np.int64).reshape(X.shape)
@@ -266,7 +299,7 @@ def _window_count(xp, X, kernel_shape, geo, count_include_pad):
     else:
         ones = xp.ones((1, 1) + X.shape[2:], dtype=X.dtype)
         counted = windows(xp, ones, kernel_shape, out, begin, end, strides, dilations)
-    return counted.reshape(1, 1, -1, *out).sum(axis=2)
+    return counted.reshape(1, 1, math.prod(kernel_shape), *out).sum(axis=2)
 
 
 @adjoint("AveragePool")
@@ -318,7 +351,7 @@ def attention_heads(Q, K, V, q_num_heads, kv_num_heads):
     if Q.ndim == 4:
         return Q, K, V
     def split(t, h):
-        return t.reshape(t.shape[0], t.shape[1], h, -1).transpose(0, 2, 1, 3)
+        return t.reshape(t.shape[0], t.shape[1], h, t.shape[2] // h).transpose(0, 2, 1, 3)
     return split(Q, q_num_heads), split(K, kv_num_heads), split(V, kv_num_heads)
 
 
@@ -374,16 +407,17 @@ def attention_parts(xp, Q, K, V, attn_mask=None, past_key=None, past_value=None,
     reps = q.shape[1] // k.shape[1]
     if reps > 1:
         k, v = xp.repeat(k, reps, axis=1), xp.repeat(v, reps, axis=1)
-    raw = scores = q @ xp.swapaxes(k, -1, -2)
+    raw = scores = _as(q @ xp.swapaxes(k, -1, -2), q.dtype)
     if softcap and softcap > 0:
         scores = softcap * xp.tanh(raw / softcap)
     bias = attention_bias(xp, q.dtype, q.shape[2], k.shape[2], attn_mask, is_causal, past_len, nonpad_kv_seqlen,
                           left_window_size, right_window_size)
     logits = scores + bias
     probs = softmax(xp, logits, -1)
-    masked_rows = xp.isneginf(xp.max(bias, axis=-1, keepdims=True))
+    # a query that may attend to no key gets zeros (with no keys at all, every query)
+    masked_rows = xp.isneginf(xp.max(bias, axis=-1, keepdims=True)) if bias.shape[-1] else True
     probs = xp.where(masked_rows, probs.dtype.type(0), probs)
-    return dict(q=q, k=k, v=v, raw=raw, scores=scores, logits=logits, probs=probs, y4=probs @ v,
+    return dict(q=q, k=k, v=v, raw=raw, scores=scores, logits=logits, probs=probs, y4=_as(probs @ v, q.dtype),
                 present_key=present_k, present_value=present_v, reps=reps, root=root)
 
 
@@ -395,7 +429,7 @@ def Attention(xp, Q, K, V, attn_mask=None, past_key=None, past_value=None, nonpa
                         q_num_heads, scale, softcap, left_window_size, right_window_size)
     y = p["y4"].astype(Q.dtype, copy=False)
     if Q.ndim == 3:
-        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
+        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], y.shape[1] * y.shape[3])
     qk = {2: p["logits"], 3: p["probs"]}.get(qk_matmul_output_mode, p["scores"])
     return y, p["present_key"], p["present_value"], qk.astype(Q.dtype, copy=False)
 
@@ -527,7 +561,7 @@ def rotary_inputs(xp, X, cos_cache, sin_cache, position_ids, num_heads):
         x = X.transpose(0, 2, 1, 3)
         restore = lambda y: y.transpose(0, 2, 1, 3)  # noqa: E731
     else:
-        x = X.reshape(shape[0], shape[1], num_heads, -1)
+        x = X.reshape(shape[0], shape[1], num_heads, shape[2] // num_heads)
         restore = lambda y: y.reshape(shape)  # noqa: E731
     if position_ids is not None:
         cos_cache, sin_cache = cos_cache[position_ids], sin_cache[position_ids]

@@ -21,21 +21,18 @@ from ..errors import UnsupportedOpError
 from . import adjoint, kernel
 from . import kinds as K
 from .linalg import Conv
+from .tensor import axis_index
 
 # ONNX element type code -> numpy dtype of the quantized types (local: reflrp.dtypes covers the rest)
 QUANTIZED = {2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
              17: ml_dtypes.float8_e4m3fn, 18: ml_dtypes.float8_e4m3fnuz, 19: ml_dtypes.float8_e5m2,
              20: ml_dtypes.float8_e5m2fnuz, 21: ml_dtypes.uint4, 22: ml_dtypes.int4}
 FLOAT8 = {np.dtype(t) for t in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2,
-                                ml_dtypes.float8_e5m2fnuz)}
+                                ml_dtypes.float8_e5m2fnuz, ml_dtypes.float4_e2m1fn)}  # the small float targets
 
 
 def integer_range(dtype: np.dtype) -> tuple[int, int]:
-    if dtype == np.dtype(ml_dtypes.int4):
-        return -8, 7
-    if dtype == np.dtype(ml_dtypes.uint4):
-        return 0, 15
-    info = np.iinfo(dtype)
+    info = ml_dtypes.iinfo(np.dtype(dtype))  # knows numpy's integers and the 4- and 2-bit ones
     return int(info.min), int(info.max)
 
 
@@ -44,7 +41,7 @@ def along(xp, param, x, axis: int, block_size: int):
     on ``axis`` (per axis), or one value per ``block_size`` run along ``axis`` (blocked)."""
     if param.ndim == 0 or param.size == 1 and not block_size:
         return param.reshape(())
-    axis = axis % x.ndim
+    axis = axis_index(axis, x.ndim)
     if block_size:
         expanded = xp.repeat(param, block_size, axis=axis)
         return xp.take(expanded, xp.arange(x.shape[axis]), axis=axis)

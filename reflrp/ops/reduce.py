@@ -2,16 +2,21 @@
 others), an input after."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
+from ..dtypes import finfo, is_float
 from . import adjoint, kernel
 from . import kinds as K
-from .tensor import _ints
+from .tensor import _ints, axes_indices
 
 
 def _axes(xp, data, axes, noop_with_empty_axes):
-    axes = _ints(xp, axes)
-    if not axes:
+    """The reduced axes counted from 0; ``None`` for all of them, ``()`` for none (the no-op)."""
+    if not _ints(xp, axes):
         return None if not noop_with_empty_axes else ()
-    return tuple(a % data.ndim for a in axes) if data.ndim else None
+    return axes_indices(xp, axes, data.ndim, repeats=True)
 
 
 def _reduction(op: str, fn, derivative, kind: str):
@@ -84,7 +89,7 @@ def _product_of_others(xp, x, y, ax):
 
 _reduction("ReduceSum", _keep_dtype(lambda xp, x, ax, k: xp.sum(x, axis=ax, keepdims=k)),
            lambda xp, x, y, ax: xp.ones(x.shape, dtype=x.dtype), K.LINEAR)
-_reduction("ReduceMean", _keep_dtype(lambda xp, x, ax, k: xp.mean(x, axis=ax, keepdims=k)),
+_reduction("ReduceMean", _keep_dtype(lambda xp, x, ax, k: _mean(xp, x, ax, k)),
            lambda xp, x, y, ax: xp.full(x.shape, 1 / _count(x, ax), dtype=x.dtype), K.LINEAR)
 _reduction("ReduceProd", _keep_dtype(lambda xp, x, ax, k: xp.prod(x, axis=ax, keepdims=k)),
            _product_of_others, K.NONLINEAR)
@@ -109,9 +114,18 @@ def _empty_shape(x, ax, keep):
     return tuple((1 if keep else None) if i in ax else d for i, d in enumerate(x.shape) if keep or i not in ax)
 
 
+def _mean(xp, x, ax, keep):
+    """The mean; of no values 0, as onnxruntime gives (ONNX leaves it undefined, numpy says NaN)."""
+    n = x.size if ax is None else math.prod(x.shape[a] for a in ax)
+    return xp.mean(x, axis=ax, keepdims=keep) if n else xp.sum(x, axis=ax, keepdims=keep)
+
+
 def _extreme(xp, dtype, low):
-    if dtype.kind == "f":
-        return -xp.inf if low else xp.inf
+    """The identity of max (``low``) or min: -inf/+inf, or the type's extreme where it has no inf."""
+    if is_float(dtype):
+        info = finfo(dtype)
+        big = float("inf") if _has_inf(dtype) else float(info.max)
+        return -big if low else big
     if dtype.kind == "b":
         return not low
     return xp.iinfo(dtype).min if low else xp.iinfo(dtype).max
@@ -125,3 +139,6 @@ def _logsumexp(xp, x, ax, keep):
     out = xp.log(xp.sum(xp.exp(x - m), axis=ax, keepdims=True)) + m
     return out if keep else xp.squeeze(out, axis=ax)
 
+
+def _has_inf(dtype) -> bool:
+    return bool(np.isinf(np.array(float("inf")).astype(dtype)))

@@ -1,9 +1,11 @@
 """Data movement and shape kernels: Reshape, Transpose, Slice, Gather*, Concat, Split, Cast, ..."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ..dtypes import numpy_dtype, under_policy
+from ..dtypes import cast, is_float, numpy_dtype, under_policy
 from ..errors import KernelError, UnsupportedOpError
 from . import adjoint, kernel
 from . import kinds as K
@@ -19,6 +21,27 @@ def _ints(xp, v) -> list[int]:
     return [int(i) for i in (v if isinstance(v, (list, tuple)) else [v])]
 
 
+def axis_index(axis, rank: int, what: str = "axis", end: bool = False) -> int:
+    """``axis`` counted from 0: ONNX allows ``-rank .. rank-1`` (``-rank .. rank`` with ``end``,
+    for an axis that may sit after the last dimension, as Flatten's); anything else is an error."""
+    a = int(axis.item() if hasattr(axis, "item") else axis)
+    top = rank if end else rank - 1
+    if not -rank <= a <= top:
+        raise KernelError(f"{what} {a} is out of range for a rank-{rank} tensor (ONNX allows {-rank}..{top})")
+    return a + rank if a < 0 else a
+
+
+def axes_indices(xp, axes, rank: int, what: str = "axes", repeats: bool = False) -> tuple[int, ...]:
+    """Every entry of an ``axes`` argument counted from 0 (each in ``-rank .. rank-1``). An axis named
+    twice is an error, or (``repeats``: reductions and Squeeze, a set as in onnxruntime) counted once."""
+    out = tuple(axis_index(a, rank, what) for a in _ints(xp, axes))
+    if len(set(out)) != len(out):
+        if not repeats:
+            raise KernelError(f"{what} {_ints(xp, axes)} name an axis twice (rank {rank})")
+        out = tuple(dict.fromkeys(out))
+    return out
+
+
 @kernel("Shape", kind=K.CONSTANT, reads_shape_only=True)
 def Shape(xp, data, start=0, end=None):
     return xp.asarray(data.shape[start:end], dtype=np.int64)
@@ -29,11 +52,18 @@ def Size(xp, data):
     return xp.asarray(data.size, dtype=np.int64)
 
 
-@kernel("Reshape", kind=K.MOVE, relayout=True)
+@kernel("Reshape", since=5, kind=K.MOVE, relayout=True)
 def Reshape(xp, data, shape, allowzero=0):
+    """A 0 copies the input's dimension (a real 0 with ``allowzero``); one -1 is inferred."""
     target = _ints(xp, shape)
     if not allowzero:
+        if any(d == 0 for d in target[data.ndim:]):
+            raise KernelError(f"shape {target}: a 0 past the input's rank {data.ndim} has no dimension to copy")
         target = [data.shape[i] if d == 0 else d for i, d in enumerate(target)]
+    if target.count(-1) > 1 or any(d < -1 for d in target):
+        raise KernelError(f"shape {target}: at most one -1 and no other negative dimension")
+    if -1 in target:
+        target[target.index(-1)] = _inferred_dim(data.shape, target, allowzero)
     return data.reshape(target)
 
 
@@ -43,10 +73,27 @@ def _relayout_vjp(xp, G, inputs, outputs, attrs, need):
     return [G[0].reshape((G[0].shape[0],) + x.shape)] + [None] * (len(inputs) - 1)
 
 
+def _inferred_dim(have, target, allowzero) -> int:
+    """The -1 of a Reshape: size / product of the other dimensions. With ``allowzero`` an empty
+    tensor and a 0 in ``target`` leave that undetermined (the spec calls the shape invalid); as
+    onnxruntime does (dynamo exports reshape batch 0 so) the zero dimensions are left out of both."""
+    known = math.prod(d for d in target if d != -1)
+    if known:
+        if math.prod(have) % known:
+            raise KernelError(f"cannot reshape a tensor of shape {tuple(have)} to {target}")
+        return math.prod(have) // known
+    if allowzero and 0 in have:
+        size, rest = math.prod(d for d in have if d), math.prod(d for d in target if d not in (0, -1))
+        if size % rest == 0:
+            return size // rest
+    raise KernelError(f"shape {target}: the -1 cannot be inferred for a tensor of shape {tuple(have)}")
+
+
 @kernel("Flatten", kind=K.MOVE, relayout=True)
 def Flatten(xp, x, axis=1):
-    axis = axis % x.ndim if x.ndim else 0
-    return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+    """``(prod(shape[:axis]), prod(shape[axis:]))``; ``axis`` may be ``rank`` (then ``(size, 1)``)."""
+    a = axis_index(axis, x.ndim, end=True)
+    return x.reshape(int(np.prod(x.shape[:a], dtype=np.int64)), int(np.prod(x.shape[a:], dtype=np.int64)))
 
 
 @kernel("Transpose", kind=K.MOVE, relayout=True)
@@ -62,22 +109,25 @@ def _transpose_vjp(xp, G, inputs, outputs, attrs, need):
 
 @kernel("Squeeze", kind=K.MOVE, relayout=True)
 def Squeeze(xp, data, axes=None):
-    axes = _ints(xp, axes)
-    return xp.squeeze(data, tuple(axes)) if axes else xp.squeeze(data)
+    axes = axes_indices(xp, axes, data.ndim, repeats=True)
+    wide = [a for a in axes if data.shape[a] != 1]
+    if wide:
+        raise KernelError(f"Squeeze axes {list(axes)}: axis {wide[0]} has size {data.shape[wide[0]]}, not 1")
+    return xp.squeeze(data, axes) if axes else xp.squeeze(data)
 
 
 @kernel("Unsqueeze", kind=K.MOVE, relayout=True)
 def Unsqueeze(xp, data, axes):
-    axes = _ints(xp, axes)
-    rank = data.ndim + len(axes)
-    for a in sorted(a % rank for a in axes):
+    """``axes`` index the output, of rank ``data.ndim + len(axes)``."""
+    axes = axes_indices(xp, axes, data.ndim + len(_ints(xp, axes)))
+    for a in sorted(axes):
         data = xp.expand_dims(data, a)
     return data
 
 
-@kernel("Concat", kind=K.MOVE)
+@kernel("Concat", since=4, kind=K.MOVE)
 def Concat(xp, *inputs, axis):
-    return xp.concatenate([i for i in inputs], axis=axis)
+    return xp.concatenate([i for i in inputs], axis=axis_index(axis, inputs[0].ndim))
 
 
 @adjoint("Concat")
@@ -93,19 +143,24 @@ def _concat_vjp(xp, G, inputs, outputs, attrs, need):
     return grads
 
 
-@kernel("Split", kind=K.MOVE, decode_attrs=lambda attrs, policy, node: {**attrs, "_n_outputs": len(node.outputs)})
+@kernel("Split", since=2, kind=K.MOVE,
+        decode_attrs=lambda attrs, policy, node: {**attrs, "_n_outputs": len(node.outputs)})
 def Split(xp, x, split=None, axis=0, num_outputs=None, _n_outputs=1):
-    length = x.shape[axis]
+    """Sizes from ``split``, else ``num_outputs`` chunks of ``ceil(length / n)`` (the last smaller)."""
+    a = axis_index(axis, x.ndim)
+    length = x.shape[a]
     sizes = _ints(xp, split)
     if not sizes:
         n = num_outputs or _n_outputs
         chunk = -(-length // n)
-        sizes = [min(chunk, length - i * chunk) for i in range(n)]
+        sizes = [max(min(chunk, length - i * chunk), 0) for i in range(n)]
+    if sum(sizes) != length or min(sizes) < 0:
+        raise KernelError(f"split sizes {sizes} do not add up to the length {length} of axis {a}")
     bounds = np.cumsum([0] + sizes)
     index = [slice(None)] * x.ndim
     out = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        index[axis % x.ndim] = slice(int(lo), int(hi))
+        index[a] = slice(int(lo), int(hi))
         out.append(x[tuple(index)])
     return tuple(out)
 
@@ -122,8 +177,13 @@ def _split_vjp(xp, G, inputs, outputs, attrs, need):
 def slice_index(xp, shape, starts, ends, axes=None, steps=None) -> tuple:
     """The numpy index tuple of an ONNX Slice on a tensor of ``shape`` (clamped like the spec)."""
     starts, ends = _ints(xp, starts), _ints(xp, ends)
-    axes = _ints(xp, axes) or list(range(len(starts)))
+    axes = axes_indices(xp, axes, len(shape)) if axes is not None else tuple(range(len(starts)))
     steps = _ints(xp, steps) or [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise KernelError(f"starts, ends, axes and steps differ in length ({len(starts)}, {len(ends)}, "
+                          f"{len(axes)}, {len(steps)})")
+    if 0 in steps:
+        raise KernelError("a Slice step is 0")
     index = [slice(None)] * len(shape)
     for s, e, a, st in zip(starts, ends, axes, steps):
         n = shape[a]
@@ -131,7 +191,7 @@ def slice_index(xp, shape, starts, ends, axes=None, steps=None) -> tuple:
         e = max(-n - 1, min(e, n))
         if st < 0 and e < -n:
             e = None
-        index[a % len(shape)] = slice(s, e, st)
+        index[a] = slice(s, e, st)
     return tuple(index)
 
 
@@ -152,7 +212,8 @@ def _slice_vjp(xp, G, inputs, outputs, attrs, need):
 
 @kernel("Gather", kind=K.MOVE)
 def Gather(xp, data, indices, axis=0):
-    return xp.take(data, _wrap(xp, indices, data.shape[axis]), axis=axis)
+    a = axis_index(axis, data.ndim)
+    return xp.take(data, _wrap(xp, indices, data.shape[a]), axis=a)
 
 
 def _wrap(xp, indices, n):
@@ -163,12 +224,13 @@ def _wrap(xp, indices, n):
     return xp.where(indices < 0, indices + n, indices)
 
 
-@kernel("GatherElements", kind=K.MOVE)
+@kernel("GatherElements", since=11, kind=K.MOVE)
 def GatherElements(xp, data, indices, axis=0):
-    return xp.take_along_axis(data, _wrap(xp, indices, data.shape[axis]), axis=axis)
+    a = axis_index(axis, data.ndim)
+    return xp.take_along_axis(data, _wrap(xp, indices, data.shape[a]), axis=a)
 
 
-@kernel("GatherND", kind=K.MOVE)
+@kernel("GatherND", since=11, kind=K.MOVE)
 def GatherND(xp, data, indices, batch_dims=0):
     indices = xp.asarray(indices).astype(np.int64)
     b = batch_dims
@@ -176,14 +238,14 @@ def GatherND(xp, data, indices, batch_dims=0):
     nb = int(np.prod(batch_shape, dtype=np.int64))
     k = indices.shape[-1]
     d = data.reshape((nb,) + data.shape[b:])
-    ind = indices.reshape((nb, -1, k))
+    ind = indices.reshape((nb, math.prod(indices.shape[b:-1]), k))
     ind = xp.where(ind < 0, ind + xp.asarray(d.shape[1:1 + k]), ind)
     rows = xp.arange(nb)[:, None]
     out = d[(rows,) + tuple(ind[..., j] for j in range(k))]
     return out.reshape(indices.shape[:-1] + data.shape[b + k:])
 
 
-@kernel("ScatterND", kind=K.MOVE)
+@kernel("ScatterND", since=11, kind=K.MOVE)
 def ScatterND(xp, data, indices, updates, reduction="none"):
     out = data.copy()
     idx = tuple(xp.moveaxis(xp.asarray(indices), -1, 0))
@@ -200,7 +262,7 @@ def ScatterND(xp, data, indices, updates, reduction="none"):
     return out
 
 
-@kernel("Expand", kind=K.MOVE)
+@kernel("Expand", since=8, kind=K.MOVE)
 def Expand(xp, x, shape):
     shape = _ints(xp, shape)
     target = np.broadcast_shapes(x.shape, tuple(shape))
@@ -212,19 +274,21 @@ def _expand_vjp(xp, G, inputs, outputs, attrs, need):
     return [unbroadcast(xp, G[0], inputs[0].shape), None]
 
 
-@kernel("Tile", kind=K.MOVE)
+@kernel("Tile", since=6, kind=K.MOVE)
 def Tile(xp, x, repeats):
     return xp.tile(x, _ints(xp, repeats))
 
 
-@kernel("Pad", kind=K.MOVE)
+@kernel("Pad", since=2, kind=K.MOVE)
 def Pad(xp, data, pads, constant_value=None, axes=None, mode="constant", value=0.0):
     pads = _ints(xp, pads)
-    axes = _ints(xp, axes) or list(range(data.ndim))
+    axes = axes_indices(xp, axes, data.ndim) if axes is not None else tuple(range(data.ndim))
     half = len(axes)
+    if len(pads) != 2 * half:
+        raise KernelError(f"pads has {len(pads)} entries; {2 * half} (begin and end of {half} axes) are needed")
     width = [(0, 0)] * data.ndim
     for i, a in enumerate(axes):
-        width[a % data.ndim] = (pads[i], pads[i + half])
+        width[a] = (pads[i], pads[i + half])
     if any(lo < 0 or hi < 0 for lo, hi in width):  # negative pads crop
         index = tuple(slice(max(-lo, 0), data.shape[i] - max(-hi, 0)) for i, (lo, hi) in enumerate(width))
         data = data[index]
@@ -255,10 +319,11 @@ def _decode_value(attrs, policy, node):
     return attrs
 
 
-@kernel("Cast", kind=K.CAST, output_is_float=lambda attrs: np.dtype(attrs["to"]).kind == "f",
+@kernel("Cast", since=6, kind=K.CAST, output_is_float=lambda attrs: is_float(attrs["to"]),
         decode_attrs=_decode_type("to"))
 def Cast(xp, x, to, saturate=1, round_mode="up"):
-    return x.astype(to, copy=False)
+    """ONNX Cast (``reflrp.dtypes.cast``): float8 saturates unless ``saturate=0``."""
+    return cast(x, to, saturate, round_mode)
 
 
 @adjoint("Cast")
@@ -266,9 +331,9 @@ def _cast_vjp(xp, G, inputs, outputs, attrs, need):
     return [G[0]]
 
 
-@kernel("CastLike", kind=K.CAST)
+@kernel("CastLike", since=15, kind=K.CAST)
 def CastLike(xp, x, like, saturate=1, round_mode="up"):
-    return x.astype(like.dtype, copy=False)
+    return cast(x, like.dtype, saturate, round_mode)
 
 
 @adjoint("CastLike")
@@ -292,38 +357,49 @@ def Constant(xp, value=None, value_float=None, value_floats=None, value_int=None
     raise KernelError("Constant without a supported value attribute")
 
 
-@kernel("ConstantOfShape", kind=K.CONSTANT, decode_attrs=_decode_value)
+@kernel("ConstantOfShape", since=9, kind=K.CONSTANT, decode_attrs=_decode_value)
 def ConstantOfShape(xp, shape, value=None):
     if value is None:
         value = np.zeros(1, dtype=np.float32)
     return xp.full(tuple(_ints(xp, shape)), value.reshape(-1)[0], dtype=value.dtype)
 
 
-@kernel("Range", kind=K.CONSTANT)
-def Range(xp, start, limit, delta):
-    n = max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0)
-    return (xp.arange(n) * delta + start).astype(start.dtype, copy=False)
+@kernel("Range", since=11, kind=K.CONSTANT)
+def Range(xp, start, limit, delta, stash_type=1):
+    """``start + i * delta`` for ``i < max(ceil((limit - start) / delta), 0)``, computed in float32 for
+    float16/bfloat16 (``stash_type`` 1, opset 27) and in the input type otherwise."""
+    dtype = start.dtype
+    work = np.dtype(np.float32) if dtype.itemsize < 4 and is_float(dtype) and stash_type == 1 else dtype
+    start, limit, delta = (v.astype(work) for v in (start, limit, delta))
+    if not delta.item():
+        raise KernelError("Range delta is 0")
+    n = max(int(np.ceil((float(limit.item()) - float(start.item())) / float(delta.item()))), 0)
+    return (start + xp.arange(n).astype(work) * delta).astype(dtype, copy=False)
 
 
-@kernel("EyeLike", kind=K.CONSTANT, decode_attrs=_decode_type("dtype"))
+@kernel("EyeLike", since=9, kind=K.CONSTANT, decode_attrs=_decode_type("dtype"))
 def EyeLike(xp, x, dtype=None, k=0):
     return xp.eye(x.shape[0], x.shape[1], k=k, dtype=dtype if dtype is not None else x.dtype)
 
 
-@kernel("Trilu", kind=K.MOVE)
+@kernel("Trilu", since=14, kind=K.MOVE)
 def Trilu(xp, x, k=None, upper=1):
     k = int(k.item()) if k is not None else 0
     return xp.triu(x, k) if upper else xp.tril(x, k)
 
 
-@kernel("CumSum", kind=K.LINEAR)
+@kernel("CumSum", since=11, kind=K.LINEAR)
 def CumSum(xp, x, axis, exclusive=0, reverse=0):
-    a = int(axis.item()) % x.ndim
+    a = axis_index(axis, x.ndim)
     if reverse:
         x = xp.flip(x, a)
     out = xp.cumsum(x, axis=a, dtype=x.dtype)
-    if exclusive:
-        out = xp.concatenate([xp.zeros_like(xp.take(out, [0], axis=a)), xp.take(out, range(x.shape[a] - 1), axis=a)], axis=a)
+    if exclusive:  # shifted one place along the axis, a 0 first
+        shifted = xp.zeros_like(out)
+        head = tuple(slice(1, None) if i == a else slice(None) for i in range(x.ndim))
+        body = tuple(slice(0, max(x.shape[a] - 1, 0)) if i == a else slice(None) for i in range(x.ndim))
+        shifted[head] = out[body]
+        out = shifted
     return xp.flip(out, a) if reverse else out
 
 
@@ -336,13 +412,15 @@ def _cumsum_vjp(xp, G, inputs, outputs, attrs, need):
     return [CumSum(xp, G[0], axis, flipped.get("exclusive", 0), flipped["reverse"]), None]
 
 
-@kernel("OneHot", kind=K.CONSTANT)
+@kernel("OneHot", since=9, kind=K.CONSTANT)
 def OneHot(xp, indices, depth, values, axis=-1):
+    """``axis`` indexes the output (rank ``indices.ndim + 1``); indices outside ``-depth..depth-1``
+    give an all-off row."""
     d = int(depth.item())
     ind = xp.asarray(indices).astype(np.int64)
     ind = xp.where(ind < 0, ind + d, ind)
     hot = xp.expand_dims(ind, -1) == xp.arange(d)
-    hot = xp.moveaxis(hot, -1, axis % (ind.ndim + 1))
+    hot = xp.moveaxis(hot, -1, axis_index(axis, ind.ndim + 1))
     return xp.where(hot, values[1], values[0])
 
 
@@ -357,6 +435,7 @@ def ArgMin(xp, data, axis=0, keepdims=1, select_last_index=0):
 
 
 def _arg(xp, fn, data, axis, keepdims, last):
+    axis = axis_index(axis, data.ndim)
     if last:
         out = data.shape[axis] - 1 - fn(xp.flip(data, axis), axis=axis)
     else:
