@@ -201,14 +201,15 @@ def describe(result) -> str:
     return repr(result)[:200]
 
 
-def rel_err(a, b) -> float:
-    """max |a - b| over max |b|, finite elements only (NaN/Inf are compared by position)."""
+def rel_err(a, b, floor: float = 1e-30) -> float:
+    """max |a - b| over max |b| (at least ``floor``), finite elements of ``b`` only (NaN/Inf are
+    compared by position where that matters: :func:`compare_arrays`)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     fin = np.isfinite(b)
     if not fin.any():
         return 0.0
     diff = np.abs(a[fin] - b[fin]).max()
-    return float(diff / max(np.abs(b[fin]).max(), 1e-30)) if diff > 1e-30 else 0.0
+    return float(diff / max(np.abs(b[fin]).max(), floor)) if diff > 1e-30 else 0.0
 
 
 def compare_arrays(name: str, ours, ref) -> tuple | None:
