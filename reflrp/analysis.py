@@ -297,6 +297,23 @@ def regions(view: GraphView, graph: Graph, skip: set) -> tuple[dict, dict]:
     return ends, inner_of
 
 
+# the plan facts a structural rule reads, and the role whose analysis provides them
+_NEEDS = {"region": ("source", "region"), "normalizer": ("normalized", "normalizer"), "gate-up": ("up", "gate"),
+          "bilinear-cp": ("values", "attention-values")}
+
+
+def _check_override(node: Node, rule: str, role: str, dyn, info: dict) -> None:
+    """An overriding rule must fit the node: epsilon is for ops linear in their dynamic inputs, and the
+    structural rules need the structure the analysis found."""
+    if rule == "epsilon" and kind_of(node) in (K.CONTRACTION, K.PRODUCT, K.QUOTIENT) and sum(dyn) >= 2:
+        raise RuleError(f"{node.label()}: rules= asks for 'epsilon', but the node multiplies {sum(dyn)} dynamic "
+                        "operands (epsilon needs an op linear in its dynamic inputs); use 'bilinear-uniform' "
+                        "or 'gate-uniform'")
+    if rule in _NEEDS and _NEEDS[rule][0] not in info:
+        raise RuleError(f"{node.label()}: rules= asks for {rule!r}, which applies where the plan finds the role "
+                        f"{_NEEDS[rule][1]!r}; this node's role is {role!r}")
+
+
 def build_plan(graph: Graph, preset, epsilon: float, wrt, overrides=None) -> Plan:
     """Decide the role and rule of every node a dynamic tensor reaches; raise :class:`RuleError` where a
     dynamic tensor reaches a node whose role the preset has no rule for.
@@ -323,6 +340,7 @@ def build_plan(graph: Graph, preset, epsilon: float, wrt, overrides=None) -> Pla
             role, info, why = role_of(view, node, dyn, set(ends), preset.structure)
         if node.name in overrides:
             rule, why = overrides[node.name], "override" + (f" ({why})" if why else "")
+            _check_override(node, rule, role, dyn, info)
         else:
             rule = preset.roles.get(role)
         if rule is None:

@@ -64,11 +64,19 @@ def quiet(xp: Any):
     return np.errstate(all="ignore") if xp is np else nullcontext()
 
 
+FLOAT_POLICIES = ("float64", "float32", "float16")
+
+
 def float_policy(dtype: Any) -> np.dtype | None:
-    """Normalise the ``dtype`` argument: None keeps the model's floats, else every float tensor becomes it."""
+    """Normalise the ``dtype`` argument: None keeps the model's floats, else every float tensor becomes
+    it (one of float64, float32, float16)."""
     if dtype is None:
         return None
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        raise ReflrpError(f"dtype must be a float type such as 'float32' or 'float64', not {dtype!r}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or isinstance(dtype, bool) or dt.name not in FLOAT_POLICIES:
+        raise ReflrpError(f"dtype={dtype!r} is not a float policy; choose one of {list(FLOAT_POLICIES)} or None "
+                          "(the model's own types)")
     return dt

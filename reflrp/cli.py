@@ -259,9 +259,12 @@ def cmd_verify(args) -> int:
     ok = True
     for name in model.output_names:
         a, b = np.asarray(ours[name], np.float64), np.asarray(ref[name], np.float64)
-        same_shape = a.shape == b.shape
-        err = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) if same_shape and b.size else 0.0
-        good = same_shape and err <= args.rtol
+        # agreement: NaN and +-inf exactly where onnxruntime has them, the finite values within rtol
+        same = a.shape == b.shape and np.array_equal(np.isfinite(a), np.isfinite(b)) and \
+            np.array_equal(a[np.isinf(b)], b[np.isinf(b)]) and np.array_equal(np.isnan(a), np.isnan(b))
+        finite = np.isfinite(b) if same else np.zeros(b.shape, bool)
+        err = float(np.abs(a - b)[finite].max() / max(np.abs(b[finite]).max(), 1e-300)) if finite.any() else 0.0
+        good = same and err <= args.rtol
         ok &= good
         print(f"{name}: shape {a.shape}, max |reflrp - onnxruntime| / max |onnxruntime| = {err:.3e}  {'ok' if good else 'FAIL'}")
     return 0 if ok else 1

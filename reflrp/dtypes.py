@@ -60,6 +60,8 @@ def is_numpy_native(dtype) -> bool:
 def family(dtype) -> str:
     """``"float"``, ``"integer"``, ``"bool"`` or numpy's kind letter: feeds convert within a family."""
     dt = np.dtype(dtype)
+    if dt.kind in "USO":
+        return "string"
     return "float" if is_float(dt) else "integer" if is_integer(dt) else "bool" if dt.kind == "b" else dt.kind
 
 

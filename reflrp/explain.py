@@ -106,6 +106,8 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     from .model import Model, load
     if not isinstance(model, Model):
         model = load(model)
+    if isinstance(feeds, Mapping):
+        model = model.for_feeds(feeds)
     graph = model.graph
     chosen = options.preset(preset)
     eps = options.epsilon(epsilon, chosen.epsilon)
@@ -215,6 +217,9 @@ def _value_of(prep, checked, name, like):
 def _check_attributed_feeds(xp, checked, wrt) -> None:
     for w in wrt:
         v = checked.get(w)
+        if v is not None and 0 in v.shape[1:]:  # an empty batch explains to empty relevance; an empty axis is nothing
+            raise FeedError(f"input {w!r} is attributed (wrt) but has an empty axis (shape {tuple(v.shape)}): "
+                            "nothing to explain")
         if v is not None and is_float(v.dtype) and v.size and not bool(xp.isfinite(v.astype(np.float64, copy=False)).all()):
             raise FeedError(f"input {w!r} is attributed (wrt) but contains NaN or Inf; relevance of non-finite "
                             "values is undefined")
@@ -226,9 +231,11 @@ def _check_logits(xp, logits, output) -> None:
 
 
 def _hint(prep) -> str:
+    forward = " Or the forward itself holds NaN/inf there (model.run shows it: e.g. a softmax row of only -inf)."
     if prep.policy is not None and prep.policy.itemsize >= 8:
-        return ""
-    return " Try dtype='float64' (or 'float32'): the pass ran in a lower precision."
+        return forward
+    better = "'float64'" if prep.policy is not None and prep.policy.itemsize == 4 else "'float64' or 'float32'"
+    return f" Try dtype={better}: the pass ran in a lower precision." + forward
 
 
 def _warn_if_open(reports) -> None:

@@ -166,9 +166,12 @@ def run(model, inputs, out, preset: str = "attnlrp", dtype: Any = "float64", eps
     A file whose fingerprint matches is skipped; one that differs raises :class:`StaleGoldenError`
     naming what changed (``force=True`` recomputes it). An unreadable or bad input is recorded in
     ``failed`` and the run goes on. ``progress(i, n, name)`` is called before each file."""
+    from .backend import float_policy
     from .explain import explain
     from .model import Model, load
     model = model if isinstance(model, Model) else load(model)
+    model.plan(preset, epsilon, wrt, rules)  # bad arguments fail before any file is read
+    float_policy(dtype)
     out = Path(out)
     for stale in out.glob(".*.part") if out.is_dir() else ():  # temp files of a run that was killed
         stale.unlink()

@@ -66,10 +66,11 @@ class Graph:
     opsets: Mapping[str, int] = field(default_factory=dict, repr=False)  # every imported domain's version
     expansions: Mapping[str, Expansion] = field(default_factory=dict, repr=False)  # by original node name
     value_info: Mapping[str, ValueInfo] = field(default_factory=dict, repr=False)  # the model's recorded types
+    defaults: frozenset = frozenset()  # initializers also listed as graph inputs: feeds may override them
 
     @classmethod
     def build(cls, nodes, inputs, outputs, initializers, opset, metadata=None, opsets=None,
-              expansions=None, value_info=None) -> "Graph":
+              expansions=None, value_info=None, defaults=frozenset()) -> "Graph":
         ordered = topological_order(nodes, {v.name for v in inputs} | set(initializers))
         producer = {out: n for n in ordered for out in n.outputs if out}
         consumers: dict[str, list[Node]] = {}
@@ -82,7 +83,16 @@ class Graph:
         return cls(tuple(ordered), tuple(inputs), tuple(outputs), MappingProxyType(dict(initializers)), opset,
                    MappingProxyType(producer), MappingProxyType({k: tuple(v) for k, v in consumers.items()}),
                    MappingProxyType(dict(metadata or {})), MappingProxyType(dict(opsets or {"": opset})),
-                   MappingProxyType(dict(expansions or {})), MappingProxyType(dict(value_info or {})))
+                   MappingProxyType(dict(expansions or {})), MappingProxyType(dict(value_info or {})),
+                   frozenset(defaults))
+
+    def overriding(self, names) -> "Graph":
+        """This graph with the overridable initializers ``names`` turned into graph inputs."""
+        names = [n for n in self.defaults if n in set(names)]
+        extra = tuple(ValueInfo(n, self.initializers[n].dtype, tuple(self.initializers[n].shape)) for n in names)
+        kept = {k: v for k, v in self.initializers.items() if k not in names}
+        return Graph.build(self.nodes, self.inputs + extra, self.outputs, kept, self.opset, self.metadata,
+                           self.opsets, self.expansions, self.value_info, self.defaults - set(names))
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -101,6 +111,11 @@ def topological_order(nodes, available: set[str]) -> list[Node]:
     producer: dict[str, int] = {}
     for i, n in enumerate(nodes):
         for out in n.outputs:
+            if out and out in producer:
+                raise GraphError(f"tensor {out!r} is produced by two nodes: {nodes[producer[out]].label()} and "
+                                 f"{n.label()} (ONNX is single-assignment)")
+            if out and out in available:
+                raise GraphError(f"{n.label()} writes {out!r}, which is already a graph input or initializer")
             if out:
                 producer[out] = i
     waiting = [0] * len(nodes)

@@ -110,7 +110,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None,
     out, symbols = {}, {}
     for name, info in expected.items():
         value = feeds[name]
-        arr = value if hasattr(value, "__array_namespace__") or hasattr(value, "dtype") else np.asarray(value)
+        arr = value if hasattr(value, "__array_namespace__") or hasattr(value, "dtype") else _as_array(name, value)
         if info.shape is not None:
             if arr.ndim != len(info.shape):
                 raise FeedError(f"input {info.describe()} expects rank {len(info.shape)}, got shape {tuple(arr.shape)}")
@@ -129,6 +129,13 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], policy: np.dtype | None,
             target = under_policy(arr.dtype, policy)
         out[name] = xp.asarray(arr).astype(target, copy=False)
     return out
+
+
+def _as_array(name: str, value):
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise FeedError(f"input {name!r} is not an array: {exc}") from None
 
 
 def run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=frozenset(), shapes=None) -> None:

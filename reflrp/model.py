@@ -10,7 +10,7 @@ import numpy as np
 from . import onnx_import
 from .backend import float_policy, namespace
 from .canonical import canonicalize, supported_rewrites
-from .errors import FeedError, UnsupportedOpError
+from .errors import FeedError, ReflrpError, UnsupportedOpError
 from .graph import Graph
 from .interpreter import Prepared, check_feeds, execute, prepare
 from .ops import resolve
@@ -26,6 +26,17 @@ class Model:
         self.sha256 = digest  # of the model bytes, when loaded from a file or bytes
         self._prepared: dict[tuple, Prepared] = {}
         self._plans: dict[tuple, object] = {}
+        self._variants: dict[frozenset, "Model"] = {}
+
+    def for_feeds(self, feeds) -> "Model":
+        """This model, or (when ``feeds`` override initializers the model lists as inputs, IR >= 4) the
+        variant where those initializers are graph inputs."""
+        overridden = frozenset(n for n in feeds if n in self.graph.defaults) if self.graph.defaults else frozenset()
+        if not overridden:
+            return self
+        if overridden not in self._variants:
+            self._variants[overridden] = Model(self.graph.overriding(overridden), self.source, self.sha256)
+        return self._variants[overridden]
 
     def __repr__(self) -> str:
         return (f"Model({self.source!r}, opset {self.graph.opset}, {len(self.graph.nodes)} nodes, "
@@ -64,9 +75,12 @@ class Model:
         -------
         dict of tensor name to array, graph outputs first.
         """
-        from . import fast as fast_layer
         if feeds is None or not isinstance(feeds, Mapping):
             raise FeedError(_run_usage(feeds, dtype))
+        return self.for_feeds(feeds)._run(feeds, dtype, intermediates, device, fast)
+
+    def _run(self, feeds, dtype, intermediates, device, fast) -> dict:
+        from . import fast as fast_layer
         from .memory import reuse_during_call
         from .options import names
         xp = namespace(device, feeds.values())
@@ -83,7 +97,13 @@ class Model:
         from .analysis import build_plan, default_wrt
         chosen = options.preset(preset)
         eps = options.epsilon(epsilon, chosen.epsilon)
-        wrt = options.names(self.graph, wrt, "wrt") or default_wrt(self.graph)
+        wrt = options.names(self.graph, wrt, "wrt")
+        if wrt is not None and not wrt:
+            raise ReflrpError("wrt= is empty: name the tensors to attribute to, or pass None for the default")
+        wrt = wrt or default_wrt(self.graph)
+        if not wrt:
+            raise ReflrpError(f"the model has no float input or embedding output to attribute to; pass wrt=[...] "
+                              f"(inputs: {[v.describe() for v in self.graph.inputs]})")
         overrides = options.resolve_overrides(self.graph, rules)
         key = (preset, eps, wrt, tuple(sorted(overrides.items())))
         if key not in self._plans:

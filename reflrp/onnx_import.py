@@ -12,7 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .dtypes import UNSUPPORTED_TYPES, numpy_dtype
-from .errors import ModelLoadError, UnsupportedOpError
+from .errors import GraphError, ModelLoadError, UnsupportedOpError
 from .graph import Graph, Node, ValueInfo
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -99,11 +99,102 @@ def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
         nodes.append(Node(name, n.op_type, domain, tuple(n.input), tuple(n.output), attrs))
     init_names = set(initializers)
     _refuse_value_types([v for v in g.input if v.name not in init_names], g.output, g.value_info)
+    _refuse_input_types([v for v in g.input if v.name not in init_names])
     inputs = tuple(_value_info(v) for v in g.input if v.name not in init_names)
     outputs = tuple(_value_info(v) for v in g.output)
     metadata = {p.key: p.value for p in model.metadata_props}
     value_info = {v.name: _value_info(v) for v in g.value_info}  # ranks and types the rewrites may need
-    return Graph.build(nodes, inputs, outputs, initializers, opset, metadata, opsets, value_info=value_info)
+    defaults = {v.name for v in g.input} & init_names  # IR >= 4: an initializer listed as input is a default
+    graph = Graph.build(nodes, inputs, outputs, initializers, opset, metadata, opsets, value_info=value_info,
+                        defaults=defaults)
+    check_against_schemas(model, graph)
+    return graph
+
+
+def check_against_schemas(model: onnx.ModelProto, graph: Graph) -> None:
+    """Refuse nodes that break their op's ONNX schema: an attribute the op does not have or of the wrong
+    type, too few or too many inputs, an input whose element type the op does not take, or inputs that
+    share a type variable with different types. Two liberties: an op that takes some float type takes
+    every float type (reflrp computes floats in any precision; its float policy upcasts whole models),
+    and data movement takes every element type. Element types come from the graph inputs, the
+    initializers and onnx's (non-strict) type inference from them (stale value_info is ignored)."""
+    if model.ByteSize() > 2**29:
+        return
+    types = _element_types(model)
+    for node in model.graph.node:
+        if node.domain not in DEFAULT_DOMAINS or not _known(node.op_type, graph.opset):
+            continue
+        from .ops import kinds, record
+        rec = record(node.op_type)
+        moves = rec is not None and rec.kind in (kinds.MOVE, kinds.CAST)
+        problem = _schema_problem(node, onnx.defs.get_schema(node.op_type, graph.opset, ""), types, moves)
+        if problem:
+            label = node.name or node.op_type
+            raise ModelLoadError(f"node {label!r} ({node.op_type}, opset {graph.opset}) breaks its ONNX schema: "
+                                 f"{problem}")
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> ONNX element type, from declarations, initializers and onnx's type inference."""
+    types = {}
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(bare, check_type=False, strict_mode=False).graph
+    except Exception:
+        inferred = bare.graph
+    for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+            types[v.name] = v.type.tensor_type.elem_type
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
+def _type_str(elem: int) -> str:
+    return f"tensor({helper.tensor_dtype_to_string(elem).replace('TensorProto.', '').lower()})"
+
+
+_FLOAT_TYPE_STRS = {"tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"}
+
+
+def _schema_problem(node, schema, types: dict[str, int], any_type: bool = False) -> str | None:
+    for a in node.attribute:
+        want = schema.attributes.get(a.name)
+        if want is None:
+            return f"it has no attribute {a.name!r} (its attributes: {sorted(schema.attributes)})"
+        if a.type != want.type:
+            return f"attribute {a.name!r} must be {want.type.name}, not {onnx.AttributeProto.AttributeType.Name(a.type)}"
+    given = len(node.input)
+    while given and not node.input[given - 1]:
+        given -= 1
+    if not schema.min_input <= given <= schema.max_input:
+        return f"it takes {schema.min_input}..{schema.max_input} inputs, not {given}"
+    constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    bound: dict[str, int] = {}
+    formals = list(schema.inputs)
+    for i, name in enumerate(node.input):
+        if not name or name not in types or not formals:
+            continue
+        formal = formals[min(i, len(formals) - 1)]
+        allowed = constraints.get(formal.type_str, {formal.type_str})
+        have = _type_str(types[name])
+        if not any_type and have not in allowed and not (have in _FLOAT_TYPE_STRS and allowed & _FLOAT_TYPE_STRS):
+            return f"input {i} ({name!r}) is {have}; {formal.name} takes {sorted(allowed)}"
+        if formal.type_str in constraints:
+            first = bound.setdefault(formal.type_str, types[name])
+            if first != types[name]:
+                return (f"inputs bound to type {formal.type_str} differ: {_type_str(first)} and {have} "
+                        f"(input {i}, {name!r})")
+    return None
+
+
+def _known(op_type: str, opset: int) -> bool:
+    try:
+        onnx.defs.get_schema(op_type, opset, "")
+        return True
+    except Exception:
+        return False
 
 
 def _tensor(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
@@ -112,8 +203,11 @@ def _tensor(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
             if base_dir is None:
                 raise ModelLoadError(f"initializer {t.name!r} uses external data; load the model from its path")
             onnx.external_data_helper.load_external_data_for_tensor(t, base_dir)
+        if t.data_type in UNSUPPORTED_TYPES:
+            raise UnsupportedOpError(f"tensor {t.name!r} has element type {UNSUPPORTED_TYPES[t.data_type]}, "
+                                     "which reflrp does not compute with")
         return np.asarray(numpy_helper.to_array(t))
-    except ModelLoadError:
+    except (ModelLoadError, UnsupportedOpError):
         raise
     except Exception as exc:
         raise ModelLoadError(f"cannot read tensor {t.name!r}: {exc}") from None
@@ -154,6 +248,20 @@ def type_text(t: onnx.TypeProto) -> str:
     return kind or "no type"
 
 
+def _refuse_input_types(inputs) -> None:
+    """Graph inputs: each named once, each a tensor of an element type reflrp computes with."""
+    seen = set()
+    for v in inputs:
+        if v.name in seen:
+            raise GraphError(f"graph input {v.name!r} is declared twice")
+        seen.add(v.name)
+        code = v.type.tensor_type.elem_type
+        if code == 0 or code in (14, 15):  # strings are held as numpy string arrays (Identity, Equal run)
+            what = "no element type" if code == 0 else f"element type {UNSUPPORTED_TYPES[code]}"
+            raise UnsupportedOpError(f"graph input {v.name!r} has {what}; reflrp runs numeric, bool and string "
+                                     "tensors only")
+
+
 def _refuse_value_types(inputs, outputs, value_info) -> None:
     """Graph inputs, outputs and value_info must be (dense) tensors: reflrp has no sequence,
     optional, map or sparse values."""
@@ -168,8 +276,9 @@ def _refuse_value_types(inputs, outputs, value_info) -> None:
 def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
     tt = v.type.tensor_type
     code = tt.elem_type
-    # 0 (left open), string and complex: not checked at the feed (numpy runs what kernels allow)
-    dtype = None if code == 0 or code in UNSUPPORTED_TYPES else numpy_dtype(code, f"value {v.name!r}")
+    # 0 (left open) and complex: not checked at the feed; strings: numpy string or object arrays
+    dtype = np.dtype(object) if code == 8 else None if code == 0 or code in UNSUPPORTED_TYPES \
+        else numpy_dtype(code, f"value {v.name!r}")
     shape = None
     if tt.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)

@@ -7,6 +7,7 @@ one class per row, or an array of the output's shape used as the seed itself. Se
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ def contrastive(target=None) -> Contrastive:
 
 def _rows(logits):
     """The logits that hold the classes, (rows, classes): the last position of 3-D logits."""
-    return logits[:, -1] if logits.ndim == 3 else logits.reshape(logits.shape[0], -1)
+    return logits[:, -1] if logits.ndim == 3 else logits.reshape(logits.shape[0], math.prod(logits.shape[1:]))
 
 
 def _place(xp, logits, rows_seed):
@@ -67,7 +68,8 @@ def one_seed(xp, logits, target, mode: str):
     shape = tuple(logits.shape)
     if isinstance(target, Contrastive):
         return _contrastive_seed(xp, logits, target, mode)
-    if target is not None and hasattr(target, "shape") and tuple(target.shape) == shape and len(shape) > 1:
+    if target is not None and hasattr(target, "shape") and tuple(target.shape) == shape and (
+            len(shape) > 1 or np.asarray(to_numpy(target)).dtype.kind == "f"):
         seed = xp.asarray(target).astype(logits.dtype)
         if not bool(xp.isfinite(seed).all()):
             raise TargetError("the target (initial relevance) array contains NaN or Inf")
@@ -77,6 +79,8 @@ def one_seed(xp, logits, target, mode: str):
     if logits.ndim < 2:
         raise TargetError(f"cannot pick a class from an output of shape {shape}; pass an initial relevance array "
                           "of that shape as target")
+    if logits.ndim == 3 and logits.shape[1] == 0:
+        raise TargetError(f"the output has no position to explain (shape {shape}): the sequence is empty")
     classes = classes_of(xp, logits, target)
     rows = _rows(logits)
     idx = xp.arange(rows.shape[0])

@@ -39,7 +39,8 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 import reflrp
-from reflrp import FeedError, GraphError, ModelLoadError, ReflrpError, RuleError, TargetError, UnsupportedOpError
+from reflrp import (FeedError, GraphError, KernelError, ModelLoadError, ReflrpError, RuleError, TargetError,
+                    UnsupportedOpError)
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -58,7 +59,8 @@ MEANING = {
     "hang": "no answer within the alarm (report tool only)",
 }
 # the books must close to this, per explain dtype (float16 models explained in their own type: loose)
-BOOKS_TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-4, np.dtype(np.float16): 1e-2}
+# float16: docs/rules.md's 3e-2 (cancelling relevance in a float16 pass leaves percent-level residuals)
+BOOKS_TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-4, np.dtype(np.float16): 3e-2}
 FORWARD_RTOL = {np.dtype(np.float16): 1e-2}  # relative to max |onnxruntime|; 1e-5 for other dtypes
 LATEST_ONNX_OPSET = onnx.defs.onnx_opset_version()
 
@@ -384,8 +386,8 @@ def reference_outputs(ws: Workspace, data: bytes, feeds: dict) -> tuple[list, li
     except OrtLacks as lack:
         from onnx.reference import ReferenceEvaluator
         proto = onnx.load_from_string(data)
-        try:
-            onnx.checker.check_model(proto, full_check=True)
+        try:  # (onnx.checker is not asked: it refuses graph outputs declared without a shape)
+            onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
             ev = ReferenceEvaluator(proto)
             with np.errstate(all="ignore"):
                 out = ev.run(None, feeds)
@@ -762,7 +764,8 @@ def model_inputs(rng) -> Iterator[Case]:
             if edit in ("dim", "rank_up", "rank_down"):
                 expect = lambda ws, s: Expect((FeedError,), re.escape(s["input"]))
             elif edit in ("int64", "string", "complex") and floats:
-                expect = raises(FeedError, UnsupportedOpError)
+                # an integer float-input breaks its consumers' schemas: refused at load naming the node
+                expect = raises(FeedError, UnsupportedOpError, ModelLoadError)
             else:
                 expect = oracle()
             yield Case(f"model.inputs/{name}/{edit}", "model.inputs", build, load_and_run, expect)
@@ -1083,9 +1086,9 @@ def feeds_shapes(rng) -> Iterator[Case]:
                 yield Case(f"feed.shapes/{name}/{label}/run", "feed.shapes", build, load_and_run, oracle())
             if label == "seq0":
                 expect = raises(FeedError, TargetError)
-            elif label == "batch0":
-                expect = succeeds(books_close(lambda att: None if att.relevance[att.wrt[0]].shape[0] == 0 else
-                                              ("mismatch", "relevance of an empty batch is not empty")))
+            elif label == "batch0":  # a legacy export's Reshape [0, -1, ...] cannot run it (onnxruntime neither)
+                expect = either(books_close(lambda att: None if att.relevance[att.wrt[0]].shape[0] == 0 else
+                                            ("mismatch", "relevance of an empty batch is not empty")), KernelError)
             else:
                 expect = succeeds(books_close())
             yield Case(f"feed.shapes/{name}/{label}/explain", "feed.shapes", build,
@@ -2026,11 +2029,14 @@ def types_cases(rng) -> Iterator[Case]:
     load; bfloat16, float8 and int4 initializers and feeds run with onnx's rounding (ml_dtypes), equal
     to onnxruntime (or onnx's reference where onnxruntime lacks the kernel); external data from
     bytes is a ModelLoadError."""
-    unsupported = {"sequence_input": "s", "optional_input": "o", "sequence_op": "Sequence", "string_input": "t",
+    unsupported = {"sequence_input": "s", "optional_input": "o", "sequence_op": "Sequence",
                    "complex_init": "c", "if_subgraph": "If|branch", "custom_domain": "com.example", "sparse_init": "w"}
     for kind, match in unsupported.items():
         yield Case(f"types/{kind}", "types", lambda ws, k=kind: {"model": _seq_model(k)},
                    lambda s: reflrp.load(s["model"]), raises(UnsupportedOpError, match=match))
+    # strings are values numpy holds: Identity / Equal of strings run (the ONNX node suite has such cases)
+    yield Case("types/string_input", "types", lambda ws: {"model": _seq_model("string_input")},
+               lambda s: reflrp.load(s["model"]), either(lambda model: None, UnsupportedOpError, match="t"))
     yield Case("types/external_data_bytes", "types", lambda ws: {"model": _seq_model("external_data_bytes")},
                lambda s: reflrp.load(s["model"]), raises(ModelLoadError, match="w|external"))
     vals = np.asarray([[0.1, -1.7, 3.3], [448.0, -0.0, 2.5]], np.float32)
@@ -2171,8 +2177,12 @@ def mask_cases(rng) -> Iterator[Case]:
             if not (pad == "one_row_full" and mask == "neg_inf"):
                 yield Case(f"masks/{mask}/{pad}/run", "masks", build, load_and_run, oracle())
             for dt in ("float64", "float32"):
+                # a row of all -inf is NaN in the forward (ONNX's softmax, onnxruntime's): its logits cannot be
+                # explained; finfo.min masks give a finite row whose relevance is zero and booked as absorbed
+                expect = raises(TargetError, match="NaN|finite") if (pad, mask) == ("one_row_full", "neg_inf") \
+                    else succeeds(books_close())
                 yield Case(f"masks/{mask}/{pad}/explain_{dt}", "masks", build,
-                           lambda s, dt=dt: reflrp.explain(s["model"], s["feeds"], dtype=dt), succeeds(books_close()),
+                           lambda s, dt=dt: reflrp.explain(s["model"], s["feeds"], dtype=dt), expect,
                            "a fully masked row gets zero relevance, booked as absorbed by the mask")
 
 
@@ -2225,7 +2235,15 @@ def below_since(rng) -> Iterator[Case]:
         name = op.split("_")[0]
         yield Case(f"graph.below_since/{g.label}", "graph.below_since",
                    lambda ws, g=g: {"model": tiny(g.nodes, g.inputs, g.outputs, g.inits, g.opset), "feeds": g.feeds},
-                   load_and_run, raises(UnsupportedOpError, match=name), g.why)
+                   load_and_run, _below_since_expectation(name), g.why)
+
+
+def _below_since_expectation(name: str) -> Expect:
+    """An UnsupportedOpError naming the op, or a ModelLoadError naming it (an attribute the older schema
+    lacks); LayerNormalization below 17 is onnxruntime's contrib op, which reflrp.canonical runs."""
+    if name == "LayerNormalization":
+        return oracle(must_raise=(UnsupportedOpError,))
+    return raises(UnsupportedOpError, ModelLoadError, match=name)
 
 
 def graph_family(name: str, graphs) -> Callable:

@@ -127,11 +127,12 @@ def test_zero_inputs_and_positions_stay_finite():
         assert np.isfinite(r).all() and np.all(r[:, 2] == 0)
 
 
-def _masked_attention_model():
-    """softmax(x @ x^T + mask) @ x with one fully masked row and GPT-2 style finfo.min masks."""
+def _masked_attention_model(full_row=-3.4028234663852886e38):
+    """softmax(x @ x^T + mask) @ x with one fully masked row (``full_row``: finfo.min by default) and
+    GPT-2 style finfo.min masks added twice (so -inf in float32)."""
     lo = np.finfo(np.float32).min
     mask = np.zeros((4, 4), np.float32)
-    mask[1, :] = -np.inf
+    mask[1, :] = full_row
     mask[2, 3] = lo
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
              helper.make_node("MatMul", ["x", "xt"], ["s"]),
@@ -139,7 +140,9 @@ def _masked_attention_model():
              helper.make_node("Add", ["sm", "mask2"], ["sm2"]),
              helper.make_node("Softmax", ["sm2"], ["p"], axis=-1),
              helper.make_node("MatMul", ["p", "x"], ["y"])]
-    inits = [numpy_helper.from_array(mask, "mask"), numpy_helper.from_array(np.where(mask == lo, lo, 0).astype(np.float32), "mask2")]
+    mask2 = np.zeros((4, 4), np.float32)
+    mask2[2, 3] = lo  # finfo.min twice: -inf in float32
+    inits = [numpy_helper.from_array(mask, "mask"), numpy_helper.from_array(mask2, "mask2")]
     g = helper.make_graph(nodes, "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3])], inits)
     return reflrp.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
@@ -154,7 +157,22 @@ def test_fully_masked_rows_never_nan(dtype, preset):
     att = reflrp.explain(m, {"x": x}, target=seed, dtype=dtype, preset=preset)
     for name, r in att.relevance.items():
         assert np.isfinite(r).all(), name
-    assert att.conservation.max_residual <= (1e-4 if dtype == "float32" else 1e-9)
+    c = att.conservation
+    assert c.max_residual <= (1e-4 if dtype == "float32" else 1e-9) and c.ok
+    if preset == "attnlrp":  # the fully masked row's relevance is absorbed by the mask (not a deficit)
+        softmax = next(a for a in c.nodes if a.op == "Softmax")
+        assert softmax.absorbed != 0.0
+
+
+def test_a_row_of_only_minus_inf_is_nan_and_refused():
+    """ONNX's softmax of a row of -inf is NaN (onnxruntime's too): the forward says so, and explain
+    refuses to spread relevance through it rather than returning NaN."""
+    m = _masked_attention_model(full_row=-np.inf)
+    x = np.random.default_rng(0).normal(size=(1, 4, 3)).astype(np.float32)
+    y = m.run({"x": x})["y"]
+    assert np.isnan(y[0, 1]).all() and np.isfinite(np.delete(y, 1, axis=1)).all()
+    with pytest.raises(reflrp.RuleError, match="NaN or infinite"):
+        reflrp.explain(m, {"x": x}, target=np.ones((1, 4, 3)))
 
 
 def _to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:

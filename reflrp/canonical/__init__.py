@@ -220,7 +220,7 @@ def canonicalize(graph: Graph) -> Graph:
         initializers.update(emit.initializers)
         expansions[node.name] = Expansion(node, tuple(n.name for n in emit.nodes))
     return Graph.build(nodes, graph.inputs, graph.outputs, initializers, graph.opset, graph.metadata,
-                       graph.opsets, expansions, graph.value_info)
+                       graph.opsets, expansions, graph.value_info, graph.defaults)
 
 
 from . import activations, attention, linear, norms  # noqa: E402,F401  (registration side effects)

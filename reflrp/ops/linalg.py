@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -204,7 +205,7 @@ def _conv_vjp(xp, G, inputs, outputs, attrs, need):
     M = W.shape[0]
     k = G[0].shape[0]
     kk = int(np.prod(kernel_shape, dtype=np.int64))
-    g = G[0].reshape(k, N, group, M // group, -1)
+    g = G[0].reshape(k, N, group, M // group, math.prod(out))
     w = W.reshape(group, M // group, (C // group) * kk)
     grads = [None] * len(inputs)
     if need[0]:
@@ -213,7 +214,8 @@ def _conv_vjp(xp, G, inputs, outputs, attrs, need):
         gx = col2im(xp, cols, (k * N,) + X.shape[1:], kernel_shape, out, begin, end, strides, dilations)
         grads[0] = gx.reshape((k,) + X.shape)
     if need[1]:
-        cols = windows(xp, X, kernel_shape, out, begin, end, strides, dilations).reshape(N, group, (C // group) * kk, -1)
+        cols = windows(xp, X, kernel_shape, out, begin, end, strides, dilations).reshape(
+            N, group, (C // group) * kk, math.prod(out))
         grads[1] = xp.einsum("kngmo,ngco->kgmc", g, cols).reshape((k,) + W.shape)
     if B is not None and need[2]:
         grads[2] = G[0].sum(axis=(1,) + tuple(range(3, G[0].ndim)))

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..dtypes import is_float
 
-from ..errors import UnsupportedOpError
+from ..errors import KernelError, UnsupportedOpError
 from . import adjoint, kernel
 from . import kinds as K
 from .grad import float64_bincount, unbroadcast
@@ -18,18 +18,13 @@ from .tensor import axis_index
 
 
 def softmax(xp, x, axis):
-    """Numerically stable softmax; a row that is entirely -inf gives zeros, never NaN."""
+    """``exp(x - max) / sum(exp(x - max))``, as ONNX defines it: a row that is entirely -inf, or holds
+    +inf, is NaN (as in onnxruntime); the fused Attention op zeroes its fully masked rows itself."""
     if not x.size:
         return x.copy()
-    m = xp.max(x, axis=axis, keepdims=True)
-    if not bool(xp.isfinite(m).all()):  # rows that are entirely -inf
-        m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
-    e = x - m
+    e = x - xp.max(x, axis=axis, keepdims=True)
     xp.exp(e, out=e)
-    s = xp.sum(e, axis=axis, keepdims=True)
-    if not bool(s.all()):
-        s = xp.where(s == 0, s.dtype.type(1), s)
-    e /= s
+    e /= xp.sum(e, axis=axis, keepdims=True)
     return e
 
 
@@ -43,11 +38,10 @@ def _flattened(fn):
 
 
 def log_softmax(xp, x, axis):
+    """``x - max - log(sum(exp(x - max)))`` (NaN rows where softmax has them)."""
     if not x.size:
         return x.copy()
-    m = xp.max(x, axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
-    z = x - m
+    z = x - xp.max(x, axis=axis, keepdims=True)
     return z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
 
 
@@ -221,6 +215,9 @@ def _instancenorm_vjp(xp, G, inputs, outputs, attrs, need):
 
 
 def _pool(xp, X, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, fill):
+    if pads and any(p >= k for p, k in zip(list(pads), list(kernel_shape) * 2)):
+        raise KernelError(f"pads {list(pads)} must be smaller than the kernel {list(kernel_shape)} (a window "
+                          "of padding only has no value)")
     out, begin, end, strides, dilations = conv_geometry(
         X.shape[2:], kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
     cols = windows(xp, X, kernel_shape, out, begin, end, strides, dilations, fill=fill)

@@ -98,6 +98,8 @@ def Flatten(xp, x, axis=1):
 
 @kernel("Transpose", kind=K.MOVE, relayout=True)
 def Transpose(xp, data, perm=None):
+    if perm is not None and sorted(int(p) for p in perm) != list(range(data.ndim)):
+        raise KernelError(f"perm {list(perm)} is not a permutation of the {data.ndim} axes 0..{data.ndim - 1}")
     return xp.transpose(data, perm)
 
 
@@ -153,6 +155,9 @@ def Split(xp, x, split=None, axis=0, num_outputs=None, _n_outputs=1):
     if not sizes:
         n = num_outputs or _n_outputs
         chunk = -(-length // n)
+        if num_outputs and length and chunk * (n - 1) >= length:  # as onnxruntime: no empty chunk
+            raise KernelError(f"num_outputs={n} cannot split an axis of length {length} into non-empty chunks "
+                              f"of {chunk} (the last one smaller)")
         sizes = [max(min(chunk, length - i * chunk), 0) for i in range(n)]
     if sum(sizes) != length or min(sizes) < 0:
         raise KernelError(f"split sizes {sizes} do not add up to the length {length} of axis {a}")
@@ -276,7 +281,10 @@ def _expand_vjp(xp, G, inputs, outputs, attrs, need):
 
 @kernel("Tile", since=6, kind=K.MOVE)
 def Tile(xp, x, repeats):
-    return xp.tile(x, _ints(xp, repeats))
+    reps = _ints(xp, repeats)
+    if len(reps) != x.ndim or min(reps, default=0) < 0:
+        raise KernelError(f"repeats {reps} must give one non-negative count per axis of the rank-{x.ndim} input")
+    return xp.tile(x, reps)
 
 
 @kernel("Pad", since=2, kind=K.MOVE)
@@ -297,7 +305,13 @@ def Pad(xp, data, pads, constant_value=None, axes=None, mode="constant", value=0
         fill = value if constant_value is None else constant_value
         fill = fill.item() if hasattr(fill, "item") and getattr(fill, "size", 1) == 1 else fill
         return xp.pad(data, width, mode="constant", constant_values=fill)
-    return xp.pad(data, width, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+    if mode not in ("reflect", "edge", "wrap"):
+        raise KernelError(f"Pad mode {mode!r}: ONNX knows 'constant', 'reflect', 'edge', 'wrap'")
+    for a, (lo, hi) in enumerate(width):
+        if (lo or hi) and (data.shape[a] == 0 or mode == "reflect" and max(lo, hi) >= data.shape[a]):
+            raise KernelError(f"Pad mode {mode!r}: pads {lo, hi} on axis {a} of length {data.shape[a]} "
+                              f"{'need a non-empty axis' if not data.shape[a] else 'must be smaller than the axis'}")
+    return xp.pad(data, width, mode=mode)
 
 
 def _decode_type(key: str):
@@ -467,7 +481,7 @@ def labelled_vjp(kernel_fn, data_inputs=None):
         out = out if isinstance(out, tuple) else (out,)
         k = next(g.shape[0] for g in G if g is not None)
         ids = xp.concatenate([o.reshape(-1) for o, g in zip(out, G) if g is not None])
-        weights = xp.concatenate([g.reshape(k, -1) for g in G if g is not None], axis=1)
+        weights = xp.concatenate([g.reshape(k, math.prod(g.shape[1:])) for g in G if g is not None], axis=1)
         shifted = (ids[None, :] + next_label * xp.arange(k)[:, None]).reshape(-1)
         flat = float64_bincount(xp, shifted, weights.reshape(-1), k * next_label).reshape(k, next_label)
         dtype = next(g.dtype for g in G if g is not None)

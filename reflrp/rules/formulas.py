@@ -2,6 +2,8 @@
 the per-target totals the books are made of. (reflrp.fast has equal, faster versions.)"""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..backend import to_numpy
@@ -32,7 +34,7 @@ def totals(xp, a) -> np.ndarray:
     Pairwise summation by numpy, never BLAS: the same bytes for any thread count."""
     if a is None:
         return np.zeros(1)
-    flat = a.reshape(a.shape[0], -1)
+    flat = a.reshape(a.shape[0], math.prod(a.shape[1:]))
     return np.asarray(to_numpy(flat.sum(axis=1, dtype=np.float64)), dtype=np.float64)
 
 

@@ -132,7 +132,7 @@ def softmax_rule(ctx, inputs, outputs, R_out):
     x, s, R = inputs[0], outputs[0], R_out[0]
     axis = ctx.info["axis"] % x.ndim
     if ctx.info["flattened"]:  # before opset 13 a row is the flattened trailing axes from ``axis`` on
-        x2 = x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+        x2 = x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), int(np.prod(x.shape[axis:], dtype=np.int64)))
         Rx, absorbed = softmax_relevance(ctx, x2, s.reshape(x2.shape), R.reshape((R.shape[0],) + x2.shape), 2)
         Rx = Rx.reshape(R.shape)
     else:
