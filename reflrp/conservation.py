@@ -24,6 +24,8 @@ class NodeAccount:
     loss: float
     deficit: float
 
+    scale: float = 0.0  # the relevance moving through (sum |R|) where the inflow nets out to much less
+
     @property
     def residual(self) -> float:
         """What no term explains: rounding only (the ``ok`` verdict bounds it)."""
@@ -50,11 +52,12 @@ class ConservationReport:
 
     @property
     def max_residual(self) -> float:
-        """The largest per-node residual relative to ``max(|inflow|, 1e-12 |target|)``."""
+        """The largest per-node residual relative to ``max(|inflow|, sum |R_in|, 1e-12 |target|)``: rounding
+        scales with the relevance that moves, which a cancelling inflow understates."""
         floor = 1e-12 * abs(self.target)
         worst = 0.0
         for a in self.nodes:
-            worst = max(worst, abs(a.residual) / max(abs(a.inflow), floor, 1e-300))
+            worst = max(worst, abs(a.residual) / max(abs(a.inflow), a.scale, floor, 1e-300))
         return worst
 
     @property
@@ -112,16 +115,20 @@ class Ledger:
     def inflow(self, names) -> np.ndarray:
         return sum((self.mass[n] for n in names if n in self.mass), np.zeros(self.k))
 
-    def book(self, node, rule: str, inflow, outflow, absorbed, loss, deficit) -> None:
-        self.rows.append((node.name, node.op_type, rule) + tuple(
-            np.broadcast_to(np.asarray(v, dtype=np.float64), (self.k,)) for v in (inflow, outflow, absorbed, loss, deficit)))
+    def book(self, node, rule: str, inflow, outflow, absorbed, loss, deficit, scale=0.0) -> None:
+        """One node's account: each value a per-target vector (or a scalar for every target)."""
+        values = np.empty((6, self.k))
+        values[0], values[1], values[2], values[3], values[4], values[5] = inflow, outflow, absorbed, loss, deficit, scale
+        self.rows.append((node.name, node.op_type, rule, values))
 
     def reports(self, targets: np.ndarray, at_each: dict, dtype: str) -> list[ConservationReport]:
         """One report per target column."""
         tol = TOLERANCE.get(dtype, 1e-4)
+        table = np.stack([v for *_, v in self.rows]) if self.rows else np.zeros((0, 6, self.k))
         out = []
         for j in range(self.k):
-            nodes = [NodeAccount(n, op, rule, *(float(v[j]) for v in values)) for n, op, rule, *values in self.rows]
+            nodes = [NodeAccount(n, op, rule, *map(float, table[i, :, j]))
+                     for i, (n, op, rule, _) in enumerate(self.rows)]
             each = {name: float(v[j]) for name, v in at_each.items()}
             out.append(ConservationReport(float(targets[j]), sum(each.values()), sum(a.absorbed for a in nodes),
                                           sum(a.loss for a in nodes), sum(a.deficit for a in nodes), nodes, each, tol))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from contextlib import contextmanager
 
@@ -36,10 +37,13 @@ class _Settings:
     """The chosen policy (set by the user, once per process, never by a call)."""
 
     policy: str | None = None
+    reuse_applied: bool = False
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
-    """glibc as a ctypes library, or None (musl, macOS, Windows)."""
+    """glibc as a ctypes library, or None (musl, macOS, Windows); found once (find_library runs a
+    subprocess)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # only glibc has it (and mallopt with these parameters)
@@ -71,16 +75,21 @@ def set_allocator_policy(policy: str) -> None:
         raise ReflrpError(f"allocator policy must be one of {list(POLICIES)}, not {policy!r}")
     _Settings.policy = policy
     if policy == "reuse":
-        _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+        _Settings.reuse_applied = _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
     else:
+        _Settings.reuse_applied = False
         _set(GLIBC_DEFAULT, GLIBC_DEFAULT)
         release_memory()
 
 
 @contextmanager
 def reuse_during_call():
-    """The ``"call"`` policy: reuse freed buffers inside the block, glibc's defaults again after it."""
-    if allocator_policy() != "call":
+    """The ``"call"`` policy: reuse freed buffers inside the block, glibc's defaults again after it
+    (``"reuse"`` asked for in the environment is applied here once, for the process)."""
+    policy = allocator_policy()
+    if policy == "reuse" and not _Settings.reuse_applied:
+        _Settings.reuse_applied = _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+    if policy != "call":
         yield
         return
     applied = _set(MMAP_THRESHOLD, TRIM_THRESHOLD)

@@ -1,14 +1,16 @@
 """The relevance pass: reverse topological order, one rule per node, fan-out sums, the books."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from .conservation import TOLERANCE
 from .errors import ReflrpError, RuleError
 from .ops import record
 from .rules import RULES, Context
+from .rules import formulas as plain_formulas
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,13 @@ def propagate(run: Pass, plan_nodes, values: dict, relevance: dict, ledger) -> N
             values.pop(o, None)
 
 
-def _context(run: Pass, p) -> Context:
+def _context(run: Pass, p, inflow) -> Context:
     node = p.node
     step = run.steps.get(node.name)
     rec = record(node.op_type)
     return Context(node, run.xp, run.eps, p.dynamic, step.attrs if step else dict(node.attrs), p.info,
                    step.fn if step else None, step.adjoint if step else None,
-                   rec.addend_inputs(len(node.inputs)) if rec else (), run.formulas)
+                   rec.addend_inputs(len(node.inputs)) if rec else (), run.formulas, inflow)
 
 
 def _node(run: Pass, p, values, relevance, ledger) -> None:
@@ -51,36 +53,59 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
     R_out = [relevance.get(o) if o else None for o in node.outputs]
     if p.rule is None or all(r is None for r in R_out) or set(node.outputs) & run.stop:
         return
-    ctx = _context(run, p)
+    inflow = ledger.inflow([o for o, r in zip(node.outputs, R_out) if r is not None])
     inputs = [values[i] if i else None for i in node.inputs]
     outputs = [values.get(o) if o else None for o in node.outputs]
+    ctx = _context(run, p, inflow)
+    pieces, shares, books = _apply(ctx, p, inputs, outputs, R_out, inflow)
+    if not np.isfinite(books[0]) and not ctx.f.EXACT:  # the speed layer's unmasked arithmetic: redo it plainly
+        ctx = replace(ctx, f=plain_formulas)
+        pieces, shares, books = _apply(ctx, p, inputs, outputs, R_out, inflow)
+    check, given, absorbed, result = books
+    if not np.isfinite(check):
+        where = next((name for (name, _, _), s in zip(pieces, shares) if not np.isfinite(s).all()), "its books")
+        raise _non_finite(run, p, where)
+    for (name, dyn, r), share in zip(pieces, shares):
+        if dyn:
+            _accumulate(relevance, name, r)
+            ledger.arrive(name, share)
+    ledger.book(node, p.rule, inflow, given, absorbed, result.loss, result.deficit,
+                _scale(ctx, R_out, inflow, inflow - given - absorbed - result.loss - result.deficit))
+    if run.keep is not None:
+        for o in node.outputs:
+            if o not in run.keep:
+                relevance.pop(o, None)
+
+
+def _apply(ctx, p, inputs, outputs, R_out, inflow):
+    """Run the rule; its pieces (input name, dynamic?, relevance), their per-target totals, and the books:
+    (a finiteness witness, given, absorbed, the result)."""
+    node = p.node
     try:
         result = RULES[p.rule](ctx, inputs, outputs, R_out)
     except ReflrpError as exc:  # a limitation of the rule or adjoint at this node
         raise RuleError(f"{node.label()}: {exc}" if node.name not in str(exc) else str(exc)) from None
     except Exception as exc:
         raise RuleError(f"{node.label()}: rule {p.rule!r} failed: {type(exc).__name__}: {exc}") from None
-    inflow = ledger.inflow([o for o, r in zip(node.outputs, R_out) if r is not None])
-    given, absorbed = np.zeros(ledger.k), np.asarray(result.absorbed, dtype=np.float64)
     pieces = [(name, dyn, r) for name, dyn, r in zip(node.inputs, p.dynamic, result.inputs) if r is not None]
     pieces += [(name, True, r) for name, r in result.extra.items()]
-    for name, dyn, r in pieces:
-        share = ctx.totals(r)
-        if not np.all(np.isfinite(share)):
-            raise _non_finite(run, p, name)
-        if dyn:
-            _accumulate(relevance, name, r)
-            ledger.arrive(name, share)
-            given = given + share
-        else:
-            absorbed = absorbed + share
-    if not (np.all(np.isfinite(absorbed)) and np.all(np.isfinite(result.loss)) and np.all(np.isfinite(result.deficit))):
-        raise _non_finite(run, p, "its books")
-    ledger.book(node, p.rule, inflow, given, absorbed, result.loss, result.deficit)
-    if run.keep is not None:
-        for o in node.outputs:
-            if o not in run.keep:
-                relevance.pop(o, None)
+    shares = [ctx.totals(r) for _, _, r in pieces]
+    k = len(inflow)
+    given = sum((s for (_, dyn, _), s in zip(pieces, shares) if dyn), np.zeros(k))
+    absorbed = sum((s for (_, dyn, _), s in zip(pieces, shares) if not dyn), np.asarray(result.absorbed, float))
+    if result.rest_absorbed:  # fill values: what arrived and went to no input
+        absorbed = inflow - given
+    check = float(np.sum(given) + np.sum(absorbed) + np.sum(result.loss) + np.sum(result.deficit))
+    return pieces, shares, (check, given, absorbed, result)
+
+
+def _scale(ctx, R_out, inflow, residual):
+    """0 where the residual is rounding-small against the inflow; else the relevance that arrived in
+    absolute terms, ``sum |R_y|``, the yardstick of rounding when the inflow cancels (measured only then)."""
+    tol = TOLERANCE.get(str(next(r.dtype for r in R_out if r is not None)), 1e-4)
+    if np.all(np.abs(residual) <= tol * np.abs(inflow)):
+        return 0.0
+    return sum(ctx.totals(ctx.xp.abs(r)) for r in R_out if r is not None)
 
 
 def _non_finite(run: Pass, p, where: str) -> RuleError:

@@ -37,6 +37,7 @@ class Context:
     adjoint: Callable | None = None
     addends: tuple[int, ...] = ()
     f: Any = formulas
+    inflow: Any = 0.0  # per target: the relevance that arrived at the node's outputs (the ledger's mass)
 
     def vjp(self, inputs, outputs, G, need):
         """The op's vector-Jacobian product: one gradient per input where ``need`` (else None)."""
@@ -55,6 +56,10 @@ class Context:
         """Per-target float64 sums of ``a`` (shape (K,)); zeros for None."""
         return self.f.totals(self.xp, a)
 
+    def passed(self, y, G):
+        """``sum(y * G)`` per target: what a rule with ``G = R / stab(y)`` passes on of the inflow."""
+        return self.f.dot_totals(self.xp, y, G)
+
 
 @dataclass
 class Result:
@@ -62,6 +67,7 @@ class Result:
     loss: Any = 0.0
     deficit: Any = 0.0
     absorbed: Any = 0.0  # absorbed by something that is no input (fill values, dropped elements)
+    rest_absorbed: bool = False  # a data movement: what arrived and went to no input was a fill value
     extra: dict = field(default_factory=dict)  # relevance sent to tensors that are not inputs (region source)
 
 

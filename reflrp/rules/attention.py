@@ -23,7 +23,7 @@ def attention_relevance(ctx, inputs, R, cp: bool) -> Result:
     R4 = heads_first(R, p["q"].shape[1]) if Q.ndim == 3 else R
     share = 1 if cp else 2
     G = ctx.ratio(R4, p["y4"]) / R.dtype.type(share)
-    loss = ctx.totals(R4) - share * ctx.totals(ctx.times(p["y4"], G))
+    loss = ctx.inflow - share * ctx.passed(p["y4"], G)
     rel = {2: ctx.times(p["v"], xp.matmul(_swap(xp, p["probs"]), G))}
     deficit = absorbed = 0.0
     if not cp:
@@ -33,9 +33,9 @@ def attention_relevance(ctx, inputs, R, cp: bool) -> Result:
         G2 = ctx.ratio(R_logits, p["logits"])  # logits = scores + bias: the bias absorbs its share
         R_scores = ctx.times(p["scores"], G2)  # softcap, if any, is elementwise: identity to the raw scores
         absorbed = masked + ctx.totals(ctx.times(p["logits"] - p["scores"], G2))
-        loss = loss + ctx.totals(R_logits) - ctx.totals(ctx.times(p["logits"], G2))
+        loss = loss + ctx.totals(R_logits) - ctx.passed(p["logits"], G2)
         G3 = ctx.ratio(R_scores, p["raw"]) / R.dtype.type(2)  # raw = q @ k^T: uniform rule
-        loss = loss + ctx.totals(R_scores) - 2 * ctx.totals(ctx.times(p["raw"], G3))
+        loss = loss + ctx.totals(R_scores) - 2 * ctx.passed(p["raw"], G3)
         rel[0] = ctx.times(p["q"], xp.matmul(G3, p["k"]))
         rel[1] = ctx.times(p["k"], xp.matmul(_swap(xp, G3), p["q"]))
     parts = [None] * len(inputs)
@@ -87,5 +87,5 @@ def rotary_rule(ctx, inputs, outputs, R_out):
     Rx4[..., rot:] = R4[..., rot:]
     y4, _ = rotary_layout(ctx.xp, y[None], X, num_heads)
     G4, _ = rotary_layout(ctx.xp, G, X, num_heads)
-    passed = ctx.totals(ctx.times(y4[..., :rot], G4[..., :rot])) + ctx.totals(R4[..., rot:])
-    return Result([restore(Rx4), None, None, None][:len(inputs)], loss=ctx.totals(R) - passed)
+    passed = ctx.passed(y4[0][..., :rot], G4[..., :rot]) + ctx.totals(R4[..., rot:])
+    return Result([restore(Rx4), None, None, None][:len(inputs)], loss=ctx.inflow - passed)

@@ -9,6 +9,9 @@ import numpy as np
 from ..backend import to_numpy
 
 
+EXACT = True  # the results are final: 0 where a ratio or product is masked (see reflrp.fast.formulas)
+
+
 def stab(xp, z, eps: float):
     """``z + eps * sign(z)`` with ``sign(0) = +1``."""
     if eps == 0:
@@ -29,13 +32,14 @@ def times(xp, x, G):
 
 
 def totals(xp, a) -> np.ndarray:
-    """The sum of ``a`` per target (its leading axis) in float64, as a host array of shape (K,).
-
-    Pairwise summation by numpy, never BLAS: the same bytes for any thread count."""
+    """The sum of ``a`` per target (its leading axis) as a host float64 array of shape (K,): numpy's
+    pairwise summation in the array's own precision (float32 or float64; smaller floats in float64),
+    never BLAS, so the same bytes for any thread count."""
     if a is None:
         return np.zeros(1)
     flat = a.reshape(a.shape[0], math.prod(a.shape[1:]))
-    return np.asarray(to_numpy(flat.sum(axis=1, dtype=np.float64)), dtype=np.float64)
+    own = a.dtype in (np.float32, np.float64)
+    return np.asarray(to_numpy(flat.sum(axis=1) if own else flat.sum(axis=1, dtype=np.float64)), dtype=np.float64)
 
 
 def dot_totals(xp, y, G) -> np.ndarray:

@@ -23,7 +23,7 @@ def epsilon_rule(ctx, inputs, outputs, R_out):
     G = ctx.ratio(R, y)
     grads = ctx.vjp(inputs, outputs, [G], _dynamic_or_addend(ctx))
     parts = [ctx.times(x, g) if g is not None else None for x, g in zip(inputs, grads)]
-    return Result(parts, loss=ctx.totals(R) - ctx.totals(ctx.times(y, G)))
+    return Result(parts, loss=ctx.inflow - ctx.passed(y, G))
 
 
 @rule("bilinear-uniform")
@@ -35,7 +35,7 @@ def bilinear_uniform_rule(ctx, inputs, outputs, R_out):
     G = ctx.ratio(R, y) / R.dtype.type(n)
     grads = ctx.vjp(inputs, outputs, [G], ctx.dynamic)
     parts = [ctx.times(x, g) if g is not None else None for x, g in zip(inputs, grads)]
-    return Result(parts, loss=ctx.totals(R) - n * ctx.totals(ctx.times(y, G)))
+    return Result(parts, loss=ctx.inflow - n * ctx.passed(y, G))
 
 
 @rule("bilinear-cp")
@@ -47,7 +47,7 @@ def bilinear_cp_rule(ctx, inputs, outputs, R_out):
     G = ctx.ratio(R, y)
     grads = ctx.vjp(inputs, outputs, [G], [i == keep for i in range(len(inputs))])
     parts = [ctx.times(x, g) if g is not None else None for x, g in zip(inputs, grads)]
-    return Result(parts, loss=ctx.totals(R) - ctx.totals(ctx.times(y, G)))
+    return Result(parts, loss=ctx.inflow - ctx.passed(y, G))
 
 
 @rule("identity")
@@ -64,9 +64,7 @@ def route_rule(ctx, inputs, outputs, R_out):
     piece of a Concat, the other branch of a Where) absorbs what it would receive; relevance on elements
     that came from no input (fill values) is absorbed too."""
     grads = ctx.vjp(inputs, outputs, R_out, [x is not None and x.dtype.kind == "f" for x in inputs])
-    given = sum((ctx.totals(g) for g in grads if g is not None), 0.0)
-    arrived = sum(ctx.totals(r) for r in R_out if r is not None)
-    return Result(grads, absorbed=arrived - given)
+    return Result(grads, rest_absorbed=True)
 
 
 @rule("gradient")
@@ -110,19 +108,23 @@ def region_rule(ctx, inputs, outputs, R_out):
 
 def masked_rows(xp, x, axis):
     """Softmax rows (along ``axis``) whose every logit is a mask value: they attend to nothing."""
-    return xp.all(~(x > MASKED_LOGIT), axis=axis, keepdims=True)
+    return xp.max(x, axis=axis, keepdims=True) <= MASKED_LOGIT
 
 
 def softmax_relevance(ctx, x, s, R, axis):
     """The AttnLRP softmax rule ``R_x = x * (R_y - s * sum_axis(R_y))`` (Achtibat et al. 2024, Prop. 3.1;
-    LXT's gradient x input through the softmax). Masked logits (``s = 0``, ``x`` at or below -65504)
-    give 0; a row that is masked entirely gets nothing, and what arrived there is returned as absorbed."""
+    LXT's gradient x input through the softmax). A masked logit (at or below -65504) gets 0; a row that
+    is masked entirely gets nothing, and what arrived there is returned as absorbed."""
     xp = ctx.xp
     inner = R - s * xp.sum(R, axis=axis, keepdims=True)
-    dead = masked_rows(xp, x, axis - 1)
-    live = xp.where(dead, R.dtype.type(0), inner)
-    Rx = ctx.times(xp.where(x > MASKED_LOGIT, x, x.dtype.type(0)), live)
-    return Rx, ctx.totals(xp.where(dead, R, R.dtype.type(0)))
+    absorbed = 0.0
+    if x.size and float(xp.min(x)) <= MASKED_LOGIT:  # some logits are masks
+        dead = masked_rows(xp, x, axis - 1)
+        if bool(dead.any()):
+            inner = xp.where(dead, R.dtype.type(0), inner)
+            absorbed = ctx.totals(xp.where(dead, R, R.dtype.type(0)))
+        x = xp.where(x > MASKED_LOGIT, x, x.dtype.type(0))
+    return ctx.times(x, inner), absorbed
 
 
 @rule("softmax")
@@ -137,7 +139,7 @@ def softmax_rule(ctx, inputs, outputs, R_out):
         Rx = Rx.reshape(R.shape)
     else:
         Rx, absorbed = softmax_relevance(ctx, x, s, R, axis + 1)
-    return Result([Rx], deficit=ctx.totals(R) - ctx.totals(Rx) - absorbed, absorbed=absorbed)
+    return Result([Rx], deficit=ctx.inflow - ctx.totals(Rx) - absorbed, absorbed=absorbed)
 
 
 @rule("layernorm")
@@ -157,4 +159,4 @@ def layernorm_rule(ctx, inputs, outputs, R_out):
     parts = [ctx.times(X, gx), None, None][:len(inputs)]
     if beta is not None:
         parts[2] = to_shape(ctx.xp, ctx.times(beta, G), beta)
-    return Result(parts, loss=ctx.totals(R) - ctx.totals(ctx.times(y, G)))
+    return Result(parts, loss=ctx.inflow - ctx.passed(y, G))
