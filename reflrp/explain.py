@@ -75,7 +75,7 @@ class Attribution:
 def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "attnlrp", dtype: Any = "float64",
             epsilon: float | None = None, wrt=None, rules: dict | None = None, output: str | None = None,
             device: str | None = None, checkpoint: str | None = None, keep=None, targets=None,
-            fast: bool | None = None) -> Attribution:
+            fast: bool | None = None, max_memory: float | None = 2**31) -> Attribution:
     """Explain one output of ``model`` on ``feeds`` with Layer-wise Relevance Propagation.
 
     Parameters
@@ -102,6 +102,9 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     keep : None keeps the relevance of every tensor (without ``checkpoint``); a list of names keeps only
         those and the attributed tensors, dropping latent relevance once it is passed on.
     fast : the speed layer (reflrp.fast); None: on unless ``REFLRP_FAST=0``. Same numbers.
+    max_memory : with ``targets=``, the relevance of K targets takes K times the memory of one; above this
+        many bytes (2 GiB by default; None: no limit) the targets are explained in chunks, one relevance
+        pass per chunk over the same forward (the same numbers).
     """
     from .model import Model, load
     if not isinstance(model, Model):
@@ -142,19 +145,30 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
                               "dtype='float64')")
         return seed, reported
 
-    passes = _full_pass if checkpoint is None else _checkpointed_pass
     with reuse_during_call() if fast else nullcontext():
-        outputs, seed, reported, relevance, ledger, shapes = passes(run, prep, graph, plan, checked, seeds_for,
-                                                                    output)
-    k = seed.shape[0]
+        outputs, state = _forward(prep, graph, plan, checked, checkpoint)
+        seed, reported = seeds_for(outputs)
+        k = seed.shape[0]
+        step = _chunk(k, max_memory, state, prep)
+        parts, ledgers = [], []
+        for lo in range(0, k, step):
+            relevance, ledger = _relevance(run, prep, plan, state, seed[lo:lo + step], output, lo + step >= k)
+            parts.append(relevance)
+            ledgers.append(ledger)
+    relevance = _joined(parts) if len(parts) > 1 else parts[0]
     dt = outputs[output].dtype
     for w in plan.wrt:
         if w not in relevance:
-            relevance[w] = xp.zeros((k,) + tuple(shapes[w]), dtype=dt)
+            relevance[w] = xp.zeros((k,) + tuple(state.shapes[w]), dtype=dt)
         elif chosen.times_input:
             relevance[w] = relevance[w] * _value_of(prep, checked, w, relevance[w])
-    at_each = {w: run.formulas.totals(xp, relevance[w]) for w in plan.wrt}
-    reports = ledger.reports(run.formulas.totals(xp, seed), at_each, str(np.dtype(dt))) if chosen.conserving else None
+    reports = None
+    if chosen.conserving:
+        reports = []
+        for i, ledger in enumerate(ledgers):
+            chunk = slice(i * step, i * step + ledger.k)
+            at_each = {w: run.formulas.totals(xp, relevance[w][chunk]) for w in plan.wrt}
+            reports += ledger.reports(run.formulas.totals(xp, seed[chunk]), at_each, str(np.dtype(dt)))
     _warn_if_open(reports)
     many = targets is not None
     if not many:
@@ -164,47 +178,73 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     return Attribution(relevance, outputs, reported, seed, output, plan.wrt, plan, reports, many)
 
 
-def _seeded(run, output, seed):
-    """The relevance dict and ledger of a pass that starts from ``seed`` at ``output``."""
-    ledger = Ledger(seed.shape[0])
-    ledger.arrive(output, run.formulas.totals(run.xp, seed))
-    return {output: seed}, ledger
+@dataclass
+class _Forward:
+    """What the relevance pass reads: every activation (``values``), or the checkpoint snapshots and the
+    segment bounds to recompute them; the shapes of the attributed tensors."""
+
+    shapes: dict
+    values: dict | None = None
+    snapshots: list | None = None
+    bounds: list | None = None
 
 
-def _full_pass(run, prep, graph, plan, checked, seeds_for, output):
-    """Forward keeping every activation, then the relevance pass over all nodes."""
-    values = execute(prep, graph, checked, retain=True)
-    outputs = {n: values[n] for n in graph.output_names}
-    shapes = {w: values[w].shape for w in plan.wrt}
-    seed, reported = seeds_for(outputs)
-    relevance, ledger = _seeded(run, output, seed)
-    with quiet(run.xp):
-        propagate(run, plan.nodes, values, relevance, ledger)
-    return outputs, seed, reported, relevance, ledger, shapes
-
-
-def _checkpointed_pass(run, prep, graph, plan, checked, seeds_for, output):
-    """Forward keeping ~sqrt(steps) snapshots; each segment is rerun just before its relevance pass."""
+def _forward(prep, graph, plan, checked, checkpoint):
+    """The forward pass, keeping every activation or (checkpoint "sqrt") ~sqrt(steps) snapshots."""
+    if checkpoint is None:
+        values = execute(prep, graph, checked, retain=True)
+        return {n: values[n] for n in graph.output_names}, _Forward({w: values[w].shape for w in plan.wrt}, values)
     n = len(prep.steps)
     size = max(1, int(round(n ** 0.5)))
     bounds = list(range(0, n, size)) + [n]
     shapes = {w: checked[w].shape if w in checked else prep.constants[w].shape if w in prep.constants else None
               for w in plan.wrt}
     outputs, snapshots = execute_segments(prep, graph, checked, bounds, shapes)
-    seed, reported = seeds_for(outputs)
-    relevance, ledger = _seeded(run, output, seed)
+    return outputs, _Forward(shapes, snapshots=snapshots, bounds=bounds)
+
+
+def _relevance(run, prep, plan, state: _Forward, seed, output, last: bool):
+    """One relevance pass from ``seed`` (a chunk of targets) at ``output``; the forward state is used up
+    by the ``last`` pass only (earlier chunks leave it for the next)."""
+    ledger = Ledger(seed.shape[0])
+    ledger.arrive(output, run.formulas.totals(run.xp, seed))
+    relevance = {output: seed}
+    if state.values is not None:
+        with quiet(run.xp):
+            propagate(run, plan.nodes, state.values if last else dict(state.values), relevance, ledger)
+        return relevance, ledger
     position = {s.node.name: i for i, s in enumerate(prep.steps)}
+    bounds = state.bounds
     for seg in reversed(range(len(bounds) - 1)):
         lo, hi = bounds[seg], bounds[seg + 1]
         # folded nodes (no step) read only constants: they belong to the first segment
         nodes = [p for p in plan.nodes if lo <= position.get(p.node.name, 0) < hi]
         if nodes:
-            values = run_segment(prep, snapshots[seg], lo, hi)
+            values = run_segment(prep, state.snapshots[seg], lo, hi)
             with quiet(run.xp):
                 propagate(run, nodes, values, relevance, ledger)
             del values
-        snapshots[seg] = None
-    return outputs, seed, reported, relevance, ledger, shapes
+        if last:
+            state.snapshots[seg] = None
+    return relevance, ledger
+
+
+def _chunk(k: int, max_memory, state: _Forward, prep) -> int:
+    """How many targets one relevance pass takes: all of them, unless their relevance arrays (about one
+    activation-sized array per target and tensor) would exceed ``max_memory`` bytes."""
+    if max_memory is None or k == 1:
+        return k
+    if state.values is not None:
+        per_target = sum(getattr(v, "nbytes", 0) for n, v in state.values.items() if n not in prep.constants)
+    else:
+        per_target = sum(getattr(v, "nbytes", 0) for snap in state.snapshots for v in snap.values())
+    return max(1, min(k, int(max_memory // max(per_target, 1))))
+
+
+def _joined(parts: list) -> dict:
+    """The relevance of several target chunks, concatenated on the target axis (tensors every chunk has)."""
+    names = set.intersection(*(set(p) for p in parts))
+    return {n: namespace(None, [parts[0][n]]).concatenate([p[n] for p in parts], axis=0) for n in names}
 
 
 def _value_of(prep, checked, name, like):
