@@ -75,7 +75,7 @@ class Attribution:
 def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "attnlrp", dtype: Any = "float64",
             epsilon: float | None = None, wrt=None, rules: dict | None = None, output: str | None = None,
             device: str | None = None, checkpoint: str | None = None, keep=None, targets=None,
-            fast: bool | None = None, max_memory: float | None = 2**31) -> Attribution:
+            fast: bool | None = None, max_memory: float | None = 2**31, interventions=None) -> Attribution:
     """Explain one output of ``model`` on ``feeds`` with Layer-wise Relevance Propagation.
 
     Parameters
@@ -105,12 +105,16 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     max_memory : with ``targets=``, the relevance of K targets takes K times the memory of one; above this
         many bytes (2 GiB by default; None: no limit) the targets are explained in chunks, one relevance
         pass per chunk over the same forward (the same numbers).
+    interventions : ``{tensor: spec}`` as for ``Model.run``: the intervened model is explained (its
+        inserted nodes get their rules: scaling passes relevance, set units absorb it).
     """
     from .model import Model, load
     if not isinstance(model, Model):
         model = load(model)
     if isinstance(feeds, Mapping):
         model = model.for_feeds(feeds)
+        if interventions:
+            model = model.intervened(interventions, feeds)
     graph = model.graph
     chosen = options.preset(preset)
     eps = options.epsilon(epsilon, chosen.epsilon)

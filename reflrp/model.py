@@ -27,6 +27,32 @@ class Model:
         self._prepared: dict[tuple, Prepared] = {}
         self._plans: dict[tuple, object] = {}
         self._variants: dict[frozenset, "Model"] = {}
+        self._intervened: dict[tuple, "Model"] = {}
+        self._facts: dict[str, tuple] = {}  # tensor -> (shape, dtype) seen in a run, for intervention masks
+
+    def intervened(self, interventions, feeds) -> "Model":
+        """This model with ``interventions`` (reflrp.interventions) inserted; built once per spec set."""
+        from . import interventions as iv
+        if not interventions:
+            return self
+        iv.check_specs(self.graph, interventions)
+        key = iv.key_of(interventions)
+        if key not in self._intervened:
+            self._learn_facts([n for n in interventions if n not in self._facts], feeds)
+            shapes = {n: self._facts[n][0] for n in interventions}
+            dtypes = {n: self._facts[n][1] for n in interventions}
+            graph = iv.edited(self.graph, interventions, shapes, dtypes)
+            self._intervened[key] = Model(graph, self.source, self.sha256)
+        return self._intervened[key]
+
+    def _learn_facts(self, names, feeds) -> None:
+        """Shapes and dtypes of ``names`` in a plain run on ``feeds`` (inputs and constants directly)."""
+        inner = [n for n in names if n not in self.graph.initializers and n not in self.graph.input_names]
+        out = self.run(feeds, intermediates=inner) if inner else {}
+        for n in names:
+            value = feeds[n] if n in self.graph.input_names else self.graph.initializers.get(n, out.get(n))
+            value = np.asarray(value)
+            self._facts[n] = (tuple(value.shape), value.dtype)
 
     def for_feeds(self, feeds) -> "Model":
         """This model, or (when ``feeds`` override initializers the model lists as inputs, IR >= 4) the
@@ -59,7 +85,7 @@ class Model:
         return self._prepared[key]
 
     def run(self, feeds: Mapping[str, Any], dtype: Any = None, intermediates=(), device: str | None = None,
-            fast: bool | None = None) -> dict:
+            fast: bool | None = None, interventions: Mapping | None = None) -> dict:
         """Run the forward pass.
 
         Parameters
@@ -70,6 +96,8 @@ class Model:
         intermediates : names of inner tensors to return besides the graph outputs.
         device : None / ``"cpu"`` (numpy unless the feeds are cupy arrays) or ``"cuda"`` (cupy).
         fast : the speed layer (reflrp.fast); None: on unless ``REFLRP_FAST=0``. Same numbers.
+        interventions : ``{tensor name: spec}`` changes chosen units of tensors where they are produced
+            (reflrp.interventions: scale / set / zero / add, or a function).
 
         Returns
         -------
@@ -77,7 +105,10 @@ class Model:
         """
         if feeds is None or not isinstance(feeds, Mapping):
             raise FeedError(_run_usage(feeds, dtype))
-        return self.for_feeds(feeds)._run(feeds, dtype, intermediates, device, fast)
+        model = self.for_feeds(feeds)
+        if interventions:
+            model = model.intervened(interventions, feeds)
+        return model._run(feeds, dtype, intermediates, device, fast)
 
     def _run(self, feeds, dtype, intermediates, device, fast) -> dict:
         from . import fast as fast_layer

@@ -520,3 +520,17 @@ def _scatternd_vjp(xp, G, inputs, outputs, attrs, need):
     g = G[0]
     idx = tuple(xp.moveaxis(xp.asarray(inputs[1]), -1, 0))
     return [g if need[0] else None, None, g[(slice(None),) + idx] if need[2] else None]
+
+
+# ---- interventions (reflrp.interventions): a user function applied to a tensor ----
+
+@kernel("Apply", kind=K.CAST)
+def Apply(xp, x, fn=None, tensor=""):
+    from ..interventions import apply_function
+    return apply_function(xp, x, fn, tensor)
+
+
+@adjoint("Apply")
+def _apply_vjp(xp, G, inputs, outputs, attrs, need):
+    """Treated as the identity (reflrp cannot differentiate a user function)."""
+    return [G[0]]
