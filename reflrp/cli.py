@@ -229,6 +229,50 @@ def _class_names(model):
     return names if isinstance(names, list) else None
 
 
+def cmd_generate(args) -> int:
+    from .generate import generate
+    from .generation_view import generation_html
+    model = _load(args.model)
+    if args.text is None:
+        raise UserError("generate needs --text (and --tokenizer)")
+    feeds, tokens = _text_feeds(args, model)
+    ids = next(v for k, v in feeds.items() if "mask" not in k)
+    interventions = _steering(args.steer)
+    gen = generate(model, ids, args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                   top_k=args.top_k, seed=args.seed, interventions=interventions)
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(args.tokenizer)
+    words = [tok.id_to_token(int(i)) or f"#{int(i)}" for i in gen.tokens[0]]
+    print(" ".join(words[:gen.prompt_length]) + " >> " + " ".join(words[gen.prompt_length:]))
+    if args.explain or args.html:
+        matrix, att = gen.explain(preset=args.preset)
+        for k, r in enumerate(att.conservation):
+            top = np.argsort(-matrix[0, k])[:3]
+            print(f"  {words[gen.prompt_length + k]!r}: most relevant " +
+                  ", ".join(f"{words[j]!r} ({matrix[0, k, j]:+.3g})" for j in top) + f"; books {'ok' if r.ok else 'NOT OK'}")
+        if args.html:
+            Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.html).write_text(generation_html(words, matrix[0], gen.prompt_length,
+                                                       subtitle=f"{Path(args.model).name}, preset {args.preset}"))
+            print(f"wrote HTML: {args.html}")
+    return 0
+
+
+def _steering(specs):
+    """``--steer TENSOR:UNITS:SCALE`` (UNITS a comma list), repeatable."""
+    out = {}
+    for spec in specs or []:
+        parts = spec.rsplit(":", 2)
+        if len(parts) != 3:
+            raise UserError(f"--steer {spec!r}: use TENSOR:UNITS:SCALE, e.g. mlp_act:3,17:4.0")
+        try:
+            units, scale = [int(u) for u in parts[1].split(",") if u], float(parts[2])
+        except ValueError:
+            raise UserError(f"--steer {spec!r}: UNITS are comma-separated integers and SCALE a number") from None
+        out[parts[0]] = {"units": units, "scale": scale}
+    return out
+
+
 def cmd_plan(args) -> int:
     print(_load(args.model).plan(args.preset, epsilon=args.epsilon, wrt=_names(args.wrt),
                                  rules=_rules(args.rules)).table())
@@ -383,6 +427,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--strict", action="store_true", help="exit 1 when the relevance books do not close")
     _relevance_flags(e)
     e.set_defaults(func=cmd_explain)
+
+    gn = sub.add_parser("generate", help="generate text with a language-model export (and explain it)")
+    gn.add_argument("model", help="the ONNX file (with or without a KV cache)")
+    gn.add_argument("--text", help="the prompt")
+    gn.add_argument("--tokenizer", help="a tokenizer.json (tokenizers package)")
+    gn.add_argument("--max-new-tokens", type=int, default=8, help="how many tokens to generate (default 8)")
+    gn.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gn.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    gn.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    gn.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gn.add_argument("--steer", action="append", help="intervention TENSOR:UNITS:SCALE at every step (repeatable)")
+    gn.add_argument("--explain", action="store_true", help="explain every generated token (one relevance pass)")
+    gn.add_argument("--preset", default="attnlrp", help="rule preset for --explain (default attnlrp)")
+    gn.add_argument("--html", help="write the explained generation as interactive HTML")
+    gn.set_defaults(func=cmd_generate)
 
     pl = sub.add_parser("plan", help="print the role and rule of every node")
     pl.add_argument("model", help="the ONNX file")

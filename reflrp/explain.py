@@ -259,11 +259,13 @@ def _value_of(prep, checked, name, like):
 
 
 def _check_attributed_feeds(xp, checked, wrt) -> None:
+    # an empty batch explains to empty relevance, an empty cache to an empty array; only nothing at all fails
+    empty = [w for w in wrt if w in checked and 0 in checked[w].shape[1:]]
+    if empty and len(empty) == len(wrt):
+        raise FeedError(f"input {empty[0]!r} is attributed (wrt) but has an empty axis (shape "
+                        f"{tuple(checked[empty[0]].shape)}): nothing to explain")
     for w in wrt:
         v = checked.get(w)
-        if v is not None and 0 in v.shape[1:]:  # an empty batch explains to empty relevance; an empty axis is nothing
-            raise FeedError(f"input {w!r} is attributed (wrt) but has an empty axis (shape {tuple(v.shape)}): "
-                            "nothing to explain")
         if v is not None and is_float(v.dtype) and v.size and not bool(xp.isfinite(v.astype(np.float64, copy=False)).all()):
             raise FeedError(f"input {w!r} is attributed (wrt) but contains NaN or Inf; relevance of non-finite "
                             "values is undefined")
