@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from ..ops.grad import unbroadcast
+from ..ops.linalg import as_matrices
 
 
 def matmul(xp, a, b):
@@ -53,13 +54,7 @@ def matmul_vjp(xp, G, inputs, outputs, attrs, need):
     """The MatMul adjoint of reflrp.ops.linalg with faster products: the operand gradient against a
     weight matrix on the non-zero rows only, the weight gradient of a stack as one product per target."""
     A, B = inputs
-    g = G[0]
-    a = A[None, :] if A.ndim == 1 else A
-    b = B[:, None] if B.ndim == 1 else B
-    if B.ndim == 1:
-        g = g[..., None]
-    if A.ndim == 1:
-        g = xp.expand_dims(g, -2)
+    a, b, g = as_matrices(xp, A, B, G[0])
     k = g.shape[0]
     ga = gb = None
     if need[0]:

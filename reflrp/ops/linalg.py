@@ -24,17 +24,23 @@ def MatMul(xp, a, b):
     return _as(xp.matmul(a, b), a.dtype)
 
 
-@adjoint("MatMul")
-def _matmul_vjp(xp, G, inputs, outputs, attrs, need):
-    """``dA = G @ B^T``, ``dB = A^T @ G`` with numpy's matmul semantics (1-D operands, broadcast stacks)."""
-    A, B = inputs
-    g = G[0]
+def as_matrices(xp, A, B, g):
+    """numpy's matmul semantics made explicit: a 1-D first operand is a row, a 1-D second one a column,
+    and the output gradient ``g`` gets the matching unit axes back."""
     a = A[None, :] if A.ndim == 1 else A
     b = B[:, None] if B.ndim == 1 else B
     if B.ndim == 1:
         g = g[..., None]
     if A.ndim == 1:
         g = xp.expand_dims(g, -2)
+    return a, b, g
+
+
+@adjoint("MatMul")
+def _matmul_vjp(xp, G, inputs, outputs, attrs, need):
+    """``dA = G @ B^T``, ``dB = A^T @ G`` with numpy's matmul semantics (1-D operands, broadcast stacks)."""
+    A, B = inputs
+    a, b, g = as_matrices(xp, A, B, G[0])
     ga = gb = None
     if need[0]:
         ga = unbroadcast(xp, xp.matmul(g, xp.swapaxes(b, -1, -2)), a.shape).reshape((g.shape[0],) + A.shape)
