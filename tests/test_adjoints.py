@@ -51,6 +51,8 @@ PIECEWISE_CONSTANT = {"Ceil", "Floor", "Round", "Sign"}
 _QUANTIZED = "integer tensors in and out: no finite differences; their straight-through adjoints are tested in tests/test_quantized.py"
 NO_CASE: dict[str, str] = {op: _QUANTIZED for op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                                                       "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv")}
+# an intervention's user function: its adjoint is the identity by definition (reflrp.interventions)
+NO_CASE["Apply"] = "a user function (interventions): reflrp passes gradients through it unchanged, by definition"
 
 DIFFERENTIABLE = [op for op, rec in records().items() if rec.kind != kinds.CONSTANT]
 WORST: dict[str, float] = defaultdict(float)
