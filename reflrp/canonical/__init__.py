@@ -204,9 +204,9 @@ def canonicalize(graph: Graph) -> Graph:
     taken = set(graph.initializers) | {n.name for n in graph.nodes} | {o for n in graph.nodes for o in n.outputs}
     taken |= set(graph.input_names)
     nodes, initializers, expansions = [], dict(graph.initializers), dict(graph.expansions)
-    rewritten = {id(n) for n in todo}
+    rewritten = {n.name for n in todo}  # node names are unique (onnx_import makes them so)
     for node in graph.nodes:
-        if id(node) not in rewritten:
+        if node.name not in rewritten:
             nodes.append(node)
             continue
         emit = Emit(node, graph, statics, taken)
