@@ -204,7 +204,7 @@ def describe(result) -> str:
     return repr(result)[:200]
 
 
-def rel_err(a, b, floor: float = 1e-30) -> float:
+def finite_rel_err(a, b, floor: float = 1e-30) -> float:
     """max |a - b| over max |b| (at least ``floor``), finite elements of ``b`` only (NaN/Inf are
     compared by position where that matters: :func:`compare_arrays`)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -230,7 +230,7 @@ def compare_arrays(name: str, ours, ref) -> tuple | None:
     for what, f in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
         if not np.array_equal(f(o), f(r)):
             return "mismatch", f"{name}: {what} at {int(f(o).sum())} elements, onnxruntime {int(f(r).sum())}"
-    err = rel_err(o, r)
+    err = finite_rel_err(o, r)
     if err > FORWARD_RTOL.get(ref.dtype, 1e-5):
         return "mismatch", f"{name}: relative error {err:.3e} against onnxruntime"
     return None
@@ -282,7 +282,7 @@ def same_relevance(baseline: Callable[[], "reflrp.Attribution"], names=None, rto
         for w in names or base.wrt:
             if w not in att.relevance:
                 return "mismatch", f"no relevance at {w!r}"
-            err = rel_err(att.relevance[w], base.relevance[w])
+            err = finite_rel_err(att.relevance[w], base.relevance[w])
             if not err <= rtol:
                 return "mismatch", f"relevance at {w!r} differs from the equivalent call by {err:.3e}"
         return None

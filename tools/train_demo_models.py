@@ -98,9 +98,7 @@ def ort_logits(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return sess.run(["logits"], feeds)[0]
 
 
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+from reflrp.testing import rel_err  # noqa: E402  (the one relative error)
 
 
 def file_entry(path: Path) -> dict:
