@@ -7,12 +7,14 @@ from .explain import Attribution, ReflrpWarning, explain, gradient
 from .generate import Generation, generate
 from .memory import release_memory, set_allocator_policy
 from .model import InferenceSession, Model, load
+from .neurons import neuron_stats, neurons, reference_samples
 from .ops import supported_ops
 from .targets import contrastive
 
 from .version import __version__  # noqa: E402
 
-__all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "generate", "Generation", "contrastive", "Attribution",
+__all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "generate", "Generation", "contrastive", "neurons",
+           "neuron_stats", "reference_samples", "Attribution",
            "ReflrpWarning", "supported_ops", "set_allocator_policy", "release_memory", "ReflrpError",
            "ModelLoadError", "UnsupportedOpError", "GraphError", "FeedError", "KernelError", "TargetError",
            "RuleError", "__version__"]
