@@ -49,6 +49,7 @@ class OpRecord:
     output_is_float: Callable[[dict], bool] | None = None
     reads_shape_only: bool = False  # Shape, Size: the output depends on the input's shape, not its values
     decode_attrs: Callable | None = None  # (attrs, float policy, node) -> attrs as the kernel takes them
+    domain: str = ""  # "reflrp" for reflrp's own ops (an intervention's Apply), not ONNX's
 
     def kernel_for(self, opset: int) -> Kernel | None:
         usable = [fn for since, fn in self.versions if since <= opset]
@@ -132,8 +133,8 @@ def resolve(op_type: str, opset: int, node_label: str = "") -> Kernel:
 
 
 def supported_ops() -> dict[str, tuple[int, ...]]:
-    """Op type -> the opset versions at which reflrp's kernel for it changes."""
-    return {op: tuple(s for s, _ in rec.versions) for op, rec in sorted(_RECORDS.items())}
+    """ONNX op type -> the opset versions at which reflrp's kernel for it changes."""
+    return {op: tuple(s for s, _ in rec.versions) for op, rec in sorted(_RECORDS.items()) if not rec.domain}
 
 
 from . import elementwise, tensor, reduce, linalg, nn, quant  # noqa: E402,F401  (registration side effects)

@@ -524,7 +524,7 @@ def _scatternd_vjp(xp, G, inputs, outputs, attrs, need):
 
 # ---- interventions (reflrp.interventions): a user function applied to a tensor ----
 
-@kernel("Apply", kind=K.CAST)
+@kernel("Apply", kind=K.CAST, domain="reflrp")
 def Apply(xp, x, fn=None, tensor=""):
     from ..interventions import apply_function
     return apply_function(xp, x, fn, tensor)
