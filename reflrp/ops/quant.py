@@ -290,7 +290,7 @@ def _qlinear_conv_vjp(xp, G, inputs, outputs, attrs, need):
     """Straight-through the requantization, then ConvInteger's; the int32 bias gets the summed gradient."""
     x, x_scale, x_zp, w, w_scale, w_zp, y_scale = inputs[:7]
     m = multiplier(xp, x_scale, w_scale, y_scale).astype(np.float64).reshape(-1)
-    g = G[0] * m.reshape((1, -1) + (1,) * (G[0].ndim - 2)) if m.size > 1 else G[0] * m
+    g = G[0] * m.reshape((1, 1, -1) + (1,) * (G[0].ndim - 3)) if m.size > 1 else G[0] * m  # (K, N, C, ...)
     gx, gw = _conv_integer_vjp(xp, [g], [x, w, x_zp, w_zp], outputs, attrs, (need[0], need[3]))[:2]
     grads = [gx, None, None, gw, None, None, None, None]
     if len(inputs) > 8:
