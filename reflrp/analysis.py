@@ -258,6 +258,10 @@ def role_of(view: GraphView, node: Node, dyn: tuple[bool, ...], region_ends: set
     simple = {K.ACTIVATION: "activation", K.CAST: "activation", K.SUM: "linear", K.LINEAR: "linear",
               K.ROTARY: "rotary", K.MOVE: "move", K.SELECT: "select", K.LAYERNORM: "layernorm",
               K.RMSNORM: "rmsnorm", K.ATTENTION: "attention", K.NONLINEAR: "nonlinear"}
+    if kind == K.CONTROL:
+        return "control-flow", {}, ("control flow decided at run time: its subgraphs run in the forward, but "
+                                    "relevance has no rule through them (an If whose condition is known at "
+                                    "load is folded into its branch)")
     if kind == K.SOFTMAX:  # before opset 13 the softmax runs over the flattened trailing axes
         old = view.g.opset < 13
         return "softmax", {"axis": node.attrs.get("axis", 1 if old else -1), "flattened": old}, ""

@@ -314,7 +314,8 @@ KIND_ROLES = {"activation": ("activation",), "cast": ("activation",), "sum": ("l
               "product": ("activation", "region", "normalizer", "gate", "product"),
               "quotient": ("activation", "region", "normalizer"), "elementwise": ("activation",),
               "select": ("select",), "move": ("move",), "layernorm": ("layernorm",), "rmsnorm": ("rmsnorm",),
-              "softmax": ("softmax",), "attention": ("attention",), "nonlinear": ("nonlinear",), "constant": ()}
+              "softmax": ("softmax",), "attention": ("attention",), "nonlinear": ("nonlinear",),
+              "control": ("control-flow",), "constant": ()}
 
 
 def cmd_ops(args) -> int:

@@ -9,7 +9,9 @@ Usage:
 
 Sources are the committed models/<name>.onnx (same weights and reference inputs as the zoo), plus
 ``bert_ids``: the zoo's bert exported by the legacy exporter with input_ids / attention_mask /
-token_type_ids inputs, which is what the optimizer fuses into EmbedLayerNormalization and Attention.
+token_type_ids inputs, which is what the optimizer fuses into EmbedLayerNormalization and Attention, and
+``deberta``: a tiny DeBERTa-v2 (from a config, perturbed weights) by the legacy exporter, whose graph holds
+``If`` nodes deciding from shapes only (source only: reflrp folds them at load).
 Each result is written as .cache/deployed/<source>.<pipeline>.onnx when it is under 1 MB (results whose
 bytes equal an earlier pipeline's are recorded as duplicates, not written twice); the COMMITTED subset
 is copied to models/deployed/.
@@ -43,10 +45,11 @@ COMMITTED = {"bert": ("opt", "opt_fp16", "extended", "qdyn_u8", "qdq", "qdq_pc",
              "bert_legacy": ("opt", "opt99"), "bert_ids": ("source", "opt", "opt_fp16", "extended", "optimum_O2", "qdyn_u8", "qdq"),
              "gpt2": ("opt", "extended", "qdyn_s8rr", "qdq"), "vit": ("opt99", "all", "qdyn_u8", "nbits4s"),
              "llama": ("opt", "opt99", "extended", "fp16", "qdq_pc", "nbits4", "bf16"),
-             "cnn": ("extended", "all", "qdyn_u8", "qdq", "qdq_pc", "qop")}
+             "cnn": ("extended", "all", "qdyn_u8", "qdq", "qdq_pc", "qop"), "deberta": ("source",)}
 # source -> (optimizer model_type, num_heads, hidden_size)
 SOURCES = {"bert": ("bert", 4, 32), "bert_legacy": ("bert", 4, 32), "bert_ids": ("bert", 4, 32),
-           "gpt2": ("gpt2", 4, 32), "vit": ("vit", 4, 32), "llama": ("gpt2", 4, 32), "cnn": (None, 0, 0)}
+           "gpt2": ("gpt2", 4, 32), "vit": ("vit", 4, 32), "llama": ("gpt2", 4, 32), "cnn": (None, 0, 0),
+           "deberta": (None, 0, 0)}
 IDS_SEED = 4321
 
 
@@ -90,6 +93,33 @@ def export_bert_ids(path: Path) -> dict:
                                         "logits": {0: "batch"}})
     path.write_bytes(buf.getvalue())
     return {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
+
+
+def export_deberta(path: Path) -> dict:
+    """A tiny DeBERTa-v2 classifier (relative attention, p2c + c2p), legacy exporter, opset 17."""
+    import torch
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+    cfg = DebertaV2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=64, relative_attention=True,
+                          position_buckets=16, max_relative_positions=32, pos_att_type=["p2c", "c2p"], num_labels=3)
+    torch.manual_seed(IDS_SEED)
+    model = DebertaV2ForSequenceClassification(cfg).eval()
+    with torch.no_grad():  # perturb every parameter so biases and norms are not at their initial values
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(IDS_SEED)
+    ids = torch.randint(0, 64, (2, 7), generator=g)
+    mask = torch.ones(2, 7, dtype=torch.int64)
+    mask[1, 5:] = 0
+    buf = io.BytesIO()
+    axes = {0: "batch", 1: "seq"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids, mask), buf, dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}})
+    path.write_bytes(buf.getvalue())
+    return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
 
 
 def source_feeds(name: str) -> dict:
@@ -230,18 +260,18 @@ def entry_for(path: Path, source: str, pipeline: str, how: str) -> dict:
 
 
 def build_source(source: str, work: Path) -> list[dict]:
-    if source == "bert_ids":
-        src = WORK / "bert_ids.onnx"
-        feeds = export_bert_ids(src)
+    if source in ("bert_ids", "deberta"):
+        src = WORK / f"{source}.onnx"
+        feeds = (export_bert_ids if source == "bert_ids" else export_deberta)(src)
         (OUT / src.name).write_bytes(src.read_bytes())
     else:
         src, feeds = MODELS / f"{source}.onnx", source_feeds(source)
     save_npz(OUT / f"{source}.feeds.npz", feeds)
     entries, seen = [], {hashlib.sha256(src.read_bytes()).hexdigest(): "source"}
-    if source == "bert_ids":
+    if source in ("bert_ids", "deberta"):
         entries.append(entry_for(src, source, "source", "torch.onnx.export(dynamo=False, opset_version=17)"))
         entries[-1]["committed"] = True
-    jobs = pipelines(source, feeds)
+    jobs = pipelines(source, feeds) if source != "deberta" else []
     if source == "bert_ids":
         jobs += [(f"optimum_{lvl}", f"optimum-cli export onnx --task text-classification --optimize {lvl}",
                   lambda s, d, lvl=lvl: optimum_export(d, lvl)) for lvl in ("O1", "O2", "O3", "O4")]
@@ -346,7 +376,7 @@ def check(where: Path) -> list[dict]:
         source = entry["source"]
         feeds = dict(np.load(OUT / entry["feeds"]))
         if source not in source_rel:
-            src = MODELS / f"{source}.onnx" if source != "bert_ids" else OUT / "bert_ids.onnx"
+            src = OUT / f"{source}.onnx" if source in ("bert_ids", "deberta") else MODELS / f"{source}.onnx"
             source_rel[source] = input_relevance(reflrp.load(str(src)), feeds)[0]
         if entry["pipeline"] == "source":
             continue

@@ -143,4 +143,4 @@ def supported_ops() -> dict[str, tuple[int, ...]]:
     return {op: tuple(s for s, _ in rec.versions) for op, rec in sorted(_RECORDS.items())}
 
 
-from . import elementwise, tensor, reduce, linalg, nn, quant  # noqa: E402,F401  (registration side effects)
+from . import elementwise, tensor, reduce, linalg, nn, quant, control  # noqa: E402,F401  (registration side effects)
