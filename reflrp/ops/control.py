@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import to_numpy
 from ..graph import Graph, captured
 from . import kernel
 from . import kinds as K
@@ -50,7 +51,8 @@ def split_captured(args, **subgraphs):
 
 
 def flag(x) -> bool:
-    return bool(np.asarray(x).reshape(-1)[0])
+    """The value of a one-element condition (on the host: the branch is chosen there)."""
+    return bool(to_numpy(x).reshape(-1)[0])
 
 
 @kernel("If", kind=K.CONTROL, decode_attrs=bodies)
@@ -75,7 +77,7 @@ def Loop(xp, *args, body):
     own, outer = split_captured(args, body=body)
     M, cond, state = own[0], own[1], own[2:]
     captured = [outer[n] for n in body.outer]
-    trips = None if M is None else int(np.asarray(M).reshape(-1)[0])
+    trips = None if M is None else int(to_numpy(M).reshape(-1)[0])
     going = True if cond is None else flag(cond)
     scans: list[list] = [[] for _ in range(len(body.graph.outputs) - 1 - len(state))]
     i = 0
@@ -144,7 +146,7 @@ def Scan_8(xp, *args, body, num_scan_inputs, directions=None):
     captured = [outer[n] for n in body.outer]
     finals, outputs = [], []
     for b in range(xs[0].shape[0] if xs else state[0].shape[0]):
-        length = int(lens[b]) if lens is not None else xs[0].shape[1]
+        length = int(to_numpy(lens)[b]) if lens is not None else xs[0].shape[1]
         sequences = [x[b, :length][::-1] if reverse else x[b, :length] for x, reverse in zip(xs, dirs)]
         final, scans = scan_steps(xp, body, [s[b] for s in state], sequences, captured, length)
         finals.append(final)
