@@ -165,7 +165,8 @@ def test_scan_runs_like_onnxruntime(in_dir, out_dir, out_axis):
                        scan_output_directions=[out_dir])
     w = numpy_helper.from_array(np.array([1.0, -2.0], np.float32), "w")
     m = model([node], [vi("s0", F, [2]), vi("xs", F, [2, 5])], [vi("s_final"), vi("ys")], [w])
-    assert_runs_like_onnxruntime(m, {"s0": np.zeros(2, np.float32), "xs": RNG.standard_normal((2, 5)).astype(np.float32)})
+    xs = RNG.standard_normal((2, 5)).astype(np.float32)
+    assert_runs_like_onnxruntime(m, {"s0": np.zeros(2, np.float32), "xs": xs})
 
 
 def test_unsupported_op_inside_a_subgraph_is_refused_at_load_naming_where():

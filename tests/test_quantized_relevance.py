@@ -200,7 +200,8 @@ def test_qlinear_conv_bias_absorbs_its_share(explained):
     inits = {"sx": np.array(0.03, np.float32), "zx": np.array(128, np.uint8), "w": w, "ws": ws,
              "wz": np.zeros(3, np.int8), "sy": np.array(0.04, np.float32), "zy": np.array(110, np.uint8), "B": bias}
     nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
-             helper.make_node("QLinearConv", ["xq", "sx", "zx", "w", "ws", "wz", "sy", "zy", "B"], ["yq"], pads=[1, 1, 1, 1]),
+             helper.make_node("QLinearConv", ["xq", "sx", "zx", "w", "ws", "wz", "sy", "zy", "B"], ["yq"],
+                              pads=[1, 1, 1, 1]),
              helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["yc"]),
              helper.make_node("Flatten", ["yc"], ["y"])]
     feeds = {"x": RNG.standard_normal((2, 2, 4, 4)).astype(np.float32)}
@@ -226,7 +227,7 @@ DEPLOYED = Path(__file__).resolve().parents[1] / "models" / "deployed"
 MANIFEST = json.loads((DEPLOYED / "MANIFEST.json").read_text())["models"]
 QUANTIZED = [e for e in MANIFEST if e.get("committed") and e["pipeline"].startswith(("qdyn", "qdq", "nbits"))]
 # per-token Pearson r against the float32 source measured on the committed models (tools/make_deployed_models.py
-# --check writes the table): 0.96 .. 1.0; the bar leaves room for quantization error, not for a wrong rule
+# --check writes the table): 0.954 (cnn.qdq, per pixel) .. 1.0; the bar allows quantization error, not a wrong rule
 MIN_R = 0.95
 
 

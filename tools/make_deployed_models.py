@@ -45,7 +45,8 @@ MODELS, OUT, WORK = ROOT / "models", ROOT / "models" / "deployed", ROOT / ".cach
 MAX_BYTES = 1 << 20
 # the representative subset committed to models/deployed (every result stays in .cache/deployed)
 COMMITTED = {"bert": ("opt", "opt_fp16", "extended", "qdyn_u8", "qdq", "qdq_pc", "nbits4", "bf16"),
-             "bert_legacy": ("opt", "opt99"), "bert_ids": ("source", "opt", "opt_fp16", "extended", "optimum_O2", "qdyn_u8", "qdq"),
+             "bert_legacy": ("opt", "opt99"),
+             "bert_ids": ("source", "opt", "opt_fp16", "extended", "optimum_O2", "qdyn_u8", "qdq"),
              "gpt2": ("opt", "extended", "qdyn_s8rr", "qdq"), "vit": ("opt99", "all", "qdyn_u8", "nbits4s"),
              "llama": ("opt", "opt99", "extended", "fp16", "qdq_pc", "nbits4", "bf16"),
              "cnn": ("extended", "all", "qdyn_u8", "qdq", "qdq_pc", "qop"), "deberta": ("source",),
