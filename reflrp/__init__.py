@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .errors import (FeedError, GraphError, KernelError, ModelLoadError, ReflrpError, RuleError, TargetError,
                      UnsupportedOpError)
+from .deviation import Deviation, deviation
 from .explain import Attribution, ReflrpWarning, explain, gradient
 from .generate import Generation, generate
 from .memory import release_memory, set_allocator_policy
@@ -13,8 +14,8 @@ from .targets import contrastive
 
 from .version import __version__  # noqa: E402
 
-__all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "generate", "Generation", "contrastive", "neurons",
-           "neuron_stats", "reference_samples", "Attribution",
+__all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "deviation", "Deviation", "generate",
+           "Generation", "contrastive", "neurons", "neuron_stats", "reference_samples", "Attribution",
            "ReflrpWarning", "supported_ops", "set_allocator_policy", "release_memory", "ReflrpError",
            "ModelLoadError", "UnsupportedOpError", "GraphError", "FeedError", "KernelError", "TargetError",
            "RuleError", "__version__"]

@@ -68,14 +68,26 @@ def _relayout(node: Node | None) -> bool:
 
 def default_wrt(graph: Graph) -> tuple[str, ...]:
     """The tensors relevance is attributed to by default: every float graph input, and for token-id
-    inputs the output of the embedding Gather that reads them (a Gather from an initializer)."""
+    inputs the output of the embedding lookup that reads them: a data movement from a constant table
+    (an initializer, or computed from initializers alone, e.g. a dequantized table) indexed by the ids."""
     floats = [v.name for v in graph.inputs if v.dtype is not None and is_float(v.dtype)]
     ints = {v.name for v in graph.inputs if v.dtype is not None and v.dtype.kind in "iu"}
     ids = {n for n in ints if "input_ids" in n} or ints
+    constant = input_free(graph)
     embeddings = [node.outputs[0] for node in graph.nodes
-                  if kind_of(node) == K.MOVE and node.inputs[0] in graph.initializers
+                  if kind_of(node) == K.MOVE and len(node.inputs) > 1 and node.inputs[0] in constant
                   and _source_input(graph, node.inputs[1]) in ids]
     return tuple(embeddings) + tuple(floats)
+
+
+def input_free(graph: Graph) -> set:
+    """The tensors whose values depend on no graph input: initializers, and what nodes compute from
+    them alone (folded at load)."""
+    free = set(graph.initializers)
+    for node in graph.nodes:
+        if all(not i or i in free for i in node.inputs):
+            free.update(o for o in node.outputs if o)
+    return free
 
 
 def _source_input(graph: Graph, name: str) -> str | None:
@@ -238,9 +250,18 @@ def _from_softmax(view: GraphView, t: str) -> bool:
 def role_of(view: GraphView, node: Node, dyn: tuple[bool, ...], region_ends: set, structure: bool) -> tuple:
     """(role, facts, note) of a node a dynamic tensor reaches, from its kind and the graph around it."""
     kind, n = kind_of(node), sum(dyn)
+    rec = record(node.op_type)
+    if rec is not None and rec.quantizer:
+        return "activation", {}, "quantize→dequantize: identity"
+    if rec is not None and rec.centred is not None and kind == K.CONTRACTION and n == 1:
+        return "linear", {}, "integer product: epsilon on the zero-point-centred operands (x - x_zp)"
     simple = {K.ACTIVATION: "activation", K.CAST: "activation", K.SUM: "linear", K.LINEAR: "linear",
               K.ROTARY: "rotary", K.MOVE: "move", K.SELECT: "select", K.LAYERNORM: "layernorm",
               K.RMSNORM: "rmsnorm", K.ATTENTION: "attention", K.NONLINEAR: "nonlinear"}
+    if kind == K.CONTROL:
+        return "control-flow", {}, ("control flow decided at run time: its subgraphs run in the forward, but "
+                                    "relevance has no rule through them (an If whose condition is known at "
+                                    "load is folded into its branch)")
     if kind == K.SOFTMAX:  # before opset 13 the softmax runs over the flattened trailing axes
         old = view.g.opset < 13
         return "softmax", {"axis": node.attrs.get("axis", 1 if old else -1), "flattened": old}, ""

@@ -172,6 +172,10 @@ def cmd_explain(args) -> int:
     _print_attribution(args, model, feeds, tokens, att)
     if att.conservation is not None:
         print("\nconservation:\n" + att.conservation.text(top=4))
+    if _wants_deviation(args, model):
+        from .deviation import deviation
+        options = {k: v for k, v in _explain_options(args).items() if k not in ("dtype", "target", "preset")}
+        print("\n" + str(deviation(model, feeds, target=att.target, preset=args.preset, **options)))
     for path, what in ((args.html, "HTML"), (args.png, "PNG"), (args.out, "relevance")):
         if path:
             if what == "relevance":
@@ -181,6 +185,14 @@ def cmd_explain(args) -> int:
         print("reflrp: the relevance books do not close (--strict)", file=sys.stderr)
         return 1
     return 0
+
+
+def _wants_deviation(args, model) -> bool:
+    from .deviation import model_dtype
+    if args.deviation != "auto":
+        return args.deviation == "on"
+    own = model_dtype(model.graph)
+    return own.itemsize == 2 and _dtype(args.dtype) not in (None, str(own))
 
 
 def _print_attribution(args, model, feeds, tokens, att) -> None:
@@ -358,7 +370,8 @@ KIND_ROLES = {"activation": ("activation",), "cast": ("activation",), "sum": ("l
               "product": ("activation", "region", "normalizer", "gate", "product"),
               "quotient": ("activation", "region", "normalizer"), "elementwise": ("activation",),
               "select": ("select",), "move": ("move",), "layernorm": ("layernorm",), "rmsnorm": ("rmsnorm",),
-              "softmax": ("softmax",), "attention": ("attention",), "nonlinear": ("nonlinear",), "constant": ()}
+              "softmax": ("softmax",), "attention": ("attention",), "nonlinear": ("nonlinear",),
+              "control": ("control-flow",), "constant": ()}
 
 
 def cmd_ops(args) -> int:
@@ -425,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top", type=int, default=5, help="how many most relevant tokens/elements to print")
     e.add_argument("--no-color", action="store_true", help="no ANSI colours in the terminal heatmap")
     e.add_argument("--strict", action="store_true", help="exit 1 when the relevance books do not close")
+    e.add_argument("--deviation", choices=("auto", "on", "off"), default="auto",
+                   help="report how far the model's own float type deviates from float64 (reflrp.deviation; "
+                        "auto: for float16 / bfloat16 models explained in another dtype)")
     _relevance_flags(e)
     e.set_defaults(func=cmd_explain)
 

@@ -172,7 +172,7 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
         for i, ledger in enumerate(ledgers):
             chunk = slice(i * step, i * step + ledger.k)
             at_each = {w: run.formulas.totals(xp, relevance[w][chunk]) for w in plan.wrt}
-            reports += ledger.reports(run.formulas.totals(xp, seed[chunk]), at_each, str(np.dtype(dt)))
+            reports += ledger.reports(run.formulas.totals(xp, seed[chunk]), at_each, _books_precision(prep, dt))
     _warn_if_open(reports)
     many = targets is not None
     if not many:
@@ -249,6 +249,15 @@ def _joined(parts: list) -> dict:
     """The relevance of several target chunks, concatenated on the target axis (tensors every chunk has)."""
     names = set.intersection(*(set(p) for p in parts))
     return {n: namespace(None, [parts[0][n]]).concatenate([p[n] for p in parts], axis=0) for n in names}
+
+
+def _books_precision(prep, dt) -> str:
+    """The float type whose tolerance the books are held to: the policy's, else the narrowest float the
+    pass computes in (a float16 model with float32 inputs and outputs computes in float16 inside)."""
+    if prep.policy is not None:
+        return str(np.dtype(prep.policy))
+    floats = {np.dtype(v.dtype) for v in prep.constants.values() if is_float(v.dtype)} | {np.dtype(dt)}
+    return str(min(floats, key=lambda d: d.itemsize))
 
 
 def _value_of(prep, checked, name, like):

@@ -53,7 +53,7 @@ class Expansion:
 
 @dataclass(frozen=True)
 class Graph:
-    """A model graph in topological order. Immutable once built."""
+    """A model graph (or a control-flow op's subgraph) in topological order. Immutable once built."""
 
     nodes: tuple[Node, ...]
     inputs: tuple[ValueInfo, ...]
@@ -67,10 +67,13 @@ class Graph:
     expansions: Mapping[str, Expansion] = field(default_factory=dict, repr=False)  # by original node name
     value_info: Mapping[str, ValueInfo] = field(default_factory=dict, repr=False)  # the model's recorded types
     defaults: frozenset = frozenset()  # initializers also listed as graph inputs: feeds may override them
+    # a subgraph (If / Loop / Scan body): the enclosing scope's values it reads, listed last among its
+    # inputs; the node holding it takes them as extra trailing inputs, in this order
+    outer: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, nodes, inputs, outputs, initializers, opset, metadata=None, opsets=None,
-              expansions=None, value_info=None, defaults=frozenset()) -> "Graph":
+              expansions=None, value_info=None, defaults=frozenset(), outer=()) -> "Graph":
         ordered = topological_order(nodes, {v.name for v in inputs} | set(initializers))
         producer = {out: n for n in ordered for out in n.outputs if out}
         consumers: dict[str, list[Node]] = {}
@@ -84,7 +87,7 @@ class Graph:
                    MappingProxyType(producer), MappingProxyType({k: tuple(v) for k, v in consumers.items()}),
                    MappingProxyType(dict(metadata or {})), MappingProxyType(dict(opsets or {"": opset})),
                    MappingProxyType(dict(expansions or {})), MappingProxyType(dict(value_info or {})),
-                   frozenset(defaults))
+                   frozenset(defaults), tuple(outer))
 
     def overriding(self, names) -> "Graph":
         """This graph with the overridable initializers ``names`` turned into graph inputs."""
@@ -101,6 +104,12 @@ class Graph:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(v.name for v in self.outputs)
+
+
+def captured(attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The enclosing values a node's subgraph attributes read (anything with ``.outer``), in the order the
+    node takes them as trailing inputs: by attribute name, then each subgraph's own order."""
+    return tuple(dict.fromkeys(n for _, v in sorted(attrs.items()) if hasattr(v, "outer") for n in v.outer))
 
 
 def topological_order(nodes, available: set[str]) -> list[Node]:

@@ -214,10 +214,10 @@ def refuse_unsupported_nodes(graph: Graph) -> None:
     from .ops import supported_ops
     kernels = supported_ops()
     groups: dict[tuple[str, str, str], list[str]] = {}
-    for node in graph.nodes:
+    for node, where in _every_node(graph):
         why = _why_unsupported(node, graph.opset, kernels, graph.opsets)
         if why:
-            groups.setdefault((node.domain, node.op_type, why), []).append(node.name)
+            groups.setdefault((node.domain, node.op_type, why), []).append(where + node.name)
     if not groups:
         return
     count = sum(len(v) for v in groups.values())
@@ -227,6 +227,16 @@ def refuse_unsupported_nodes(graph: Graph) -> None:
         lines.append(f"  {op} (domain {domain!r}), {len(names)} node(s) {shown}: {why}")
     lines.append(f"Supported ops (default domain): {', '.join(kernels)}")
     raise UnsupportedOpError("\n".join(lines))
+
+
+def _every_node(graph: Graph, where: str = ""):
+    """(node, where) for the graph's nodes and, recursively, those of its subgraphs (If / Loop / Scan
+    bodies; ``where`` names the holding node and attribute)."""
+    for node in graph.nodes:
+        yield node, where
+        for attr, value in node.attrs.items():
+            if isinstance(value, Graph):
+                yield from _every_node(value, f"{where}{node.name}.{attr}/")
 
 
 def _why_unsupported(node, opset: int, kernels: Mapping[str, tuple[int, ...]], opset_of=None) -> str | None:

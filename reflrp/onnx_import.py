@@ -13,14 +13,14 @@ from onnx import helper, numpy_helper
 
 from .dtypes import UNSUPPORTED_TYPES, numpy_dtype
 from .errors import GraphError, ModelLoadError, UnsupportedOpError
-from .graph import Graph, Node, ValueInfo
+from .graph import Graph, Node, ValueInfo, captured
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass(frozen=True)
 class UndecodedAttribute:
-    """An attribute reflrp does not decode (a subgraph, a sparse tensor): ``reflrp.load`` refuses
+    """An attribute reflrp does not decode (a list of subgraphs, a sparse tensor): ``reflrp.load`` refuses
     its node, together with every other node it cannot run."""
 
     reason: str
@@ -87,6 +87,26 @@ def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
         initializers[t.name] = _tensor(t, base_dir)
     for t in g.sparse_initializer:
         raise UnsupportedOpError(f"sparse initializer {t.values.name!r} is not supported")
+    nodes = _nodes(g, base_dir, opset, opsets)
+    init_names = set(initializers)
+    _refuse_value_types([v for v in g.input if v.name not in init_names], g.output, g.value_info)
+    _refuse_input_types([v for v in g.input if v.name not in init_names])
+    inputs = tuple(_value_info(v) for v in g.input if v.name not in init_names)
+    outputs = tuple(_value_info(v) for v in g.output)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    value_info = {v.name: _value_info(v) for v in g.value_info}  # ranks and types the rewrites may need
+    if any(isinstance(v, Graph) for n in nodes for v in n.attrs.values()):  # If folding reads symbolic shapes
+        value_info.update(_inferred_shapes(model))
+    defaults = {v.name for v in g.input} & init_names  # IR >= 4: an initializer listed as input is a default
+    graph = Graph.build(nodes, inputs, outputs, initializers, opset, metadata, opsets, value_info=value_info,
+                        defaults=defaults)
+    check_against_schemas(model, graph)
+    return graph
+
+
+def _nodes(g: onnx.GraphProto, base_dir: str | None, opset: int, opsets: dict) -> list[Node]:
+    """The nodes of a graph, named uniquely, attributes decoded (subgraphs into :class:`Graph`). A node
+    holding subgraphs takes the enclosing values they read as extra trailing inputs (their ``outer``)."""
     nodes, seen = [], set()
     for i, n in enumerate(g.node):
         name = n.name or f"{n.op_type}_{i}"
@@ -95,20 +115,35 @@ def to_graph(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
         seen.add(name)
         # other domains (com.microsoft, ...) stay in the IR: reflrp.canonical rewrites them at load
         domain = "" if n.domain in DEFAULT_DOMAINS else n.domain
-        attrs = {a.name: _attribute(a, base_dir) for a in n.attribute}
-        nodes.append(Node(name, n.op_type, domain, tuple(n.input), tuple(n.output), attrs))
-    init_names = set(initializers)
-    _refuse_value_types([v for v in g.input if v.name not in init_names], g.output, g.value_info)
-    _refuse_input_types([v for v in g.input if v.name not in init_names])
-    inputs = tuple(_value_info(v) for v in g.input if v.name not in init_names)
-    outputs = tuple(_value_info(v) for v in g.output)
-    metadata = {p.key: p.value for p in model.metadata_props}
-    value_info = {v.name: _value_info(v) for v in g.value_info}  # ranks and types the rewrites may need
-    defaults = {v.name for v in g.input} & init_names  # IR >= 4: an initializer listed as input is a default
-    graph = Graph.build(nodes, inputs, outputs, initializers, opset, metadata, opsets, value_info=value_info,
-                        defaults=defaults)
-    check_against_schemas(model, graph)
-    return graph
+        attrs = {a.name: _attribute(a, base_dir, opset, opsets) for a in n.attribute}
+        nodes.append(Node(name, n.op_type, domain, tuple(n.input) + captured(attrs), tuple(n.output), attrs))
+    return nodes
+
+
+def _subgraph(g: onnx.GraphProto, base_dir: str | None, opset: int, opsets: dict) -> Graph:
+    """A control-flow body: its own inputs, then the enclosing scope's values it reads (``outer``)."""
+    initializers = {t.name: _tensor(t, base_dir) for t in g.initializer}
+    nodes = _nodes(g, base_dir, opset, opsets)
+    defined = {v.name for v in g.input} | set(initializers) | {o for n in nodes for o in n.outputs}
+    reads = [i for n in nodes for i in n.inputs if i] + [v.name for v in g.output]
+    outer = tuple(dict.fromkeys(r for r in reads if r not in defined))
+    inputs = tuple(_value_info(v) for v in g.input if v.name not in initializers)
+    inputs += tuple(ValueInfo(name, None, None) for name in outer)
+    return Graph.build(nodes, inputs, tuple(_value_info(v) for v in g.output), initializers, opset, opsets=opsets,
+                       outer=outer)
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, ValueInfo]:
+    """Shapes by onnx's shape inference with data propagation (symbolic dims it proves equal share a
+    name), from the model without its recorded value_info; {} where inference fails."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(bare, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:
+        return {}
+    return {v.name: _value_info(v) for v in inferred.graph.value_info if v.type.WhichOneof("value") == "tensor_type"}
 
 
 def check_against_schemas(model: onnx.ModelProto, graph: Graph) -> None:
@@ -181,7 +216,7 @@ def _schema_problem(node, schema, types: dict[str, int], any_type: bool = False)
         have = _type_str(types[name])
         if not any_type and have not in allowed and not (have in _FLOAT_TYPE_STRS and allowed & _FLOAT_TYPE_STRS):
             return f"input {i} ({name!r}) is {have}; {formal.name} takes {sorted(allowed)}"
-        if formal.type_str in constraints:
+        if formal.type_str in constraints and formal.is_homogeneous:  # Scan's, Loop's inputs are heterogeneous
             first = bound.setdefault(formal.type_str, types[name])
             if first != types[name]:
                 return (f"inputs bound to type {formal.type_str} differ: {_type_str(first)} and {have} "
@@ -213,7 +248,7 @@ def _tensor(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
         raise ModelLoadError(f"cannot read tensor {t.name!r}: {exc}") from None
 
 
-def _attribute(a: onnx.AttributeProto, base_dir: str | None) -> Any:
+def _attribute(a: onnx.AttributeProto, base_dir: str | None, opset: int = 0, opsets=None) -> Any:
     A = onnx.AttributeProto
     if a.type == A.TENSOR:
         return _tensor(a.t, base_dir)
@@ -221,8 +256,10 @@ def _attribute(a: onnx.AttributeProto, base_dir: str | None) -> Any:
         return a.s.decode("utf-8")
     if a.type == A.STRINGS:
         return [s.decode("utf-8") for s in a.strings]
-    if a.type in (A.GRAPH, A.GRAPHS):
-        return UndecodedAttribute(f"attribute {a.name!r} holds a subgraph (control flow is not supported)")
+    if a.type == A.GRAPH:
+        return _subgraph(a.g, base_dir, opset, opsets or {"": opset})
+    if a.type == A.GRAPHS:
+        return UndecodedAttribute(f"attribute {a.name!r} holds a list of subgraphs, which reflrp does not run")
     if a.type in (A.SPARSE_TENSOR, A.SPARSE_TENSORS):
         return UndecodedAttribute(f"sparse tensor attribute {a.name!r} is not supported")
     value = helper.get_attribute_value(a)

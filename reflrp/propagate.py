@@ -44,7 +44,8 @@ def _context(run: Pass, p, inflow) -> Context:
     rec = record(node.op_type)
     return Context(node, run.xp, run.eps, p.dynamic, step.attrs if step else dict(node.attrs), p.info,
                    step.fn if step else None, step.adjoint if step else None,
-                   rec.addend_inputs(len(node.inputs)) if rec else (), run.formulas, inflow)
+                   rec.addend_inputs(len(node.inputs)) if rec else (), run.formulas, inflow,
+                   rec.centred if rec else None)
 
 
 def _node(run: Pass, p, values, relevance, ledger) -> None:

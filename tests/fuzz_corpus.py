@@ -2024,16 +2024,19 @@ def _typed_init_model(elem: int, values: np.ndarray, opset: int) -> bytes:
 
 
 def types_cases(rng) -> Iterator[Case]:
-    """Element and container types (issue 9 item 3): sequences, optionals, strings, complex, control
-    flow, custom domains and sparse initializers are an UnsupportedOpError naming the value or op at
-    load; bfloat16, float8 and int4 initializers and feeds run with onnx's rounding (ml_dtypes), equal
+    """Element and container types (issue 9 item 3): sequences, optionals, strings, complex, custom
+    domains and sparse initializers are an UnsupportedOpError naming the value or op at load; control
+    flow decided at run time runs, and explaining through it is a RuleError naming the node; bfloat16, float8 and int4 initializers and feeds run with onnx's rounding (ml_dtypes), equal
     to onnxruntime (or onnx's reference where onnxruntime lacks the kernel); external data from
     bytes is a ModelLoadError."""
     unsupported = {"sequence_input": "s", "optional_input": "o", "sequence_op": "Sequence",
-                   "complex_init": "c", "if_subgraph": "If|branch", "custom_domain": "com.example", "sparse_init": "w"}
+                   "complex_init": "c", "custom_domain": "com.example", "sparse_init": "w"}
     for kind, match in unsupported.items():
         yield Case(f"types/{kind}", "types", lambda ws, k=kind: {"model": _seq_model(k)},
                    lambda s: reflrp.load(s["model"]), raises(UnsupportedOpError, match=match))
+    yield Case("types/if_subgraph", "types", lambda ws: {"model": _seq_model("if_subgraph")},
+               lambda s: reflrp.explain(s["model"], {"x": np.ones((2, 3), np.float32)}),
+               raises(RuleError, match="'branch' \\(If\\)"))
     # strings are values numpy holds: Identity / Equal of strings run (the ONNX node suite has such cases)
     yield Case("types/string_input", "types", lambda ws: {"model": _seq_model("string_input")},
                lambda s: reflrp.load(s["model"]), either(lambda model: None, UnsupportedOpError, match="t"))

@@ -53,6 +53,8 @@ NO_CASE: dict[str, str] = {op: _QUANTIZED for op in ("QuantizeLinear", "Dequanti
                                                       "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv")}
 # an intervention's user function: its adjoint is the identity by definition (reflrp.interventions)
 NO_CASE["Apply"] = "a user function (interventions): reflrp passes gradients through it unchanged, by definition"
+NO_CASE.update({op: "control flow: no adjoint (explaining through it is a RuleError, tests/test_control_flow.py)"
+                for op in ("If", "Loop", "Scan")})
 
 DIFFERENTIABLE = [op for op, rec in records().items() if rec.kind != kinds.CONSTANT]
 WORST: dict[str, float] = defaultdict(float)
@@ -155,11 +157,11 @@ def test_fast_adjoints_match_finite_differences(op):
 @pytest.mark.parametrize("op", sorted(records()))
 def test_every_version_has_an_adjoint_and_a_case(op):
     """Non-constant ops have an adjoint at every registered version, and a case runs each version;
-    constant ops have none."""
+    constant ops and control flow (If / Loop / Scan: no gradient, no rule) have none."""
     rec = record(op)
     for since, _ in rec.versions:
-        if rec.kind == kinds.CONSTANT:
-            assert rec.adjoint_for(since) is None, f"{op} is constant but has an adjoint"
+        if rec.kind in (kinds.CONSTANT, kinds.CONTROL):
+            assert rec.adjoint_for(since) is None, f"{op} is {rec.kind} but has an adjoint"
             continue
         assert rec.adjoint_for(since) is not None, f"{op} (version {since}) has no adjoint"
         if op not in NO_CASE:

@@ -433,7 +433,8 @@ CASE_OPS = {("", "SimplifiedLayerNormalization"), ("", "LayerNormalization"), ("
                         "RotaryEmbedding", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
                         "QuantizeLinear", "DequantizeLinear")}
 UNTESTED = {(MS, "TransposeMatMul"), (MS, "SimplifiedLayerNormalization"), (MS, "LayerNormalization"),
-            ("com.microsoft.nchwc", "GlobalMaxPool")}  # aliases of tested rewrites
+            ("com.microsoft.nchwc", "GlobalMaxPool"),  # aliases of tested rewrites
+            ("", "If")}  # folding an If: tests/test_control_flow.py
 
 
 def test_every_rewrite_has_a_case():
@@ -468,7 +469,7 @@ def test_unsupported_attribute_is_refused_naming_the_node():
 
 DEPLOYED = Path(__file__).resolve().parents[1] / "models" / "deployed"
 MANIFEST = json.loads((DEPLOYED / "MANIFEST.json").read_text())["models"]
-FP32_OPTIMIZED = ("opt", "opt0", "opt99", "extended", "all", "optimum_O2")
+FP32_OPTIMIZED = ("opt", "opt0", "opt99", "extended", "all", "optimum_O2", "genai_opt")
 FLOAT_MODELS = [e for e in MANIFEST if e.get("committed") and e["pipeline"] in FP32_OPTIMIZED + ("opt_fp16", "fp16")]
 
 
@@ -479,7 +480,9 @@ def deployed_feeds(entry, graph):
 
 
 def source_path(entry):
-    return DEPLOYED / "bert_ids.onnx" if entry["source"] == "bert_ids" else DEPLOYED.parent / f"{entry['source']}.onnx"
+    """The fp32 source: the zoo's model, or one exported for the deployments (bert_ids, llama_kv, ...)."""
+    own = DEPLOYED / f"{entry['source']}.onnx"
+    return own if own.exists() else DEPLOYED.parent / f"{entry['source']}.onnx"
 
 
 @pytest.mark.parametrize("entry", FLOAT_MODELS, ids=lambda e: e["file"])

@@ -5,7 +5,8 @@ A rewrite is one small function per op, registered with :func:`rewrites` under `
 it reads the original node through an :class:`Emit` and emits core nodes and new initializers, like
 an ONNX function body. :func:`canonicalize` applies every registered rewrite and records on the graph
 which nodes replaced which (``graph.expansions``), so the plan can show an original node next to its
-expansion. The replacement nodes are named ``<original name>/<k>_<op>``; the last ones write the
+expansion. A rewrite that returns False leaves its node as it is (an If whose condition is not known at
+load). The replacement nodes are named ``<original name>/<k>_<op>``; the last ones write the
 original output names, so the rest of the graph is untouched.
 """
 from __future__ import annotations
@@ -140,6 +141,13 @@ class Emit:
         self.nodes.append(Node(name, op_type, "", tuple(inputs), outs, attrs))
         return outs[0] if len(outs) == 1 else outs
 
+    def copy(self, node: Node, inputs) -> tuple:
+        """``node`` (any op and domain, attributes unchanged) reading ``inputs``, with fresh output names."""
+        name = self._fresh(node.op_type)
+        outs = tuple(f"{name}:{i}" if o else "" for i, o in enumerate(node.outputs))
+        self.nodes.append(Node(name, node.op_type, node.domain, tuple(inputs), outs, node.attrs))
+        return outs
+
     def to(self, value: str, out: str) -> str:
         """``value`` under the name ``out`` (an Identity when the original output is used)."""
         return self.op("Identity", value, outputs=out) if out else value
@@ -211,7 +219,9 @@ def canonicalize(graph: Graph) -> Graph:
             continue
         emit = Emit(node, graph, statics, taken)
         try:
-            _REWRITES[(node.domain, node.op_type)][0](emit)
+            if _REWRITES[(node.domain, node.op_type)][0](emit) is False:  # the rewrite does not apply here
+                nodes.append(node)
+                continue
         except ReflrpError:
             raise
         except Exception as exc:  # a rewrite that trips over unexpected input: name the node
@@ -220,7 +230,7 @@ def canonicalize(graph: Graph) -> Graph:
         initializers.update(emit.initializers)
         expansions[node.name] = Expansion(node, tuple(n.name for n in emit.nodes))
     return Graph.build(nodes, graph.inputs, graph.outputs, initializers, graph.opset, graph.metadata,
-                       graph.opsets, expansions, graph.value_info, graph.defaults)
+                       graph.opsets, expansions, graph.value_info, graph.defaults, graph.outer)
 
 
-from . import activations, attention, linear, norms  # noqa: E402,F401  (registration side effects)
+from . import activations, attention, control, linear, norms  # noqa: E402,F401  (registration side effects)

@@ -8,11 +8,19 @@ drops masked logits (-inf).
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from . import Emit, rewrites
 
 I64 = np.int64
+
+
+def mask_fill(e: Emit, like: str) -> float:
+    """``mask_filter_value`` (default -10000), saturated to the data's float type: float32's lowest value
+    in a float16 model is float16's lowest (-65504), not -inf, so a fully masked row stays finite."""
+    fill = float(e.attr("mask_filter_value", -10000.0))
+    return max(fill, float(ml_dtypes.finfo(e.float_type(like)).min))
 
 
 def heads(e: Emit, x: str, n: int | str) -> str:
@@ -125,7 +133,7 @@ def attention(e: Emit):
         v4 = with_past(e, v4, e.op("Gather", past, e.const(np.array(1, I64)), axis=0))
     if e.output(1):
         e.op("Concat", e.unsqueeze(k4, [0]), e.unsqueeze(v4, [0]), axis=0, outputs=e.output(1))
-    fill = float(e.attr("mask_filter_value", -10000.0))
+    fill = mask_fill(e, w)
     scale = e.attr("scale")
     scale = head_scale(e, q4, scale if scale is not None else 1 / np.sqrt(sizes[0] // n), w)
     bias = add_all(e, extra, padding_bias(e, mask, q4, k4, fill, w) if mask else "",
@@ -157,7 +165,7 @@ def multi_head_attention(e: Emit):
         e.to(k4, e.output(1))
     if e.output(2):
         e.to(v4, e.output(2))
-    fill = float(e.attr("mask_filter_value", -10000.0))
+    fill = mask_fill(e, b or past_k)
     bias = add_all(e, extra, padding_bias(e, mask, q4, k4, fill, b or past_k) if mask else "",
                    causal_bias(e, q4, k4, fill, b) if e.attr("unidirectional", 0) else "")
     attend(e, q4, k4, v4, head_scale(e, q4, e.attr("scale"), b), bias, e.output(0))

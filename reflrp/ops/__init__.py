@@ -34,7 +34,12 @@ class OpRecord:
     normalizer statistic is computed by such ops). ``elementwise``: each output element depends only on
     the input elements at the same (broadcast) position. ``relevant_outputs``: how many leading outputs
     carry relevance (Dropout's mask, LayerNormalization's statistics do not); None: all.
-    ``output_is_float``: for ops whose output type is an attribute (Cast), whether it is a float."""
+    ``output_is_float``: for ops whose output type is an attribute (Cast), whether it is a float.
+    ``quantizer``: maps values onto or off an integer grid (QuantizeLinear, DequantizeLinear): a cast
+    that keeps the values up to rounding. ``centred``: integer arithmetic (MatMulInteger, ConvInteger,
+    QLinearMatMul, QLinearConv): ``(xp, inputs, outputs, attrs, dtype) -> (inputs, outputs)`` with the
+    integer operands and outputs replaced by the numbers they stand for, zero points subtracted, in
+    ``dtype``: the ``x_i`` and ``z`` a rule's formula reads (the adjoint centres them itself)."""
 
 
     op_type: str
@@ -50,6 +55,8 @@ class OpRecord:
     reads_shape_only: bool = False  # Shape, Size: the output depends on the input's shape, not its values
     decode_attrs: Callable | None = None  # (attrs, float policy, node) -> attrs as the kernel takes them
     domain: str = ""  # "reflrp" for reflrp's own ops (an intervention's Apply), not ONNX's
+    quantizer: bool = False
+    centred: Callable | None = None
 
     def kernel_for(self, opset: int) -> Kernel | None:
         usable = [fn for since, fn in self.versions if since <= opset]
@@ -137,4 +144,4 @@ def supported_ops() -> dict[str, tuple[int, ...]]:
     return {op: tuple(s for s, _ in rec.versions) for op, rec in sorted(_RECORDS.items()) if not rec.domain}
 
 
-from . import elementwise, tensor, reduce, linalg, nn, quant  # noqa: E402,F401  (registration side effects)
+from . import elementwise, tensor, reduce, linalg, nn, quant, control  # noqa: E402,F401  (registration side effects)

@@ -22,6 +22,7 @@ softmax    Softmax
 attention  the fused Attention op
 rotary     the fused RotaryEmbedding op
 nonlinear  differentiable, but no relevance rule is defined (LogSoftmax, ReduceL2, ...)
+control    control flow that runs subgraphs (If, Loop, Scan): no adjoint, no relevance rule
 constant   outputs carry no relevance: shapes, comparisons, logic, indices, constants
 ========== =====================================================================================
 """
@@ -43,9 +44,10 @@ SOFTMAX = "softmax"
 ATTENTION = "attention"
 ROTARY = "rotary"
 NONLINEAR = "nonlinear"
+CONTROL = "control"
 CONSTANT = "constant"
 
 ALL = (ACTIVATION, CAST, SUM, PRODUCT, QUOTIENT, ELEMENTWISE, SELECT, CONTRACTION, LINEAR, MOVE, LAYERNORM,
-       RMSNORM, SOFTMAX, ATTENTION, ROTARY, NONLINEAR, CONSTANT)
+       RMSNORM, SOFTMAX, ATTENTION, ROTARY, NONLINEAR, CONTROL, CONSTANT)
 # kinds whose ops are elementwise unless a record says otherwise
 ELEMENTWISE_KINDS = frozenset({ACTIVATION, CAST, SUM, PRODUCT, QUOTIENT, ELEMENTWISE})

@@ -64,7 +64,7 @@ def output_type(zero_point, output_dtype: int) -> np.dtype:
     return np.dtype(np.uint8)
 
 
-@kernel("QuantizeLinear", since=10, kind=K.CAST)
+@kernel("QuantizeLinear", since=10, kind=K.CAST, quantizer=True)
 def QuantizeLinear(xp, x, y_scale, y_zero_point=None, axis=1, block_size=0, output_dtype=0, saturate=1,
                    precision=0):
     """``y = saturate(round_half_even(x / y_scale) + y_zero_point)``; float8: ``cast(x / y_scale)``,
@@ -89,7 +89,7 @@ def saturated(xp, q, lo: int, hi: int):
     return xp.clip(xp.where(xp.isnan(q), lo, q), lo, hi)
 
 
-@kernel("DequantizeLinear", since=10, kind=K.CAST)
+@kernel("DequantizeLinear", since=10, kind=K.CAST, quantizer=True)
 def DequantizeLinear(xp, x, x_scale, x_zero_point=None, axis=1, block_size=0, output_dtype=0, precision=0):
     """``y = (x - x_zero_point) * x_scale`` in the scale's float type (float8: ``x`` as a float)."""
     scale = along(xp, x_scale, x, axis, block_size)
@@ -99,7 +99,7 @@ def DequantizeLinear(xp, x, x_scale, x_zero_point=None, axis=1, block_size=0, ou
     return values * scale
 
 
-@kernel("DynamicQuantizeLinear", since=11, kind=K.CAST, relevant_outputs=1)
+@kernel("DynamicQuantizeLinear", since=11, kind=K.CAST, relevant_outputs=1, quantizer=True)
 def DynamicQuantizeLinear(xp, x):
     """uint8 quantization of ``x`` with ``scale = (max(x, 0) - min(x, 0)) / 255`` and
     ``zero_point = saturate(round(-min(x, 0) / scale))`` (float32, as the spec types them)."""
@@ -125,7 +125,48 @@ def centered(xp, a, zero_point, axis: int):
     return values - z
 
 
-@kernel("MatMulInteger", since=10, kind=K.NONLINEAR)
+def numbers(operands, before_rounding=None):
+    """The ``centred`` fact of an integer product (see :class:`reflrp.ops.OpRecord`): ``operands`` lists
+    ``(input, input holding its zero point or None, zero point axis)``; the output is the int32
+    accumulator, or for a requantizing op ``before_rounding(xp, inputs, attrs)``: its output before
+    rounding, ``acc * a_scale b_scale / y_scale`` (the rounding and saturation are straight-through)."""
+    def centred_values(xp, inputs, outputs, attrs, dtype):
+        xs = list(inputs)
+        for i, z, axis in operands:
+            if i < len(inputs) and inputs[i] is not None:
+                zp = inputs[z] if z is not None and z < len(inputs) else None
+                xs[i] = centered(xp, inputs[i], zp, axis).astype(dtype)
+        y = as_int(xp, outputs[0]) if before_rounding is None else before_rounding(xp, inputs, attrs)
+        return xs, [y.astype(dtype)] + list(outputs[1:])
+    return centred_values
+
+
+def on_axis(m, ndim: int, axis: int):
+    """A per-tensor or per-channel (1-D) multiplier shaped to broadcast along ``axis`` of a rank-``ndim`` array."""
+    if m.ndim == 1 and m.size > 1:
+        shape = [1] * ndim
+        shape[axis] = -1
+        return m.reshape(shape)
+    return m.reshape(())
+
+
+def qlinear_matmul_unrounded(xp, inputs, attrs):
+    """``(a - a_zp) @ (b - b_zp) * (a_scale b_scale / y_scale)``: QLinearMatMul before rounding."""
+    a, a_scale, a_zp, b, b_scale, b_zp, y_scale = inputs[:7]
+    acc = as_int(xp, MatMulInteger(xp, a, b, a_zp, b_zp))
+    return acc * on_axis(multiplier(xp, a_scale, b_scale, y_scale).astype(np.float64).reshape(-1), acc.ndim, -1)
+
+
+def qlinear_conv_unrounded(xp, inputs, attrs):
+    """``(Conv(x - x_zp, w - w_zp) + B) * (x_scale w_scale / y_scale)``: QLinearConv before rounding."""
+    x, x_scale, x_zp, w, w_scale, w_zp, y_scale = inputs[:7]
+    acc = as_int(xp, ConvInteger(xp, x, w, x_zp, w_zp, **attrs))
+    if len(inputs) > 8 and inputs[8] is not None:
+        acc = acc + as_int(xp, inputs[8]).reshape((1, -1) + (1,) * (acc.ndim - 2))
+    return acc * on_axis(multiplier(xp, x_scale, w_scale, y_scale).astype(np.float64).reshape(-1), acc.ndim, 1)
+
+
+@kernel("MatMulInteger", since=10, kind=K.CONTRACTION, centred=numbers(((0, 2, -2), (1, 3, -1))))
 def MatMulInteger(xp, A, B, a_zero_point=None, b_zero_point=None):
     """``(A - a_zero_point) @ (B - b_zero_point)`` exactly, as int32 (per-row / per-column zero points)."""
     a = centered(xp, A, a_zero_point, -2)
@@ -133,7 +174,7 @@ def MatMulInteger(xp, A, B, a_zero_point=None, b_zero_point=None):
     return xp.matmul(a, b).astype(np.int32)
 
 
-@kernel("ConvInteger", since=10, kind=K.NONLINEAR)
+@kernel("ConvInteger", since=10, kind=K.CONTRACTION, centred=numbers(((0, 2, 1), (1, 3, 0))))
 def ConvInteger(xp, x, w, x_zero_point=None, w_zero_point=None, **conv):
     """``Conv(x - x_zero_point, w - w_zero_point)`` exactly, as int32 (padding holds the zero point)."""
     wc = centered(xp, w, w_zero_point, 0)
@@ -143,11 +184,7 @@ def ConvInteger(xp, x, w, x_zero_point=None, w_zero_point=None, **conv):
 def requantize(xp, acc, multiplier, zero_point, axis: int):
     """``saturate(round_half_even(acc * multiplier) + zero_point)`` in float32 (MLAS's requantization)."""
     target = np.dtype(zero_point.dtype) if zero_point is not None else np.dtype(np.uint8)
-    m = multiplier.astype(np.float32)
-    if m.ndim == 1 and m.size > 1:
-        shape = [1] * acc.ndim
-        shape[axis] = -1
-        m = m.reshape(shape)
+    m = on_axis(multiplier.astype(np.float32), acc.ndim, axis)
     y = xp.rint(acc.astype(np.float32) * m)
     if zero_point is not None:
         y = y + float(as_int(xp, zero_point).reshape(-1)[0])
@@ -161,13 +198,15 @@ def multiplier(xp, a_scale, b_scale, y_scale):
     return (xp.asarray(a_scale).astype(f) * xp.asarray(b_scale).astype(f)) / xp.asarray(y_scale).astype(f)
 
 
-@kernel("QLinearMatMul", since=10, kind=K.NONLINEAR)
+@kernel("QLinearMatMul", since=10, kind=K.CONTRACTION,
+        centred=numbers(((0, 2, -2), (3, 5, -1)), qlinear_matmul_unrounded))
 def QLinearMatMul(xp, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
     acc = MatMulInteger(xp, a, b, a_zero_point, b_zero_point)
     return requantize(xp, acc, multiplier(xp, a_scale, b_scale, y_scale).reshape(-1), y_zero_point, -1)
 
 
-@kernel("QLinearConv", since=10, kind=K.NONLINEAR)
+@kernel("QLinearConv", since=10, kind=K.CONTRACTION, addends=(8,),
+        centred=numbers(((0, 2, 1), (3, 5, 0), (8, None, 0)), qlinear_conv_unrounded))
 def QLinearConv(xp, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None, **conv):
     acc = ConvInteger(xp, x, w, x_zero_point, w_zero_point, **conv)
     if B is not None:
@@ -251,7 +290,7 @@ def _qlinear_conv_vjp(xp, G, inputs, outputs, attrs, need):
     """Straight-through the requantization, then ConvInteger's; the int32 bias gets the summed gradient."""
     x, x_scale, x_zp, w, w_scale, w_zp, y_scale = inputs[:7]
     m = multiplier(xp, x_scale, w_scale, y_scale).astype(np.float64).reshape(-1)
-    g = G[0] * m.reshape((1, -1) + (1,) * (G[0].ndim - 2)) if m.size > 1 else G[0] * m
+    g = G[0] * m.reshape((1, 1, -1) + (1,) * (G[0].ndim - 3)) if m.size > 1 else G[0] * m  # (K, N, C, ...)
     gx, gw = _conv_integer_vjp(xp, [g], [x, w, x_zp, w_zp], outputs, attrs, (need[0], need[3]))[:2]
     grads = [gx, None, None, gw, None, None, None, None]
     if len(inputs) > 8:

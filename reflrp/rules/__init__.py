@@ -38,6 +38,14 @@ class Context:
     addends: tuple[int, ...] = ()
     f: Any = formulas
     inflow: Any = 0.0  # per target: the relevance that arrived at the node's outputs (the ledger's mass)
+    centred: Callable | None = None  # integer arithmetic: the op record's ``centred`` fact
+
+    def operands(self, inputs, outputs, dtype):
+        """The ``x_i`` and ``z`` a formula reads: the node's values, or for integer arithmetic the
+        numbers they stand for (zero points subtracted, in ``dtype``; the op record's ``centred``)."""
+        if self.centred is None:
+            return list(inputs), list(outputs)
+        return self.centred(self.xp, list(inputs), list(outputs), self.attrs, dtype)
 
     def vjp(self, inputs, outputs, G, need):
         """The op's vector-Jacobian product: one gradient per input where ``need`` (else None)."""

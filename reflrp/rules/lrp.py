@@ -18,11 +18,16 @@ def _dynamic_or_addend(ctx):
 @rule("epsilon")
 def epsilon_rule(ctx, inputs, outputs, R_out):
     """LRP-epsilon (Bach et al. 2015) on an op that is linear in its dynamic input(s):
-    ``G = R_y / stab(y)``, ``R_i = x_i * vjp_i(G)``; a constant summand (bias) absorbs ``x_c * vjp_c(G)``."""
-    R, y = R_out[0], outputs[0]
+    ``G = R_y / stab(y)``, ``R_i = x_i * vjp_i(G)``; a constant summand (bias) absorbs ``x_c * vjp_c(G)``.
+    On integer arithmetic (MatMulInteger, ...) ``x_i`` and ``y`` are the zero-point-centred integers
+    (``x - x_zp``): with eps = 0 that is the rule on the layer with dequantized operands, whose scales
+    cancel in ``x_i / y``; eps is then in accumulator units."""
+    R = R_out[0]
+    xs, ys = ctx.operands(inputs, outputs, R.dtype)
+    y = ys[0]
     G = ctx.ratio(R, y)
     grads = ctx.vjp(inputs, outputs, [G], _dynamic_or_addend(ctx))
-    parts = [ctx.times(x, g) if g is not None else None for x, g in zip(inputs, grads)]
+    parts = [ctx.times(x, g) if g is not None else None for x, g in zip(xs, grads)]
     return Result(parts, loss=ctx.inflow - ctx.passed(y, G))
 
 
@@ -30,11 +35,13 @@ def epsilon_rule(ctx, inputs, outputs, R_out):
 def bilinear_uniform_rule(ctx, inputs, outputs, R_out):
     """AttnLRP's uniform rule on a product of n dynamic operands (``Q @ K^T``, ``A @ V``; Achtibat et al.
     2024, Prop. 3.3): each gets ``1/n``: ``G = R_y / (n stab(y))``, ``R_i = x_i * vjp_i(G)``."""
-    R, y = R_out[0], outputs[0]
+    R = R_out[0]
+    xs, ys = ctx.operands(inputs, outputs, R.dtype)
+    y = ys[0]
     n = sum(ctx.dynamic)
     G = ctx.ratio(R, y) / R.dtype.type(n)
     grads = ctx.vjp(inputs, outputs, [G], ctx.dynamic)
-    parts = [ctx.times(x, g) if g is not None else None for x, g in zip(inputs, grads)]
+    parts = [ctx.times(x, g) if g is not None else None for x, g in zip(xs, grads)]
     return Result(parts, loss=ctx.inflow - n * ctx.passed(y, G))
 
 
@@ -42,11 +49,13 @@ def bilinear_uniform_rule(ctx, inputs, outputs, R_out):
 def bilinear_cp_rule(ctx, inputs, outputs, R_out):
     """CP-LRP (Ali et al. 2022) on ``A @ V``: the attention weights A are held constant, so the product
     is linear in V: ``R_V = V * vjp_V(R_y / stab(y))``; A gets nothing."""
-    R, y = R_out[0], outputs[0]
+    R = R_out[0]
+    xs, ys = ctx.operands(inputs, outputs, R.dtype)
+    y = ys[0]
     keep = ctx.info["values"]
     G = ctx.ratio(R, y)
     grads = ctx.vjp(inputs, outputs, [G], [i == keep for i in range(len(inputs))])
-    parts = [ctx.times(x, g) if g is not None else None for x, g in zip(inputs, grads)]
+    parts = [ctx.times(x, g) if g is not None else None for x, g in zip(xs, grads)]
     return Result(parts, loss=ctx.inflow - ctx.passed(y, G))
 
 
@@ -116,7 +125,7 @@ def softmax_relevance(ctx, x, s, R, axis):
     LXT's gradient x input through the softmax). A masked logit (at or below -65504) gets 0; a row that
     is masked entirely gets nothing, and what arrived there is returned as absorbed."""
     xp = ctx.xp
-    inner = R - s * xp.sum(R, axis=axis, keepdims=True)
+    inner = R - ctx.times(s, xp.sum(R, axis=axis, keepdims=True))  # a row that got nothing gives nothing
     absorbed = 0.0
     if x.size and float(xp.min(x)) <= MASKED_LOGIT:  # some logits are masks
         dead = masked_rows(xp, x, axis - 1)
