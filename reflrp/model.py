@@ -9,7 +9,7 @@ import numpy as np
 
 from . import onnx_import
 from .backend import float_policy, namespace
-from .canonical import canonicalize, supported_rewrites
+from .canonical import batchnorm, canonicalize, supported_rewrites
 from .errors import FeedError, ReflrpError, UnsupportedOpError
 from .graph import Graph
 from .interpreter import Prepared, check_feeds, execute, prepare
@@ -118,12 +118,14 @@ def _run_usage(feeds, second) -> str:
     return f"feeds must be a mapping of graph input name to array, not {type(feeds).__name__}"
 
 
-def load(source: Any) -> Model:
+def load(source: Any, fold_batchnorm: bool = False) -> Model:
     """Load an ONNX model from a path, bytes or ``onnx.ModelProto``.
 
     Fused and contrib ops (com.microsoft, onnxruntime's own default-domain ops) are rewritten into
     core ONNX ops first (:func:`reflrp.canonical.canonicalize`); ``model.graph.expansions`` records
-    each rewritten node.
+    each rewritten node. ``fold_batchnorm=True`` merges every inference BatchNormalization into the
+    Conv / ConvTranspose / Gemm that feeds it (Zennit's MergeBatchNorm canonizer; the fold is computed
+    in the precision of each run, see :mod:`reflrp.canonical.batchnorm`).
 
     Raises :class:`reflrp.ModelLoadError` for unreadable input, :class:`reflrp.UnsupportedOpError`
     for ops reflrp cannot run (naming node, op, domain and opset) and :class:`reflrp.GraphError`
@@ -131,6 +133,10 @@ def load(source: Any) -> Model:
     """
     proto, base = onnx_import.read_model(source)
     graph = canonicalize(onnx_import.to_graph(proto, base))
+    if not isinstance(fold_batchnorm, bool):
+        raise ReflrpError(f"fold_batchnorm must be True or False, not {fold_batchnorm!r}")
+    if fold_batchnorm:
+        graph = batchnorm.fold_batchnorm(graph)
     refuse_unsupported_nodes(graph)  # at load, not at the first run
     name = str(source) if isinstance(source, (str,)) or hasattr(source, "__fspath__") else "<model>"
     return Model(graph, name, onnx_import.digest(source, proto))
