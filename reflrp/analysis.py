@@ -73,7 +73,7 @@ def default_wrt(graph: Graph) -> tuple[str, ...]:
     ints = {v.name for v in graph.inputs if v.dtype is not None and v.dtype.kind in "iu"}
     ids = {n for n in ints if "input_ids" in n} or ints
     embeddings = [node.outputs[0] for node in graph.nodes
-                  if kind_of(node) == K.MOVE and node.inputs[0] in graph.initializers
+                  if kind_of(node) == K.MOVE and node.inputs[0] in graph.initializers and len(node.inputs) > 1
                   and _source_input(graph, node.inputs[1]) in ids]
     return tuple(embeddings) + tuple(floats)
 
