@@ -7,11 +7,12 @@ from .explain import Attribution, ReflrpWarning, explain, gradient
 from .memory import release_memory, set_allocator_policy
 from .model import InferenceSession, Model, load
 from .ops import supported_ops
+from .presets import composite
 from .targets import contrastive
 
 from .version import __version__  # noqa: E402
 
-__all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "contrastive", "Attribution",
+__all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "contrastive", "composite", "Attribution",
            "ReflrpWarning", "supported_ops", "set_allocator_policy", "release_memory", "ReflrpError",
            "ModelLoadError", "UnsupportedOpError", "GraphError", "FeedError", "KernelError", "TargetError",
            "RuleError", "__version__"]

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import fast as fast_layer
-from . import options
+from . import options as checks
 from .analysis import Plan
 from .backend import namespace, quiet, to_numpy
 from .conservation import Ledger
@@ -75,7 +75,7 @@ class Attribution:
 def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "attnlrp", dtype: Any = "float64",
             epsilon: float | None = None, wrt=None, rules: dict | None = None, output: str | None = None,
             device: str | None = None, checkpoint: str | None = None, keep=None, targets=None,
-            fast: bool | None = None, max_memory: float | None = 2**31) -> Attribution:
+            fast: bool | None = None, max_memory: float | None = 2**31, options: dict | None = None) -> Attribution:
     """Explain one output of ``model`` on ``feeds`` with Layer-wise Relevance Propagation.
 
     Parameters
@@ -112,16 +112,16 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     if isinstance(feeds, Mapping):
         model = model.for_feeds(feeds)
     graph = model.graph
-    chosen = options.preset(preset)
-    eps = options.epsilon(epsilon, chosen.epsilon)
-    output = options.output(graph, output)
-    checkpoint = options.checkpoint(checkpoint)
-    keep = options.names(graph, keep, "keep")
+    chosen = checks.preset(preset)
+    output = checks.output(graph, output)
+    checkpoint = checks.checkpoint(checkpoint)
+    keep = checks.names(graph, keep, "keep")
     if target is not None and targets is not None:
         raise TargetError("pass either target= or targets=, not both")
     if not isinstance(feeds, Mapping):
         raise FeedError(f"feeds must be a mapping of graph input name to array, not {type(feeds).__name__}")
-    plan = model.plan(preset, epsilon=eps, wrt=wrt, rules=rules)
+    plan = model.plan(preset, epsilon=epsilon, wrt=wrt, rules=rules, options=options)
+    eps = plan.epsilon
     xp = namespace(device, feeds.values())
     fast = fast_layer.enabled(fast)
     prep = model.prepared(dtype, xp, fast)
@@ -218,7 +218,7 @@ def _relevance(run, prep, plan, state: _Forward, seed, output, last: bool):
     for seg in reversed(range(len(bounds) - 1)):
         lo, hi = bounds[seg], bounds[seg + 1]
         # folded nodes (no step) read only constants: they belong to the first segment
-        nodes = [p for p in plan.nodes if lo <= position.get(p.node.name, 0) < hi]
+        nodes = [p for p in plan.nodes if lo <= position.get(p.start.name, 0) < hi]
         if nodes:
             values = run_segment(prep, state.snapshots[seg], lo, hi)
             with quiet(run.xp):

@@ -91,23 +91,32 @@ class Model:
             return execute(prep, self.graph, check_feeds(self.graph, feeds, prep.policy, xp, allow_nan=True),
                            intermediates)
 
-    def plan(self, preset: str = "attnlrp", epsilon: float | None = None, wrt=None, rules: dict | None = None):
-        """The rule of every node under ``preset`` (a :class:`reflrp.analysis.Plan`; print it for a table)."""
-        from . import options
+    def plan(self, preset: str = "attnlrp", epsilon: float | None = None, wrt=None, rules: dict | None = None,
+             options: dict | None = None):
+        """The rule of every node under ``preset`` (a :class:`reflrp.analysis.Plan`; print it for a table).
+        ``options``: rule parameters (see :func:`reflrp.explain`)."""
+        from . import options as checks
         from .analysis import build_plan, default_wrt
-        chosen = options.preset(preset)
-        eps = options.epsilon(epsilon, chosen.epsilon)
-        wrt = options.names(self.graph, wrt, "wrt")
+        chosen = checks.preset(preset)
+        opts = checks.rule_options(options)
+        if "epsilon" in opts:  # the same epsilon as the argument
+            if epsilon is not None and checks.epsilon(epsilon, 0.0) != opts["epsilon"]:
+                raise ReflrpError(f"epsilon={epsilon!r} and options['epsilon']={opts['epsilon']!r} differ: give one")
+            epsilon = opts.pop("epsilon")
+        eps = checks.epsilon(epsilon, chosen.epsilon)
+        wrt = checks.names(self.graph, wrt, "wrt")
         if wrt is not None and not wrt:
             raise ReflrpError("wrt= is empty: name the tensors to attribute to, or pass None for the default")
         wrt = wrt or default_wrt(self.graph)
         if not wrt:
             raise ReflrpError(f"the model has no float input or embedding output to attribute to; pass wrt=[...] "
                               f"(inputs: {[v.describe() for v in self.graph.inputs]})")
-        overrides = options.resolve_overrides(self.graph, rules)
-        key = (preset, eps, wrt, tuple(sorted(overrides.items())))
+        overrides = checks.resolve_overrides(self.graph, rules)
+        if not isinstance(preset, str):  # a composite made by the caller: planned afresh
+            return build_plan(self.graph, chosen, eps, wrt, overrides, opts)
+        key = (preset, eps, wrt, checks.frozen(overrides), checks.frozen(opts))
         if key not in self._plans:
-            self._plans[key] = build_plan(self.graph, chosen, eps, wrt, overrides)
+            self._plans[key] = build_plan(self.graph, chosen, eps, wrt, overrides, opts)
         return self._plans[key]
 
 

@@ -34,7 +34,10 @@ class OpRecord:
     normalizer statistic is computed by such ops). ``elementwise``: each output element depends only on
     the input elements at the same (broadcast) position. ``relevant_outputs``: how many leading outputs
     carry relevance (Dropout's mask, LayerNormalization's statistics do not); None: all.
-    ``output_is_float``: for ops whose output type is an attribute (Cast), whether it is a float."""
+    ``output_is_float``: for ops whose output type is an attribute (Cast), whether it is a float.
+    ``layer``: the layer type the op is for the composites' type maps (Zennit's module types): "conv"
+    and "dense" for weight products (Conv/ConvTranspose, Gemm/MatMul: layers when their weight is
+    constant), "avgpool", "batchnorm", and "bias" for an Add that can hold a weight product's bias."""
 
 
     op_type: str
@@ -49,6 +52,7 @@ class OpRecord:
     output_is_float: Callable[[dict], bool] | None = None
     reads_shape_only: bool = False  # Shape, Size: the output depends on the input's shape, not its values
     decode_attrs: Callable | None = None  # (attrs, float policy, node) -> attrs as the kernel takes them
+    layer: str | None = None
 
     def kernel_for(self, opset: int) -> Kernel | None:
         usable = [fn for since, fn in self.versions if since <= opset]

@@ -19,7 +19,7 @@ def _as(y, dtype):
     return y if y.dtype == dtype else y.astype(dtype)
 
 
-@kernel("MatMul", kind=K.CONTRACTION)
+@kernel("MatMul", kind=K.CONTRACTION, layer="dense")
 def MatMul(xp, a, b):
     return _as(xp.matmul(a, b), a.dtype)
 
@@ -43,7 +43,7 @@ def _matmul_vjp(xp, G, inputs, outputs, attrs, need):
     return [ga, gb]
 
 
-@kernel("Gemm", since=7, kind=K.CONTRACTION, addends=(2,))
+@kernel("Gemm", since=7, kind=K.CONTRACTION, addends=(2,), layer="dense")
 def Gemm(xp, A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     a = A.T if transA else A
     b = B.T if transB else B
@@ -166,7 +166,7 @@ def windows(xp, x, kernel_shape, out, begin, end, strides, dilations, fill=0.0):
     return xp.ascontiguousarray(xp.lib.stride_tricks.as_strided(x, shape=shape, strides=view_strides))
 
 
-@kernel("Conv", kind=K.CONTRACTION, addends=(2,))
+@kernel("Conv", kind=K.CONTRACTION, addends=(2,), layer="conv")
 def Conv(xp, X, W, B=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
     kernel_shape = kernel_shape or list(W.shape[2:])
     out, begin, end, strides, dilations = conv_geometry(X.shape[2:], kernel_shape, strides, pads, dilations, auto_pad)
@@ -283,7 +283,7 @@ def _cut_and_grow(out, begin, end):
     return inner, [max(b, 0) for b in begin], [max(e, 0) for e in end], grow
 
 
-@kernel("ConvTranspose", kind=K.CONTRACTION, addends=(2,))
+@kernel("ConvTranspose", kind=K.CONTRACTION, addends=(2,), layer="conv")
 def ConvTranspose(xp, X, W, B=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
                   output_padding=None, output_shape=None, pads=None, strides=None):
     """The adjoint of a Conv with respect to its input: every input position adds ``W[c] x[c]`` into its
