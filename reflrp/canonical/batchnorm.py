@@ -10,11 +10,13 @@ An inference BatchNorm ``y = (x - mean) s + B`` with ``s = scale / sqrt(var + ep
 
 The fold is emitted as nodes over the constants, in this order of operations, so that it is computed
 when the forward is prepared, in the precision of the run: in float64 it is Zennit's float64 merge
-(``model.double()`` then the canonizer), operation for operation; the folded layer keeps the layer's
-node name. A BatchNorm is folded only where its input comes from such a layer with constant weight and
+(``model.double()`` then the canonizer), operation for operation, with epsilon as the decimal the
+float32 attribute was written from (see ``_epsilon``); the folded layer keeps the layer's node name. A BatchNorm is folded only where its input comes from such a layer with constant weight and
 bias, read by nothing else (a BatchNorm after an activation or at the input stays, as in Zennit).
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..graph import Expansion, Graph, Node
 from . import Emit, _statics
@@ -52,12 +54,21 @@ def _channel_shape(layer: Node, weight_rank: int) -> list[int]:
     return [-1, 1] if layer.attrs.get("transB", 0) else [1, -1]
 
 
+def _epsilon(e: Emit, var: str) -> str:
+    """BatchNorm's epsilon as the decimal it was written from: ONNX stores the attribute as a float32
+    (1e-5 becomes 9.99999974738e-06); its shortest decimal (1e-05) is what torch's float64 model adds.
+    A float64 constant cast to the statistics' type: in a float64 run (which upcasts casts) it stays
+    that decimal, in the model's own types it is the float32 attribute again."""
+    exact = float(str(np.float32(e.attr("epsilon", 1e-5))))
+    return e.cast(e.const(exact, np.float64), e.statics[var].dtype)
+
+
 def _fold(e: Emit, layer: Node) -> Node:
     """Emit the folded weight and bias; return the layer that reads them and writes the BatchNorm's output."""
     x, scale, shift, mean, var = e.node.inputs[:5]
     weight = layer.inputs[1]
     bias = layer.inputs[2] if len(layer.inputs) > 2 and layer.inputs[2] else ""
-    s = e.op("Div", scale, e.op("Sqrt", e.op("Add", var, e.scalar(e.attr("epsilon", 1e-5), like=var))))
+    s = e.op("Div", scale, e.op("Sqrt", e.op("Add", var, _epsilon(e, var))))
     w = e.op("Mul", weight, e.reshape(s, _channel_shape(layer, e.statics[weight].ndim)))
     centred = e.op("Sub", bias, mean) if bias else e.op("Neg", mean)
     b = e.op("Add", e.op("Mul", centred, s), shift)
