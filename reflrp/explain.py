@@ -87,13 +87,16 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     targets : several targets explained in one pass (each anything ``target`` accepts, or the named
         forms ``"all-classes"`` / ``"every-position"``); relevance arrays get a leading target axis.
     preset : ``"attnlrp"`` (AttnLRP, equal to LXT 2.1 efficient mode), ``"cp-lrp"``, ``"epsilon"``,
-        ``"gradient"`` or ``"grad-x-input"``.
+        ``"gradient"`` or ``"grad-x-input"``; Zennit's composites ``"epsilon-plus"``, ``"epsilon-plus-flat"``,
+        ``"epsilon-gamma-box"``, ``"epsilon-alpha2-beta1"``, ``"epsilon-alpha2-beta1-flat"``; LXT's ViT
+        recipe ``"cp-lrp-gamma"``; or a composite from :func:`reflrp.composite` (docs/rules.md).
     dtype : ``"float64"`` (reference, default), ``"float32"``, ``"float16"``, or None for the model's types.
     epsilon : the stabiliser, a finite number >= 0; None uses the preset's (0 for attnlrp / cp-lrp,
         1e-6 for epsilon).
     wrt : tensor names to attribute to; default every float graph input and, for token-id inputs, the
         output of the embedding Gather.
-    rules : overrides: op type, node-name glob or ``re:`` regex -> rule name (the first matching key wins).
+    rules : overrides: op type, node-name glob or ``re:`` regex -> rule name or ``(rule name, {parameter:
+        value})`` (the first matching key wins).
     output : which graph output to explain (default the first).
     device : None / ``"cpu"`` or ``"cuda"`` (cupy).
     checkpoint : None keeps every activation for the relevance pass; ``"sqrt"`` keeps only the live
@@ -105,6 +108,8 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     max_memory : with ``targets=``, the relevance of K targets takes K times the memory of one; above this
         many bytes (2 GiB by default; None: no limit) the targets are explained in chunks, one relevance
         pass per chunk over the same forward (the same numbers).
+    options : rule parameters for every rule that takes them (``epsilon``, ``stabilizer``, ``gamma``,
+        ``alpha``, ``beta``, ``low``, ``high``, ``zero_bias``); ``"conv.gamma"`` for one layer type.
     """
     from .model import Model, load
     if not isinstance(model, Model):

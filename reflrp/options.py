@@ -186,8 +186,9 @@ def rule_options(value) -> dict:
             raise ReflrpError(f"options[{key!r}]: {scope!r} is no layer type; layer types: {list(LAYER_TYPES)}"
                               + did_you_mean(scope, LAYER_TYPES))
         if name not in known:
-            raise ReflrpError(f"options: unknown rule parameter {name!r}; parameters: "
-                              + ", ".join(f"{p} ({', '.join(r)})" for p, r in known.items()) + did_you_mean(name, known))
+            takes = ", ".join(f"{p} ({', '.join(r)})" for p, r in known.items())
+            raise ReflrpError(f"options: unknown rule parameter {name!r}; parameters: {takes}"
+                              + did_you_mean(name, known))
         out[key] = param_value(name, v, f"options[{key!r}]")
     return out
 

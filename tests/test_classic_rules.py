@@ -431,8 +431,8 @@ def test_fold_batchnorm_keeps_the_function(file):
     plain, folded = reflrp.load(ZENNIT / file), reflrp.load(ZENNIT / file, fold_batchnorm=True)
     x = rng_for(file).standard_normal((2,) + tuple(plain.graph.inputs[0].shape[1:])).astype(np.float32)
     for dtype, tol in (("float64", 1e-10), ("float32", 1e-5)):
-        a, b = plain.run({"x": x}, dtype=dtype)["logits" if "logits" in plain.output_names else plain.output_names[0]], \
-            folded.run({"x": x}, dtype=dtype)[folded.output_names[0]]
+        out = plain.output_names[0]
+        a, b = plain.run({"x": x}, dtype=dtype)[out], folded.run({"x": x}, dtype=dtype)[out]
         assert rel_err(b, a) <= tol and b.dtype == a.dtype
     assert "BatchNormalization" not in {n.op_type for n in folded.graph.nodes}
     assert {n.name for n in plain.graph.nodes if n.op_type == "Conv"} <= {n.name for n in folded.graph.nodes}
@@ -446,7 +446,8 @@ def _bn_model(layer: str):
     bn = {f"{k}{i}": v for i in (1, 2) for k, v in (("s", rng.standard_normal(c)), ("t", rng.standard_normal(c)),
                                                       ("m", rng.standard_normal(c)), ("v", rng.uniform(0.5, 2, c)))}
     if layer == "gemm":
-        first, x_shape, w = node("Gemm", ["x", "W"], ["h"], name="lin", transB=1), (2, 4), {"W": rng.standard_normal((c, 4))}
+        first, x_shape = node("Gemm", ["x", "W"], ["h"], name="lin", transB=1), (2, 4)
+        w = {"W": rng.standard_normal((c, 4))}
     else:
         first, x_shape, w = node("ConvTranspose", ["x", "W", "B"], ["h"], name="lin", strides=[2, 2]), (1, 2, 3, 3), \
             {"W": rng.standard_normal((2, c, 2, 2)), "B": rng.standard_normal(c)}

@@ -15,11 +15,14 @@ import reflrp
 
 CASES = [  # id, x shape, weight shape, bias?, attributes
     ("plain", (2, 3, 4, 5), (3, 2, 3, 3), True, {}),
-    ("strides-pads-dilations", (1, 2, 4, 4), (2, 3, 3, 2), True, dict(strides=[2, 3], pads=[1, 0, 0, 1], dilations=[1, 2])),
+    ("strides-pads-dilations", (1, 2, 4, 4), (2, 3, 3, 2), True,
+     dict(strides=[2, 3], pads=[1, 0, 0, 1], dilations=[1, 2])),
     ("groups-output_padding", (1, 4, 3, 3), (4, 1, 2, 2), True, dict(group=2, strides=[2, 2], output_padding=[1, 0])),
     ("output_shape", (1, 2, 3, 3), (2, 2, 3, 3), True, dict(strides=[2, 2], output_shape=[6, 7])),
-    ("output_shape-same_upper", (1, 2, 3, 3), (2, 2, 3, 3), True, dict(strides=[2, 2], output_shape=[6, 7], auto_pad="SAME_UPPER")),
-    ("output_shape-past-the-full-output", (1, 1, 3, 3), (1, 2, 3, 3), True, dict(strides=[3, 2], output_shape=[10, 8])),
+    ("output_shape-same_upper", (1, 2, 3, 3), (2, 2, 3, 3), True,
+     dict(strides=[2, 2], output_shape=[6, 7], auto_pad="SAME_UPPER")),
+    ("output_shape-past-the-full-output", (1, 1, 3, 3), (1, 2, 3, 3), True,
+     dict(strides=[3, 2], output_shape=[10, 8])),
     ("same_upper-odd", (1, 2, 3, 4), (2, 2, 3, 3), True, dict(strides=[2, 2], auto_pad="SAME_UPPER")),
     ("same_lower-odd", (1, 2, 3, 4), (2, 2, 3, 3), True, dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     ("same_lower-even", (1, 2, 3, 4), (2, 2, 2, 2), False, dict(strides=[2, 2], auto_pad="SAME_LOWER")),

@@ -11,8 +11,9 @@ An inference BatchNorm ``y = (x - mean) s + B`` with ``s = scale / sqrt(var + ep
 The fold is emitted as nodes over the constants, in this order of operations, so that it is computed
 when the forward is prepared, in the precision of the run: in float64 it is Zennit's float64 merge
 (``model.double()`` then the canonizer), operation for operation, with epsilon as the decimal the
-float32 attribute was written from (see ``_epsilon``); the folded layer keeps the layer's node name. A BatchNorm is folded only where its input comes from such a layer with constant weight and
-bias, read by nothing else (a BatchNorm after an activation or at the input stays, as in Zennit).
+float32 attribute was written from (see ``_epsilon``); the folded layer keeps the layer's node name.
+A BatchNorm is folded only where its input comes from such a layer with constant weight and bias,
+read by nothing else (a BatchNorm after an activation or at the input stays, as in Zennit).
 """
 from __future__ import annotations
 
