@@ -607,7 +607,7 @@ def build_plan(graph: Graph, preset, epsilon: float, wrt, overrides=None, option
             data, weight = weight_operands(node, dyn)
             layer = Layer(type_, node, data, weight, *(found or ()))
             plan.layer = layer
-            plan.info["layer"] = {"data": data, "weight": weight, "bias": layer.bias}
+            plan.info["layer"] = {"data": data, "weight": weight, "bias": layer.bias, "own_bias": found is None}
             if found is not None:  # the rule moves to the Add, where the layer's relevance arrives
                 add = found[0]
                 plan.node, plan.dynamic = add, tuple(i == data for i in range(3))

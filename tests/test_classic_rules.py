@@ -318,6 +318,9 @@ LAYERS = {  # id: (x shape, nodes, constants, has a bias)
     "matmul-3d-bias-add": ((2, 3, 5), [node("MatMul", ["x", "W"], ["z"], name="mm"),
                                        node("Add", ["z", "B"], ["y"], name="lin")],
                            {"W": _w((5, 4), 10), "B": _w((4,), 11)}, True),
+    "gemm-beta-no-C-bias-add": ((3, 5), [node("Gemm", ["x", "W"], ["z"], name="mm", alpha=2.0, beta=0.5),
+                                         node("Add", ["B", "z"], ["y"], name="lin")],
+                                {"W": _w((5, 4), 13), "B": _w((1, 4), 14)}, True),
     "matmul-weight-first": ((2, 4, 3), [node("MatMul", ["W", "x"], ["y"], name="lin")], {"W": _w((5, 4), 12)}, False),
 }
 RULE_RUNS = [("epsilon", {"epsilon": 1e-2}), ("epsilon", {"epsilon": 1e-6, "zero_bias": True}), ("zplus", {}),

@@ -43,7 +43,7 @@ class Layer:
         alpha, beta = ctx.attrs.get("alpha", 1.0), ctx.attrs.get("beta", 1.0)
         if alpha != 1.0 or beta != 1.0:
             inputs[self.weight] = inputs[self.weight] * inputs[self.weight].dtype.type(alpha)
-            if self.bias is not None:
+            if self.bias is not None and spec.get("own_bias", True):  # beta scales a Gemm's own C only
                 inputs[self.bias] = inputs[self.bias] * inputs[self.bias].dtype.type(beta)
             ctx = replace(ctx, attrs={**ctx.attrs, "alpha": 1.0, "beta": 1.0})
         self.ctx, self.xp, self.inputs = ctx, ctx.xp, inputs
