@@ -541,6 +541,18 @@ def _same(a, b) -> bool:
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
+def _make_layer(plan: NodePlan, operands: tuple[int, int], bias: tuple[Node, int] | None) -> None:
+    """Make ``plan`` (a weight product's) the plan of its whole layer: the rule reads ``(x, W, b)`` and,
+    with a separate bias Add, sits at that Add."""
+    product, (data, weight) = plan.node, operands
+    plan.layer = Layer(plan.type, product, data, weight, *(bias or ()))
+    plan.info["layer"] = {"data": data, "weight": weight, "bias": plan.layer.bias, "own_bias": bias is None}
+    if bias is not None:
+        plan.node, plan.dynamic = bias[0], tuple(i == data for i in range(3))
+        plan.why = "; ".join(t for t in (f"{plan.type} layer {product.name!r} ({product.op_type}) + its bias Add",
+                                         plan.why) if t)
+
+
 def build_plan(graph: Graph, preset, epsilon: float, wrt, overrides=None, options=None) -> Plan:
     """Decide the role, layer type and rule of every node a dynamic tensor reaches; raise
     :class:`RuleError` where a dynamic tensor reaches a node whose role the preset has no rule for.
@@ -604,17 +616,11 @@ def build_plan(graph: Graph, preset, epsilon: float, wrt, overrides=None, option
         note = "; ".join(t for t in (source if source in ("override", "the first layer") else "", why) if t)
         plan = NodePlan(node, role, rule, dyn, dict(info), note, type_, params, eps)
         if type_ in _LAYERS and (composite or SIGNATURES[rule].layer):
-            data, weight = weight_operands(node, dyn)
-            layer = Layer(type_, node, data, weight, *(found or ()))
-            plan.layer = layer
-            plan.info["layer"] = {"data": data, "weight": weight, "bias": layer.bias, "own_bias": found is None}
+            _make_layer(plan, weight_operands(node, dyn), found)
             if found is not None:  # the rule moves to the Add, where the layer's relevance arrives
-                add = found[0]
-                plan.node, plan.dynamic = add, tuple(i == data for i in range(3))
-                plan.why = f"{type_} layer {node.name!r} ({node.op_type}) + its bias Add; " + plan.why
-                closes[add.name] = plan
-                ordered.append(NodePlan(node, role, None, dyn, {}, f"inside the {type_} layer ending at {add.name!r}",
-                                        type_))
+                closes[found[0].name] = plan
+                ordered.append(NodePlan(node, role, None, dyn, {}, f"inside the {type_} layer ending at "
+                                        f"{found[0].name!r}", type_))
                 continue
         if rule == "pass" and type_ == "batchnorm":
             plan.why += "; not merged: load with fold_batchnorm=True to fold it into its layer (Zennit's canonizer)"
