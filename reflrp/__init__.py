@@ -10,11 +10,12 @@ from .memory import release_memory, set_allocator_policy
 from .model import InferenceSession, Model, load
 from .neurons import neuron_stats, neurons, reference_samples
 from .ops import supported_ops
+from .presets import composite
 from .targets import contrastive
 
 from .version import __version__  # noqa: E402
 
-__all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "deviation", "Deviation", "generate",
+__all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "composite", "deviation", "Deviation", "generate",
            "Generation", "contrastive", "neurons", "neuron_stats", "reference_samples", "Attribution",
            "ReflrpWarning", "supported_ops", "set_allocator_policy", "release_memory", "ReflrpError",
            "ModelLoadError", "UnsupportedOpError", "GraphError", "FeedError", "KernelError", "TargetError",

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import fast as fast_layer
-from . import options
+from . import options as checks
 from .analysis import Plan
 from .backend import namespace, quiet, to_numpy
 from .conservation import Ledger
@@ -75,7 +75,8 @@ class Attribution:
 def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "attnlrp", dtype: Any = "float64",
             epsilon: float | None = None, wrt=None, rules: dict | None = None, output: str | None = None,
             device: str | None = None, checkpoint: str | None = None, keep=None, targets=None,
-            fast: bool | None = None, max_memory: float | None = 2**31, interventions=None) -> Attribution:
+            fast: bool | None = None, max_memory: float | None = 2**31, interventions=None,
+            options: dict | None = None) -> Attribution:
     """Explain one output of ``model`` on ``feeds`` with Layer-wise Relevance Propagation.
 
     Parameters
@@ -87,13 +88,16 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     targets : several targets explained in one pass (each anything ``target`` accepts, or the named
         forms ``"all-classes"`` / ``"every-position"``); relevance arrays get a leading target axis.
     preset : ``"attnlrp"`` (AttnLRP, equal to LXT 2.1 efficient mode), ``"cp-lrp"``, ``"epsilon"``,
-        ``"gradient"`` or ``"grad-x-input"``.
+        ``"gradient"`` or ``"grad-x-input"``; Zennit's composites ``"epsilon-plus"``, ``"epsilon-plus-flat"``,
+        ``"epsilon-gamma-box"``, ``"epsilon-alpha2-beta1"``, ``"epsilon-alpha2-beta1-flat"``; LXT's ViT
+        recipe ``"cp-lrp-gamma"``; or a composite from :func:`reflrp.composite` (docs/rules.md).
     dtype : ``"float64"`` (reference, default), ``"float32"``, ``"float16"``, or None for the model's types.
     epsilon : the stabiliser, a finite number >= 0; None uses the preset's (0 for attnlrp / cp-lrp,
         1e-6 for epsilon).
     wrt : tensor names to attribute to; default every float graph input and, for token-id inputs, the
         output of the embedding Gather.
-    rules : overrides: op type, node-name glob or ``re:`` regex -> rule name (the first matching key wins).
+    rules : overrides: op type, node-name glob or ``re:`` regex -> rule name or ``(rule name, {parameter:
+        value})`` (the first matching key wins).
     output : which graph output to explain (default the first).
     device : None / ``"cpu"`` or ``"cuda"`` (cupy).
     checkpoint : None keeps every activation for the relevance pass; ``"sqrt"`` keeps only the live
@@ -107,6 +111,8 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
         pass per chunk over the same forward (the same numbers).
     interventions : ``{tensor: spec}`` as for ``Model.run``: the intervened model is explained (its
         inserted nodes get their rules: scaling passes relevance, set units absorb it).
+    options : rule parameters for every rule that takes them (``epsilon``, ``stabilizer``, ``gamma``,
+        ``alpha``, ``beta``, ``low``, ``high``, ``zero_bias``); ``"conv.gamma"`` for one layer type.
     """
     from .model import Model, load
     if not isinstance(model, Model):
@@ -116,16 +122,16 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
         if interventions:
             model = model.intervened(interventions, feeds)
     graph = model.graph
-    chosen = options.preset(preset)
-    eps = options.epsilon(epsilon, chosen.epsilon)
-    output = options.output(graph, output)
-    checkpoint = options.checkpoint(checkpoint)
-    keep = options.names(graph, keep, "keep")
+    chosen = checks.preset(preset)
+    output = checks.output(graph, output)
+    checkpoint = checks.checkpoint(checkpoint)
+    keep = checks.names(graph, keep, "keep")
     if target is not None and targets is not None:
         raise TargetError("pass either target= or targets=, not both")
     if not isinstance(feeds, Mapping):
         raise FeedError(f"feeds must be a mapping of graph input name to array, not {type(feeds).__name__}")
-    plan = model.plan(preset, epsilon=eps, wrt=wrt, rules=rules)
+    plan = model.plan(preset, epsilon=epsilon, wrt=wrt, rules=rules, options=options)
+    eps = plan.epsilon
     xp = namespace(device, feeds.values())
     fast = fast_layer.enabled(fast)
     prep = model.prepared(dtype, xp, fast)
@@ -222,7 +228,7 @@ def _relevance(run, prep, plan, state: _Forward, seed, output, last: bool):
     for seg in reversed(range(len(bounds) - 1)):
         lo, hi = bounds[seg], bounds[seg + 1]
         # folded nodes (no step) read only constants: they belong to the first segment
-        nodes = [p for p in plan.nodes if lo <= position.get(p.node.name, 0) < hi]
+        nodes = [p for p in plan.nodes if lo <= position.get(p.start.name, 0) < hi]
         if nodes:
             values = run_segment(prep, state.snapshots[seg], lo, hi)
             with quiet(run.xp):

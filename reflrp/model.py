@@ -9,7 +9,7 @@ import numpy as np
 
 from . import onnx_import
 from .backend import float_policy, namespace
-from .canonical import canonicalize, supported_rewrites
+from .canonical import batchnorm, canonicalize, supported_rewrites
 from .errors import FeedError, ReflrpError, UnsupportedOpError
 from .graph import Graph
 from .interpreter import Prepared, check_feeds, execute, prepare
@@ -122,23 +122,32 @@ class Model:
             return execute(prep, self.graph, check_feeds(self.graph, feeds, prep.policy, xp, allow_nan=True),
                            intermediates)
 
-    def plan(self, preset: str = "attnlrp", epsilon: float | None = None, wrt=None, rules: dict | None = None):
-        """The rule of every node under ``preset`` (a :class:`reflrp.analysis.Plan`; print it for a table)."""
-        from . import options
+    def plan(self, preset: str = "attnlrp", epsilon: float | None = None, wrt=None, rules: dict | None = None,
+             options: dict | None = None):
+        """The rule of every node under ``preset`` (a :class:`reflrp.analysis.Plan`; print it for a table).
+        ``options``: rule parameters (see :func:`reflrp.explain`)."""
+        from . import options as checks
         from .analysis import build_plan, default_wrt
-        chosen = options.preset(preset)
-        eps = options.epsilon(epsilon, chosen.epsilon)
-        wrt = options.names(self.graph, wrt, "wrt")
+        chosen = checks.preset(preset)
+        opts = checks.rule_options(options)
+        if "epsilon" in opts:  # the same epsilon as the argument
+            if epsilon is not None and checks.epsilon(epsilon, 0.0) != opts["epsilon"]:
+                raise ReflrpError(f"epsilon={epsilon!r} and options['epsilon']={opts['epsilon']!r} differ: give one")
+            epsilon = opts.pop("epsilon")
+        eps = checks.epsilon(epsilon, chosen.epsilon)
+        wrt = checks.names(self.graph, wrt, "wrt")
         if wrt is not None and not wrt:
             raise ReflrpError("wrt= is empty: name the tensors to attribute to, or pass None for the default")
         wrt = wrt or default_wrt(self.graph)
         if not wrt:
             raise ReflrpError(f"the model has no float input or embedding output to attribute to; pass wrt=[...] "
                               f"(inputs: {[v.describe() for v in self.graph.inputs]})")
-        overrides = options.resolve_overrides(self.graph, rules)
-        key = (preset, eps, wrt, tuple(sorted(overrides.items())))
+        overrides = checks.resolve_overrides(self.graph, rules)
+        if not isinstance(preset, str):  # a composite made by the caller: planned afresh
+            return build_plan(self.graph, chosen, eps, wrt, overrides, opts)
+        key = (preset, eps, wrt, checks.frozen(overrides), checks.frozen(opts))
         if key not in self._plans:
-            self._plans[key] = build_plan(self.graph, chosen, eps, wrt, overrides)
+            self._plans[key] = build_plan(self.graph, chosen, eps, wrt, overrides, opts)
         return self._plans[key]
 
 
@@ -149,12 +158,14 @@ def _run_usage(feeds, second) -> str:
     return f"feeds must be a mapping of graph input name to array, not {type(feeds).__name__}"
 
 
-def load(source: Any) -> Model:
+def load(source: Any, fold_batchnorm: bool = False) -> Model:
     """Load an ONNX model from a path, bytes or ``onnx.ModelProto``.
 
     Fused and contrib ops (com.microsoft, onnxruntime's own default-domain ops) are rewritten into
     core ONNX ops first (:func:`reflrp.canonical.canonicalize`); ``model.graph.expansions`` records
-    each rewritten node.
+    each rewritten node. ``fold_batchnorm=True`` merges every inference BatchNormalization into the
+    Conv / ConvTranspose / Gemm that feeds it (Zennit's MergeBatchNorm canonizer; the fold is computed
+    in the precision of each run, see :mod:`reflrp.canonical.batchnorm`).
 
     Raises :class:`reflrp.ModelLoadError` for unreadable input, :class:`reflrp.UnsupportedOpError`
     for ops reflrp cannot run (naming node, op, domain and opset) and :class:`reflrp.GraphError`
@@ -162,6 +173,10 @@ def load(source: Any) -> Model:
     """
     proto, base = onnx_import.read_model(source)
     graph = canonicalize(onnx_import.to_graph(proto, base))
+    if not isinstance(fold_batchnorm, bool):
+        raise ReflrpError(f"fold_batchnorm must be True or False, not {fold_batchnorm!r}")
+    if fold_batchnorm:
+        graph = batchnorm.fold_batchnorm(graph)
     refuse_unsupported_nodes(graph)  # at load, not at the first run
     name = str(source) if isinstance(source, (str,)) or hasattr(source, "__fspath__") else "<model>"
     return Model(graph, name, onnx_import.digest(source, proto))

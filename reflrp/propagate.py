@@ -9,6 +9,7 @@ import numpy as np
 from .conservation import TOLERANCE
 from .errors import ReflrpError, RuleError
 from .ops import record
+from .ops.grad import unbroadcast
 from .rules import RULES, Context
 from .rules import formulas as plain_formulas
 
@@ -40,12 +41,32 @@ def propagate(run: Pass, plan_nodes, values: dict, relevance: dict, ledger) -> N
 
 def _context(run: Pass, p, inflow) -> Context:
     node = p.node
+    eps = run.eps if p.eps is None else p.eps
+    if p.layer is not None and p.layer.bias_add is not None:  # one weight layer over two nodes
+        product = run.steps[p.layer.product.name]
+        kernel, vjp = layer_op(product, run.steps[node.name], p.layer.bias_side)
+        return Context(node, run.xp, eps, p.dynamic, product.attrs, p.info, kernel, vjp, (2,), run.formulas,
+                       inflow, params=p.params)
     step = run.steps.get(node.name)
     rec = record(node.op_type)
-    return Context(node, run.xp, run.eps, p.dynamic, step.attrs if step else dict(node.attrs), p.info,
+    return Context(node, run.xp, eps, p.dynamic, step.attrs if step else dict(node.attrs), p.info,
                    step.fn if step else None, step.adjoint if step else None,
                    rec.addend_inputs(len(node.inputs)) if rec else (), run.formulas, inflow,
-                   rec.centred if rec else None)
+                   centred=rec.centred if rec else None, params=p.params)
+
+
+def layer_op(product, add, side: int):
+    """Kernel and adjoint of ``Add(product(x, W), b)`` as one op of ``(x, W, b)`` (a weight layer whose
+    bias is a node of its own; ``b`` None: without it), from the two nodes' own kernels and adjoints."""
+    def kernel(xp, x, W, b, **attrs):
+        y = product.fn(xp, x, W, **attrs)
+        return y if b is None else add.fn(xp, *((b, y) if side == 0 else (y, b)))
+
+    def vjp(xp, G, inputs, outputs, attrs, need):
+        grads = list(product.adjoint(xp, G, list(inputs[:2]), [None], attrs, tuple(need[:2])))[:2]
+        b = inputs[2]
+        return grads + [unbroadcast(xp, G[0], b.shape) if need[2] and b is not None else None]
+    return kernel, vjp
 
 
 def _node(run: Pass, p, values, relevance, ledger) -> None:
@@ -55,9 +76,11 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
     if p.rule is None or all(r is None for r in R_out) or set(node.outputs) & run.stop:
         return
     inflow = ledger.inflow([o for o, r in zip(node.outputs, R_out) if r is not None])
-    inputs = [values[i] if i else None for i in node.inputs]
+    inputs = [values[i] if i else None for i in p.reads]
     outputs = [values.get(o) if o else None for o in node.outputs]
     ctx = _context(run, p, inflow)
+    if p.layer is not None and outputs[0] is None:  # a checkpointed layer split over two segments
+        outputs[0] = ctx.kernel(ctx.xp, *inputs, **ctx.attrs)
     pieces, shares, books = _apply(ctx, p, inputs, outputs, R_out, inflow)
     if not np.isfinite(books[0]) and not ctx.f.EXACT:  # the speed layer's unmasked arithmetic: redo it plainly
         ctx = replace(ctx, f=plain_formulas)
@@ -88,7 +111,7 @@ def _apply(ctx, p, inputs, outputs, R_out, inflow):
         raise RuleError(f"{node.label()}: {exc}" if node.name not in str(exc) else str(exc)) from None
     except Exception as exc:
         raise RuleError(f"{node.label()}: rule {p.rule!r} failed: {type(exc).__name__}: {exc}") from None
-    pieces = [(name, dyn, r) for name, dyn, r in zip(node.inputs, p.dynamic, result.inputs) if r is not None]
+    pieces = [(name, dyn, r) for name, dyn, r in zip(p.reads, p.dynamic, result.inputs) if r is not None]
     pieces += [(name, True, r) for name, r in result.extra.items()]
     shares = [ctx.totals(r) for _, _, r in pieces]
     k = len(inflow)

@@ -273,7 +273,22 @@ def conv_cases() -> list[Case]:
             Case("Conv", [d.normal(1, 1, 5, 4), d.normal(2, 1, 3, 3)], dict(auto_pad="VALID", kernel_shape=[3, 3]),
                  label="valid-kernel_shape"),
             Case("Conv", [d.normal(1, 1, 3, 3, 3), d.normal(2, 1, 2, 2, 2), d.normal(2)], dict(pads=[0, 1, 0, 1, 0, 1]),
-                 label="3d")]
+                 label="3d")] + conv_transpose_cases()
+
+
+def conv_transpose_cases() -> list[Case]:
+    d = Data("ConvTranspose")
+    return [Case("ConvTranspose", [d.normal(2, 2, 4), d.normal(2, 3, 2)], label="1d"),
+            Case("ConvTranspose", [d.normal(1, 2, 3, 3), d.normal(2, 2, 3, 2), d.normal(2)],
+                 dict(strides=[2, 1], pads=[1, 0, 0, 1], dilations=[1, 2], output_padding=[1, 0]),
+                 label="strides-pads-dilations-output_padding"),
+            Case("ConvTranspose", [d.normal(1, 4, 3, 3), d.normal(4, 1, 2, 2), d.normal(2)], dict(group=2, strides=[2, 2]),
+                 label="groups"),
+            Case("ConvTranspose", [d.normal(1, 2, 3, 3), d.normal(2, 2, 3, 3)],
+                 dict(strides=[2, 2], output_shape=[6, 7], auto_pad="SAME_UPPER"), label="output_shape-same_upper"),
+            Case("ConvTranspose", [d.normal(1, 1, 3, 3), d.normal(1, 2, 3, 3)], dict(strides=[3, 2], output_shape=[10, 8]),
+                 label="output_shape-past-the-full-output"),
+            Case("ConvTranspose", [d.normal(1, 1, 2, 2, 2), d.normal(1, 2, 2, 2, 2), d.normal(2)], label="3d")]
 
 
 # ---- pooling and normalization ----

@@ -318,7 +318,8 @@ def vit_worker(out: Path) -> None:
     import transformers  # noqa: F401  (before the torchvision stand-in, like torch_common.import_lxt)
     zm.install_torchvision_standin()
     torch.set_num_threads(1)
-    from make_lxt_goldens import _float64_mode, _patch, _ref_feeds
+    from make_lxt_goldens import _patch, _ref_feeds
+    from torch_common import float64_mode as _float64_mode
     from zoo import build_model
     wrapper, _, _ = build_model("vit")
     desc, _ = _patch("vit", "cp-lrp")

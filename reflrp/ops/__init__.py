@@ -39,8 +39,10 @@ class OpRecord:
     that keeps the values up to rounding. ``centred``: integer arithmetic (MatMulInteger, ConvInteger,
     QLinearMatMul, QLinearConv): ``(xp, inputs, outputs, attrs, dtype) -> (inputs, outputs)`` with the
     integer operands and outputs replaced by the numbers they stand for, zero points subtracted, in
-    ``dtype``: the ``x_i`` and ``z`` a rule's formula reads (the adjoint centres them itself)."""
-
+    ``dtype``: the ``x_i`` and ``z`` a rule's formula reads (the adjoint centres them itself).
+    ``layer``: the layer type the op is for the composites' type maps (Zennit's module types): "conv"
+    and "dense" for weight products (Conv/ConvTranspose, Gemm/MatMul: layers when their weight is
+    constant), "avgpool", "batchnorm", and "bias" for an Add that can hold a weight product's bias."""
 
     op_type: str
     kind: str
@@ -57,6 +59,7 @@ class OpRecord:
     domain: str = ""  # "reflrp" for reflrp's own ops (an intervention's Apply), not ONNX's
     quantizer: bool = False
     centred: Callable | None = None
+    layer: str | None = None
 
     def kernel_for(self, opset: int) -> Kernel | None:
         usable = [fn for since, fn in self.versions if since <= opset]

@@ -247,7 +247,7 @@ def _clip_bound(xp, inputs, attrs, i, name, dtype):
 # ---- binary arithmetic (numpy broadcasting is ONNX's multidirectional broadcasting, from opset 7;
 # before it a ``broadcast``/``axis`` attribute pair chose another rule) ----
 
-@kernel("Add", since=7, kind=K.SUM, addends="all")
+@kernel("Add", since=7, kind=K.SUM, addends="all", layer="bias")
 def Add(xp, a, b):
     return a + b
 

@@ -19,7 +19,7 @@ def _as(y, dtype):
     return y if y.dtype == dtype else y.astype(dtype)
 
 
-@kernel("MatMul", kind=K.CONTRACTION)
+@kernel("MatMul", kind=K.CONTRACTION, layer="dense")
 def MatMul(xp, a, b):
     return _as(xp.matmul(a, b), a.dtype)
 
@@ -49,7 +49,7 @@ def _matmul_vjp(xp, G, inputs, outputs, attrs, need):
     return [ga, gb]
 
 
-@kernel("Gemm", since=7, kind=K.CONTRACTION, addends=(2,))
+@kernel("Gemm", since=7, kind=K.CONTRACTION, addends=(2,), layer="dense")
 def Gemm(xp, A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     a = A.T if transA else A
     b = B.T if transB else B
@@ -172,7 +172,7 @@ def windows(xp, x, kernel_shape, out, begin, end, strides, dilations, fill=0.0):
     return xp.ascontiguousarray(xp.lib.stride_tricks.as_strided(x, shape=shape, strides=view_strides))
 
 
-@kernel("Conv", kind=K.CONTRACTION, addends=(2,))
+@kernel("Conv", kind=K.CONTRACTION, addends=(2,), layer="conv")
 def Conv(xp, X, W, B=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
     kernel_shape = kernel_shape or list(W.shape[2:])
     out, begin, end, strides, dilations = conv_geometry(X.shape[2:], kernel_shape, strides, pads, dilations, auto_pad)
@@ -241,3 +241,102 @@ def col2im(xp, cols, x_shape, kernel_shape, out, begin, end, strides, dilations)
         acc[index] += cols[(slice(None), slice(None)) + offset]
     crop = (slice(None), slice(None)) + tuple(slice(begin[i], begin[i] + x_shape[2 + i]) for i in range(n))
     return acc[crop]
+
+
+def conv_transpose_geometry(spatial, kernel_shape, strides, pads, dilations, auto_pad, output_padding, output_shape):
+    """Output size and (begin, end) pads per spatial axis of ConvTranspose, as onnxruntime computes them.
+
+    The full output of input size ``n`` is ``s (n - 1) + op + (k - 1) d + 1``; ``output_shape`` (or
+    SAME_* padding, output ``n s``) fixes the size and the pads are what is cut away, the odd one at
+    the beginning (at the end with SAME_UPPER), as the ONNX spec says."""
+    n = len(spatial)
+    strides = list(strides or [1] * n)
+    dilations = list(dilations or [1] * n)
+    output_padding = list(output_padding or [0] * n)
+    pads = list(pads) if pads else [0] * (2 * n)
+    if output_shape is not None and len(output_shape) == n + 2:
+        output_shape = list(output_shape)[2:]
+    out, begin, end = [], [], []
+    for i in range(n):
+        full = strides[i] * (spatial[i] - 1) + output_padding[i] + (kernel_shape[i] - 1) * dilations[i] + 1
+        want = output_shape[i] if output_shape is not None else (
+            spatial[i] * strides[i] if auto_pad in ("SAME_UPPER", "SAME_LOWER") else None)
+        if want is None:
+            b, e = (0, 0) if auto_pad == "VALID" else (pads[i], pads[i + n])
+        else:
+            total = full - want  # negative: the output extends past the full one, with zeros
+            b, e = (total // 2, total - total // 2) if auto_pad == "SAME_UPPER" else (total - total // 2, total // 2)
+        out.append(full - b - e)
+        begin.append(b)
+        end.append(e)
+    return out, begin, end, strides, dilations
+
+
+def conv_transpose_layout(X, W, attrs):
+    """Geometry of a ConvTranspose: (output size, begin pads, end pads, strides, dilations, kernel shape)."""
+    kernel_shape = list(attrs.get("kernel_shape") or W.shape[2:])
+    out, begin, end, strides, dilations = conv_transpose_geometry(
+        X.shape[2:], kernel_shape, attrs.get("strides"), attrs.get("pads"), attrs.get("dilations"),
+        attrs.get("auto_pad", "NOTSET"), attrs.get("output_padding"), attrs.get("output_shape"))
+    return out, begin, end, strides, dilations, kernel_shape
+
+
+def _cut_and_grow(out, begin, end):
+    """Negative pads extend the output with zeros: the size computed before that, the pads that cut,
+    and the (begin, end) zeros that extend."""
+    grow = [(max(-b, 0), max(-e, 0)) for b, e in zip(begin, end)]
+    inner = [o - lo - hi for o, (lo, hi) in zip(out, grow)]
+    return inner, [max(b, 0) for b in begin], [max(e, 0) for e in end], grow
+
+
+@kernel("ConvTranspose", kind=K.CONTRACTION, addends=(2,), layer="conv")
+def ConvTranspose(xp, X, W, B=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                  output_padding=None, output_shape=None, pads=None, strides=None):
+    """The adjoint of a Conv with respect to its input: every input position adds ``W[c] x[c]`` into its
+    kernel window of the output (col2im), then the pads are cut away."""
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape, output_padding=output_padding,
+                 output_shape=output_shape, pads=pads, strides=strides)
+    out, begin, end, strides, dilations, kernel_shape = conv_transpose_layout(X, W, attrs)
+    inner, begin, end, grow = _cut_and_grow(out, begin, end)
+    N, C = X.shape[:2]
+    M = W.shape[1] * group
+    nk, ni = len(kernel_shape), math.prod(X.shape[2:])
+    w = W.reshape(group, C // group, (M // group) * math.prod(kernel_shape))
+    x = X.reshape(N, group, C // group, ni)
+    cols = _as(xp.matmul(xp.swapaxes(w, -1, -2)[None], x), X.dtype)  # N, group, M/g * kk, ni
+    cols = cols.reshape((N, M) + tuple(kernel_shape) + tuple(X.shape[2:]))
+    y = col2im(xp, cols, (N, M) + tuple(inner), kernel_shape, list(X.shape[2:]), begin, end, strides, dilations)
+    if any(lo or hi for lo, hi in grow):
+        y = xp.pad(y, [(0, 0), (0, 0)] + grow)
+    if B is not None:
+        y = y + B.reshape((1, M) + (1,) * nk)
+    return y
+
+
+@adjoint("ConvTranspose")
+def _conv_transpose_vjp(xp, G, inputs, outputs, attrs, need):
+    """``y = col2im(W^T x)``: the input gradient gathers each input position's kernel window of G (a Conv
+    of G with W), the weight gradient correlates those windows with X, the bias gradient sums G."""
+    X, W = inputs[:2]
+    B = inputs[2] if len(inputs) > 2 else None
+    out, begin, end, strides, dilations, kernel_shape = conv_transpose_layout(X, W, attrs)
+    inner, begin, end, grow = _cut_and_grow(out, begin, end)
+    group = attrs.get("group", 1)
+    N, C = X.shape[:2]
+    M = W.shape[1] * group
+    k, ni = G[0].shape[0], math.prod(X.shape[2:])
+    kk = math.prod(kernel_shape)
+    g = G[0].reshape((k * N, M) + tuple(out))
+    g = g[(slice(None), slice(None)) + tuple(slice(lo, lo + n) for (lo, _), n in zip(grow, inner))]
+    cols = windows(xp, g, kernel_shape, list(X.shape[2:]), begin, end, strides, dilations)
+    cols = cols.reshape(k, N, group, (M // group) * kk, ni)
+    grads = [None] * len(inputs)
+    if need[0]:
+        w = W.reshape(group, C // group, (M // group) * kk)
+        grads[0] = xp.matmul(w, cols).reshape((k,) + X.shape)
+    if need[1]:
+        x = X.reshape(N, group, C // group, ni)
+        grads[1] = xp.einsum("ngci,kngmi->kgcm", x, cols).reshape((k,) + W.shape)
+    if B is not None and need[2]:
+        grads[2] = G[0].sum(axis=(1,) + tuple(range(3, G[0].ndim)))
+    return grads

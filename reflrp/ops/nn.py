@@ -161,7 +161,7 @@ def _rmsnorm_vjp(xp, G, inputs, outputs, attrs, need):
     return [dx if need[0] else None, unbroadcast(xp, g * xhat, scale.shape) if need[1] else None]
 
 
-@kernel("BatchNormalization", since=9, kind=K.LINEAR, addends=(2, 3))
+@kernel("BatchNormalization", since=9, kind=K.LINEAR, addends=(2, 3), layer="batchnorm")
 def BatchNormalization(xp, X, scale, B, input_mean, input_var, epsilon=1e-5, momentum=0.9, training_mode=0):
     if training_mode:
         raise UnsupportedOpError("BatchNormalization in training mode is not supported (inference only)")
@@ -277,7 +277,7 @@ def _maxpool_vjp(xp, G, inputs, outputs, attrs, need):
     return [flat[:, 1:].reshape((k,) + X.shape).astype(g.dtype)]
 
 
-@kernel("AveragePool", kind=K.LINEAR)
+@kernel("AveragePool", kind=K.LINEAR, layer="avgpool")
 def AveragePool(xp, X, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape=None,
                 pads=None, strides=None):
     cols, geo, nk = _pool(xp, X, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, 0.0)
@@ -316,7 +316,7 @@ def _avgpool_vjp(xp, G, inputs, outputs, attrs, need):
     return [gx.reshape((k,) + X.shape)]
 
 
-@kernel("GlobalAveragePool", kind=K.LINEAR, reduces=True)
+@kernel("GlobalAveragePool", kind=K.LINEAR, reduces=True, layer="avgpool")
 def GlobalAveragePool(xp, X):
     return xp.mean(X, axis=tuple(range(2, X.ndim)), keepdims=True).astype(X.dtype, copy=False)
 

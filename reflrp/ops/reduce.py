@@ -19,7 +19,7 @@ def _axes(xp, data, axes, noop_with_empty_axes):
     return axes_indices(xp, axes, data.ndim, repeats=True)
 
 
-def _reduction(op: str, fn, derivative, kind: str):
+def _reduction(op: str, fn, derivative, kind: str, **facts):
     """Register ``y = fn(x)`` over the axes and the adjoint ``G * derivative(x, y)`` (``y`` keepdims)."""
     def run(xp, data, axes=None, keepdims=1, noop_with_empty_axes=0):
         ax = _axes(xp, data, axes, noop_with_empty_axes)
@@ -27,7 +27,7 @@ def _reduction(op: str, fn, derivative, kind: str):
             return data
         return fn(xp, data, ax, bool(keepdims))
     run.__name__ = op
-    kernel(op, kind=kind, reduces=True)(run)
+    kernel(op, kind=kind, reduces=True, **facts)(run)
 
     def vjp(xp, G, inputs, outputs, attrs, need):
         x = inputs[0]
@@ -90,7 +90,8 @@ def _product_of_others(xp, x, y, ax):
 _reduction("ReduceSum", _keep_dtype(lambda xp, x, ax, k: xp.sum(x, axis=ax, keepdims=k)),
            lambda xp, x, y, ax: xp.ones(x.shape, dtype=x.dtype), K.LINEAR)
 _reduction("ReduceMean", _keep_dtype(lambda xp, x, ax, k: _mean(xp, x, ax, k)),
-           lambda xp, x, y, ax: xp.full(x.shape, 1 / _count(x, ax), dtype=x.dtype), K.LINEAR)
+           lambda xp, x, y, ax: xp.full(x.shape, 1 / _count(x, ax), dtype=x.dtype), K.LINEAR,
+           layer="avgpool")  # torch exports AdaptiveAvgPool2d(1) as ReduceMean
 _reduction("ReduceProd", _keep_dtype(lambda xp, x, ax, k: xp.prod(x, axis=ax, keepdims=k)),
            _product_of_others, K.NONLINEAR)
 _reduction("ReduceMax", lambda xp, x, ax, k: xp.max(x, axis=ax, keepdims=k) if x.size else

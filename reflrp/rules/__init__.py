@@ -15,7 +15,8 @@ elementwise functions, uniform rule on bilinear products, the softmax rule); Ali
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -39,6 +40,7 @@ class Context:
     f: Any = formulas
     inflow: Any = 0.0  # per target: the relevance that arrived at the node's outputs (the ledger's mass)
     centred: Callable | None = None  # integer arithmetic: the op record's ``centred`` fact
+    params: Mapping = field(default_factory=dict)  # the rule's parameters at this node (gamma, alpha, ...)
 
     def operands(self, inputs, outputs, dtype):
         """The ``x_i`` and ``z`` a formula reads: the node's values, or for integer arithmetic the
@@ -81,13 +83,40 @@ class Result:
 
 RULES: dict[str, Callable] = {}
 
+# a rule parameter without a default (zbox's bounds), and the epsilon rule's default: the pass's epsilon
+REQUIRED = "required"
+PASS_EPSILON = "the pass epsilon"
 
-def rule(name: str):
-    """Register a relevance rule under ``name``."""
+
+@dataclass(frozen=True)
+class Signature:
+    """What a rule takes: its parameters (name -> default), the one that stabilises its denominators
+    (``ctx.eps`` at its nodes; None: the pass's epsilon) and whether it applies to weight layers only."""
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    stabiliser: str | None = None
+    layer: bool = False
+
+
+SIGNATURES: dict[str, Signature] = {}
+
+
+def rule(name: str, params: Mapping[str, Any] | None = None, stabiliser: str | None = None, layer: bool = False):
+    """Register a relevance rule under ``name``, with its parameters and their defaults (see :class:`Signature`)."""
     def register(fn):
         RULES[name] = fn
+        SIGNATURES[name] = Signature(MappingProxyType(dict(params or {})), stabiliser, layer)
         return fn
     return register
+
+
+def parameters() -> dict[str, tuple[str, ...]]:
+    """Every rule parameter name -> the rules that take it."""
+    out: dict[str, list[str]] = {}
+    for name, sig in sorted(SIGNATURES.items()):
+        for p in sig.params:
+            out.setdefault(p, []).append(name)
+    return {p: tuple(r) for p, r in sorted(out.items())}
 
 
 def to_shape(xp, R, x):
@@ -100,4 +129,4 @@ def zeros_k(k: int):
     return np.zeros(k)
 
 
-from . import attention, lrp  # noqa: E402,F401  (registration)
+from . import attention, classic, lrp  # noqa: E402,F401  (registration)

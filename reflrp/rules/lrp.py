@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Result, rule, to_shape
+from . import PASS_EPSILON, Result, rule, to_shape
 
 # A logit at or below float16's lowest finite value (-65504) can only be a mask (GPT-2's finfo.min,
 # HF's additive masks, -inf); a softmax row made only of them attends to nothing.
@@ -15,14 +15,24 @@ def _dynamic_or_addend(ctx):
     return [d or i in ctx.addends for i, d in enumerate(ctx.dynamic)]
 
 
-@rule("epsilon")
+def without_addends(ctx, inputs):
+    """The inputs with every constant summand (bias) zeroed, and the output recomputed without them."""
+    zeroed = [ctx.xp.zeros_like(x) if i in ctx.addends and not ctx.dynamic[i] and x is not None else x
+              for i, x in enumerate(inputs)]
+    return zeroed, [ctx.kernel(ctx.xp, *zeroed, **ctx.attrs)]
+
+
+@rule("epsilon", params={"epsilon": PASS_EPSILON, "zero_bias": False}, stabiliser="epsilon")
 def epsilon_rule(ctx, inputs, outputs, R_out):
     """LRP-epsilon (Bach et al. 2015) on an op that is linear in its dynamic input(s):
     ``G = R_y / stab(y)``, ``R_i = x_i * vjp_i(G)``; a constant summand (bias) absorbs ``x_c * vjp_c(G)``.
     On integer arithmetic (MatMulInteger, ...) ``x_i`` and ``y`` are the zero-point-centred integers
     (``x - x_zp``): with eps = 0 that is the rule on the layer with dequantized operands, whose scales
-    cancel in ``x_i / y``; eps is then in accumulator units."""
+    cancel in ``x_i / y``; eps is then in accumulator units. ``zero_bias``: the constant summands are
+    left out of ``y`` and absorb nothing (Zennit's ``zero_params=['bias']``)."""
     R = R_out[0]
+    if ctx.params.get("zero_bias"):
+        inputs, outputs = without_addends(ctx, inputs)
     xs, ys = ctx.operands(inputs, outputs, R.dtype)
     y = ys[0]
     G = ctx.ratio(R, y)
