@@ -94,3 +94,78 @@ def rand(rng: np.random.Generator, shape, positive: bool = False) -> np.ndarray:
     """Standard normal data of ``shape``; ``positive``: ``|N(0, 1)| + 0.5``."""
     a = rng.standard_normal(shape)
     return np.abs(a) + 0.5 if positive else a
+
+
+# ---------------------------------------------------------------- the decompositions exporters write
+
+LN_EPS = f32(1e-5)  # a norm's epsilon attribute, as the protobuf holds it
+
+SQRT2 = np.sqrt(2.0)
+C_TANH = np.sqrt(2.0 / np.pi)
+
+# Elementwise regions as exporters write them: ``f(h) -> (nodes, constants)`` from the source tensor ``h`` to
+# the graph output ``y``; the region's end node is named ``end`` (a Mul by 0.5 after it: ``after``).
+
+
+def silu_nodes(h):
+    return [node("Sigmoid", [h], ["sg"]), node("Mul", [h, "sg"], ["y"], name="end")], {}
+
+
+def erf_gelu_nodes(h):
+    return [node("Div", [h, "sqrt2"], ["d"]), node("Erf", ["d"], ["e"]), node("Add", ["e", "one"], ["a"]),
+            node("Mul", [h, "a"], ["m"], name="end"), node("Mul", ["m", "half"], ["y"], name="after")], \
+        {"sqrt2": scalar(SQRT2), "one": scalar(1.0), "half": scalar(0.5)}
+
+
+def erf_gelu_half_first_nodes(h):
+    return [node("Mul", [h, "half"], ["hh"]), node("Div", [h, "sqrt2"], ["d"]), node("Erf", ["d"], ["e"]),
+            node("Add", ["e", "one"], ["a"]), node("Mul", ["hh", "a"], ["y"], name="end")], \
+        {"sqrt2": scalar(SQRT2), "one": scalar(1.0), "half": scalar(0.5)}
+
+
+def tanh_gelu_nodes(h):
+    return [node("Pow", [h, "three"], ["p3"]), node("Mul", ["p3", "k"], ["t1"]), node("Add", [h, "t1"], ["t2"]),
+            node("Mul", ["t2", "c"], ["t3"]), node("Tanh", ["t3"], ["t4"]), node("Add", ["t4", "one"], ["t5"]),
+            node("Mul", ["half", h], ["hh"]), node("Mul", ["hh", "t5"], ["y"], name="end")], \
+        {"three": scalar(3.0), "k": scalar(0.044715), "c": scalar(C_TANH), "one": scalar(1.0),
+         "half": scalar(0.5)}
+
+
+def tanh_gelu_cube_by_mul_nodes(h):
+    return [node("Mul", [h, h], ["p2"]), node("Mul", ["p2", h], ["p3"]), node("Mul", ["p3", "k"], ["t1"]),
+            node("Add", [h, "t1"], ["t2"]), node("Mul", ["t2", "c"], ["t3"]), node("Tanh", ["t3"], ["t4"]),
+            node("Add", ["one", "t4"], ["t5"]), node("Mul", [h, "t5"], ["m"], name="end"),
+            node("Mul", ["m", "half"], ["y"], name="after")], \
+        {"k": scalar(0.044715), "c": scalar(C_TANH), "one": scalar(1.0), "half": scalar(0.5)}
+
+
+def quick_gelu_nodes(h):
+    return [node("Mul", [h, "k"], ["t"]), node("Sigmoid", ["t"], ["sg"]),
+            node("Mul", [h, "sg"], ["y"], name="end")], {"k": scalar(1.702)}
+
+
+REGIONS = {"silu": silu_nodes, "erf-gelu": erf_gelu_nodes, "erf-gelu-half-first": erf_gelu_half_first_nodes,
+           "tanh-gelu": tanh_gelu_nodes, "tanh-gelu-cube-by-mul": tanh_gelu_cube_by_mul_nodes,
+           "quick-gelu": quick_gelu_nodes}
+
+
+def layernorm_decomposed(shape, axes, gamma, beta):
+    """LayerNorm as ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul gamma, Add beta."""
+    return graph_model([
+        node("ReduceMean", ["x", "axes"], ["mu"], keepdims=1), node("Sub", ["x", "mu"], ["d"], name="center"),
+        node("Pow", ["d", "two"], ["d2"]), node("ReduceMean", ["d2", "axes"], ["var"], keepdims=1),
+        node("Add", ["var", "eps"], ["ve"]), node("Sqrt", ["ve"], ["sd"]),
+        node("Div", ["d", "sd"], ["n"], name="norm"),
+        node("Mul", ["n", "gamma"], ["g"]), node("Add", ["g", "beta"], ["y"])],
+        {"x": shape}, ["y"], {"axes": np.array(axes, dtype=np.int64), "two": scalar(2.0), "eps": scalar(LN_EPS),
+                              "gamma": gamma, "beta": beta})
+
+
+def rmsnorm_decomposed(div: bool) -> list:
+    """RMSNorm as its nodes: Pow 2, ReduceMean, Add eps, Sqrt, then Div (``div``) or Reciprocal and Mul, Mul gamma
+    (node ``norm`` the normalizer; constants two, axes, eps, gamma)."""
+    tail = [node("Div", ["x", "sd"], ["n"], name="norm")] if div else \
+        [node("Reciprocal", ["sd"], ["inv"]), node("Mul", ["x", "inv"], ["n"], name="norm")]
+    return [node("Pow", ["x", "two"], ["x2"]), node("ReduceMean", ["x2", "axes"], ["ms"], keepdims=1),
+            node("Add", ["ms", "eps"], ["me"]), node("Sqrt", ["me"], ["sd"])] + tail + \
+        [node("Mul", ["n", "gamma"], ["y"])]

@@ -28,7 +28,9 @@ import reflrp
 from reflrp.testing import rel_err as shared_rel_err
 from reflrp.ops import kinds, records
 from reflrp.presets import PRESETS
-from reflrp.onnx_build import f32 as F32, graph_model, ints as I64, node, one_node_model, rand, rng_for, scalar as S
+from reflrp.onnx_build import (LN_EPS, REGIONS, f32 as F32, graph_model, ints as I64, node, one_node_model, rand,
+                               rng_for, scalar as S)
+from reflrp.onnx_build import layernorm_decomposed as _ln_decomposed, rmsnorm_decomposed as _rms_decomposed
 from reflrp.oracle import (Forward, attention_bias, attention_forward, oracle_attention, oracle_epsilon,  # noqa: F401
                            oracle_layernorm, oracle_maxpool, oracle_softmax, oracle_sum, probe_jacobian,
                            rotary_forward_and_oracle, safe_div, softmax, stab, unbroadcast)
@@ -100,8 +102,6 @@ def explain(model, feeds, R, wrt, preset="attnlrp", epsilon=None, **kw):
 
 # ----------------------------------------------------------------------------------------------------
 # linear nodes with one dynamic operand: LRP-epsilon against the probed Jacobian
-
-
 # ----------------------------------------------------------------------------------------------------
 
 def _lin(case_id, op, order, x_shape, consts, post_reshape=False, marks=(), **attrs):
@@ -212,8 +212,6 @@ def test_linear_epsilon(request, op, order, x_shape, consts, attrs, post_reshape
 
 # ----------------------------------------------------------------------------------------------------
 # Add / Sub / Sum: epsilon over summands
-
-
 # ----------------------------------------------------------------------------------------------------
 
 SUM_CASES = [
@@ -269,8 +267,6 @@ def test_epsilon_sum_zero_output_is_safe():
 
 # ----------------------------------------------------------------------------------------------------
 # data movement: route = exact adjoint (J^T R_y with the probed 0/1 Jacobian)
-
-
 # ----------------------------------------------------------------------------------------------------
 
 def _route(case_id, op, x_shape, consts=None, order=None, opset=18, n_outputs=1, engine="reference", **attrs):
@@ -394,8 +390,6 @@ def test_scatternd_reduction_add_is_not_silently_wrong():
 
 # ----------------------------------------------------------------------------------------------------
 # Softmax
-
-
 # ----------------------------------------------------------------------------------------------------
 
 SOFTMAX_CASES = [
@@ -463,8 +457,6 @@ def test_softmax_epsilon_preset_is_identity():
 
 # ----------------------------------------------------------------------------------------------------
 # products of two dynamic tensors: bilinear uniform / CP
-
-
 # ----------------------------------------------------------------------------------------------------
 
 BILINEAR_CASES = [
@@ -555,8 +547,6 @@ def test_softmax_av_attnlrp():
 
 # ----------------------------------------------------------------------------------------------------
 # elementwise functions of one dynamic input: identity
-
-
 # ----------------------------------------------------------------------------------------------------
 
 def _act(op, opset=18, consts=None, x_shape=(2, 3), positive=False, order=None, **attrs):
@@ -601,53 +591,7 @@ def test_identity(request, op, order, x_shape, consts, opset, positive, attrs):
 
 # ----------------------------------------------------------------------------------------------------
 # elementwise regions (SiLU, GELU variants), fed from a MatMul so the source is an inner tensor
-
-
 # ----------------------------------------------------------------------------------------------------
-
-SQRT2 = np.sqrt(2.0)
-C_TANH = np.sqrt(2.0 / np.pi)
-
-
-def _silu(h):
-    return [node("Sigmoid", [h], ["sg"]), node("Mul", [h, "sg"], ["y"], name="end")], {}
-
-
-def _erf_gelu(h):
-    return [node("Div", [h, "sqrt2"], ["d"]), node("Erf", ["d"], ["e"]), node("Add", ["e", "one"], ["a"]),
-            node("Mul", [h, "a"], ["m"], name="end"), node("Mul", ["m", "half"], ["y"], name="after")], \
-        {"sqrt2": S(SQRT2), "one": S(1.0), "half": S(0.5)}
-
-
-def _erf_gelu_half_first(h):
-    return [node("Mul", [h, "half"], ["hh"]), node("Div", [h, "sqrt2"], ["d"]), node("Erf", ["d"], ["e"]),
-            node("Add", ["e", "one"], ["a"]), node("Mul", ["hh", "a"], ["y"], name="end")], \
-        {"sqrt2": S(SQRT2), "one": S(1.0), "half": S(0.5)}
-
-
-def _tanh_gelu(h):
-    return [node("Pow", [h, "three"], ["p3"]), node("Mul", ["p3", "k"], ["t1"]), node("Add", [h, "t1"], ["t2"]),
-            node("Mul", ["t2", "c"], ["t3"]), node("Tanh", ["t3"], ["t4"]), node("Add", ["t4", "one"], ["t5"]),
-            node("Mul", ["half", h], ["hh"]), node("Mul", ["hh", "t5"], ["y"], name="end")], \
-        {"three": S(3.0), "k": S(0.044715), "c": S(C_TANH), "one": S(1.0), "half": S(0.5)}
-
-
-def _tanh_gelu_cube_by_mul(h):
-    return [node("Mul", [h, h], ["p2"]), node("Mul", ["p2", h], ["p3"]), node("Mul", ["p3", "k"], ["t1"]),
-            node("Add", [h, "t1"], ["t2"]), node("Mul", ["t2", "c"], ["t3"]), node("Tanh", ["t3"], ["t4"]),
-            node("Add", ["one", "t4"], ["t5"]), node("Mul", [h, "t5"], ["m"], name="end"),
-            node("Mul", ["m", "half"], ["y"], name="after")], \
-        {"k": S(0.044715), "c": S(C_TANH), "one": S(1.0), "half": S(0.5)}
-
-
-def _quick_gelu(h):
-    return [node("Mul", [h, "k"], ["t"]), node("Sigmoid", ["t"], ["sg"]), node("Mul", [h, "sg"], ["y"], name="end")], \
-        {"k": S(1.702)}
-
-
-REGIONS = {"silu": _silu, "erf-gelu": _erf_gelu, "erf-gelu-half-first": _erf_gelu_half_first,
-           "tanh-gelu": _tanh_gelu, "tanh-gelu-cube-by-mul": _tanh_gelu_cube_by_mul, "quick-gelu": _quick_gelu}
-
 
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias-add"])
 @pytest.mark.parametrize("region", sorted(REGIONS))
@@ -686,8 +630,6 @@ def test_elementwise_region(region, bias):
 
 # ----------------------------------------------------------------------------------------------------
 # gating: Mul(act(a), b)
-
-
 # ----------------------------------------------------------------------------------------------------
 
 def _gate_model(act, swap):
@@ -726,23 +668,7 @@ def test_gating(preset, act, swap):
 
 # ----------------------------------------------------------------------------------------------------
 # LayerNorm / RMSNorm, op and decomposed
-
-
 # ----------------------------------------------------------------------------------------------------
-
-LN_EPS = F32(1e-5)
-
-
-def _ln_decomposed(shape, axes, gamma, beta):
-    """LayerNorm as ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul gamma, Add beta."""
-    return graph_model([
-        node("ReduceMean", ["x", "axes"], ["mu"], keepdims=1), node("Sub", ["x", "mu"], ["d"], name="center"),
-        node("Pow", ["d", "two"], ["d2"]), node("ReduceMean", ["d2", "axes"], ["var"], keepdims=1),
-        node("Add", ["var", "eps"], ["ve"]), node("Sqrt", ["ve"], ["sd"]), node("Div", ["d", "sd"], ["n"], name="norm"),
-        node("Mul", ["n", "gamma"], ["g"]), node("Add", ["g", "beta"], ["y"])],
-        {"x": shape}, ["y"], {"axes": np.array(axes, dtype=np.int64), "two": S(2.0), "eps": S(LN_EPS),
-                              "gamma": gamma, "beta": beta})
-
 
 LN_CASES = [pytest.param((2, 5), -1, (-1,), None, id="last-axis"),
             pytest.param((2, 3, 4), 1, (1, 2), None, id="axis1-two-axes"),
@@ -777,14 +703,6 @@ def test_layernorm(shape, axis, axes, param_shape, form, eps):
     assert_books(att)
 
 
-def _rms_decomposed(div):
-    tail = [node("Div", ["x", "sd"], ["n"], name="norm")] if div else \
-        [node("Reciprocal", ["sd"], ["inv"]), node("Mul", ["x", "inv"], ["n"], name="norm")]
-    return [node("Pow", ["x", "two"], ["x2"]), node("ReduceMean", ["x2", "axes"], ["ms"], keepdims=1),
-            node("Add", ["ms", "eps"], ["me"]), node("Sqrt", ["me"], ["sd"])] + tail + \
-        [node("Mul", ["n", "gamma"], ["y"])]
-
-
 @pytest.mark.parametrize("eps", [0.0, 1e-2])
 @pytest.mark.parametrize("form", ["op", "reciprocal", "div"])
 def test_rmsnorm_identity(form, eps):
@@ -808,8 +726,6 @@ def test_rmsnorm_identity(form, eps):
 
 # ----------------------------------------------------------------------------------------------------
 # Where with a constant condition; Max/Min; MaxPool
-
-
 # ----------------------------------------------------------------------------------------------------
 
 COND = np.array([[True, False, True], [False, False, True]])
@@ -913,8 +829,6 @@ def test_maxpool(kernel, strides, pads, ceil):
 
 # ----------------------------------------------------------------------------------------------------
 # opset-23 Attention: numpy decomposition and a decomposed ONNX graph
-
-
 # ----------------------------------------------------------------------------------------------------
 
 def attention_decomposed(shapes, q_heads=None, kv_heads=None, mask=None, is_causal=0, scale=None, softcap=0.0,
@@ -1101,8 +1015,6 @@ def test_attention_past_key_value(request, preset, past_kind):
 
 # ----------------------------------------------------------------------------------------------------
 # opset-23 RotaryEmbedding
-
-
 # ----------------------------------------------------------------------------------------------------
 
 def rotary_decomposed(shape, cos_b, sin_b, interleaved, rot):
@@ -1185,8 +1097,6 @@ def test_rotary(request, shape, interleaved, rot_dim, with_pos, eps):
 
 # ----------------------------------------------------------------------------------------------------
 # every registered op has a rule decision
-
-
 # ----------------------------------------------------------------------------------------------------
 
 def test_every_supported_op_has_a_kind_and_its_role_a_rule():
