@@ -115,6 +115,7 @@ class Case:
     source: str = "oracle"    # who computed `expected`: "oracle" (reflrp.oracle) or "reflrp" (checked against LXT)
     extra: dict = field(default_factory=dict)
     facts: dict = field(default_factory=dict)  # filled at export: the rule of every node, the rules used
+    att: Any = field(default=None, repr=False)  # reflrp's attribution, when the generator already has it
 
 
 @dataclass

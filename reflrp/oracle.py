@@ -102,7 +102,9 @@ def oracle_sum(op, order, values, R, eps, stabilizer: str = "sign", zeroed=()):
     y = sum(s * values[n] for s, n in zip(signs, order))
     z = y - sum(s * values[n] for s, n in zip(signs, order) if n in zeroed)
     G = safe_div(R, stab(z, eps, stabilizer))
-    return {n: unbroadcast(s * values[n] * G, values[n].shape) for s, n in zip(signs, order)}, y
+    with np.errstate(invalid="ignore"):  # a -inf summand (a mask) where G is 0 has no relevance
+        share = {n: np.where(G == 0, 0.0, s * values[n] * G) for s, n in zip(signs, order)}
+    return {n: unbroadcast(share[n], values[n].shape) for n in order}, y
 
 
 def oracle_softmax(x, R, axis):
