@@ -312,7 +312,10 @@ def resolve_adapter(spec: str):
         module = importlib.util.module_from_spec(sp)
         sp.loader.exec_module(module)
     else:
-        module = importlib.import_module(where)
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ConformanceError(f"backend {spec!r}: cannot import {where} ({exc})") from exc
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
