@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.set_defaults(func=cmd_ops)
 
     cf = sub.add_parser("conformance", help="the LRP conformance suite for other backends (docs/conformance.md)")
-    csub = cf.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    csub = cf.add_subparsers(dest="action", required=True, parser_class=_Parser, help="export or run")
     ce = csub.add_parser("export", help="write the suite (node cases and the zoo's model-level cases) to DIR")
     ce.add_argument("dir", help="an empty directory (or a suite written before, which is replaced)")
     ce.add_argument("--models", help="the zoo folder with <name>.onnx and <name>.lxt.npz (default: the repository's "
