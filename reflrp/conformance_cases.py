@@ -105,7 +105,7 @@ def linear_cases():
 SUMS = [  # (case, op, input order, dynamic inputs, constants)
     ("add-bias", "Add", ["x", "c"], {"x": (2, 3)}, {"c": const((3,), 30)}),
     ("add-residual-broadcast", "Add", ["x", "x2"], {"x": (2, 1, 3), "x2": (4, 1)}, {}),
-    ("sub", "Sub", ["x", "x2"], {"x": (2, 3), "x2": (2, 1)}, {}),
+    ("sub-broadcast", "Sub", ["x", "x2"], {"x": (2, 3), "x2": (1, 3)}, {}),
     ("sum-three-bias", "Sum", ["x", "c", "x2"], {"x": (2, 3), "x2": (1, 3)}, {"c": const((3,), 33)}),
 ]
 
@@ -114,7 +114,7 @@ def sum_cases():
     """LRP-epsilon over summands: ``R_i = (+/-) x_i * R_y / stab(z)``, summed over broadcast axes."""
     for cid, op, order, dyn, consts in SUMS:
         model = one_node_model(op, order, dyn, consts, name="sum")
-        rng = rng_for(f"epsilon/{cid}")
+        rng = rng_for(f"sum/{cid}")
         feeds = {n: rand(rng, s) for n, s in dyn.items()}
         y = Forward(model)(feeds)
         R = rng.standard_normal(y.shape)
@@ -148,7 +148,7 @@ def _matmul_add_bias():
 BILINEAR = [  # (case, op, A shape, B shape, attributes)
     ("matmul", "MatMul", (2, 3, 4), (2, 4, 5), {}),
     ("matmul-broadcast", "MatMul", (2, 1, 3, 4), (3, 4, 2), {}),
-    ("einsum-qk", "Einsum", (3, 4), (2, 4), {"equation": "qd,kd->qk"}),
+    ("einsum-qk", "Einsum", (4, 3), (5, 3), {"equation": "qd,kd->qk"}),
 ]
 
 
@@ -329,10 +329,12 @@ def normalizer_cases():
                             {"two": scalar(2.0), "axes": ints(-1), "eps": scalar(LN_EPS), "gamma": gamma})
         yield _case(f"normalizer/rmsnorm-{'div' if div else 'reciprocal'}", "normalizer", model, {"x": x}, R, {"x": R})
     beta = rng.standard_normal(4)
-    want, _, _ = oracle_layernorm(x, gamma, beta, R, (-1,), LN_EPS, 0.0)
-    yield _case("normalizer/layernorm-decomposed", "normalizer", layernorm_decomposed((2, 3, 4), [-1], gamma, beta),
-                {"x": x}, R, {"x": want}, eps=0.0, conv={"bias": "absorbed"},
-                notes="epsilon on the centering Sub, the ReduceMean and the beta Add; the normalizer on the Div")
+    model = layernorm_decomposed((2, 3, 4), [-1], gamma, beta)
+    for lab, eps, conv in variants(bias=True, eps_values=(0.0,)):
+        want, _, _ = oracle_layernorm(x, gamma, beta, R, (-1,), LN_EPS, 0.0, bias=conv["bias"])
+        yield _case(f"normalizer/layernorm-decomposed/{lab}", "normalizer", model, {"x": x}, R, {"x": want}, eps=0.0,
+                    conv=conv, notes="epsilon on the centering Sub, the ReduceMean and the beta Add; the normalizer "
+                                     "on the Div (equal to the layernorm rule at eps 0)")
 
 
 def layernorm_cases():
