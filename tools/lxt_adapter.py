@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnx_torch import (attention_bias, attention_heads, attention_merge, attention_scale, op_fn,  # noqa: E402
-                        repeat_kv, run_graph, run_nodes)
+from onnx_torch import (attention_bias, attention_heads, attention_merge, attention_scale, repeat_kv,  # noqa: E402
+                        run_graph, run_nodes)
 from reflrp.conformance import Unsupported  # noqa: E402
 
 
@@ -111,7 +111,7 @@ class Efficient:
             y = run_graph(g.model, leaves, lambda node, fn, args, env: self.apply(g, node, fn, args, env))[case.output]
         R = torch.from_numpy(case.relevance_out)
         gradient = case.rule["name"] == "gradient"
-        y.backward(R if gradient else torch.where(y != 0, R / torch.where(y != 0, y, 1.0), 0.0).nan_to_num(0.0, 0.0, 0.0))
+        y.backward(R if gradient else as_gradient(torch, R, y))
         return {n: (t.grad if gradient else t * t.grad).detach().numpy() if t.grad is not None else np.zeros(t.shape)
                 for n, t in leaves.items() if n in case.relevance_of}
 
@@ -128,8 +128,8 @@ class Efficient:
             keep = facts[{"bilinear-cp": "values", "gate-up": "up", "normalizer": "normalized"}[rule]]
             return fn(*_held(args, keep, dyn))
         if rule == "identity" and node.op_type == "RMSNormalization":
-            return (patches.rms_norm_forward(SimpleNamespace(weight=args[1], variance_epsilon=_attr(node, "epsilon",
-                                                                                                      1e-5)), args[0]),)
+            ns = SimpleNamespace(weight=args[1], variance_epsilon=_attr(node, "epsilon", 1e-5))
+            return (patches.rms_norm_forward(ns, args[0]),)
         if rule == "identity":
             (i,) = dyn
             return (lxt.identity_rule_implicit(lambda t: fn(*_with(args, i, t))[0], args[i]),)
@@ -137,12 +137,19 @@ class Efficient:
             source, f = g.region_fn(node, env)
             return (lxt.identity_rule_implicit(f, env[source]),)
         if rule == "layernorm":
-            ns = SimpleNamespace(eps=_attr(node, "epsilon", 1e-5), weight=args[1], bias=args[2] if len(args) > 2 else None)
+            beta = args[2] if len(args) > 2 else None
+            ns = SimpleNamespace(eps=_attr(node, "epsilon", 1e-5), weight=args[1], bias=beta)
             return (patches.layer_norm_forward(ns, args[0]),)
         if rule in ("attention", "attention-cp"):
             wrap = patches.wrap_attention_forward if rule == "attention" else patches.cp_wrap_attention_forward
             return (_efficient_attention(node, args, wrap),)
         return fn(*args)  # epsilon (eps 0), route, softmax, rotary, gradient: plain autograd in LXT
+
+
+def as_gradient(torch, R, y):
+    """The upstream relevance as gradient x input's gradient: ``R / y`` (0 where y is 0 or not finite)."""
+    ok = (y != 0) & torch.isfinite(y)
+    return torch.where(ok, R / torch.where(ok, y, 1.0), 0.0)
 
 
 def _attr(node, name, default):
