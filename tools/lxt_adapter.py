@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnx_torch import (attention_bias, attention_heads, attention_merge, attention_scale, repeat_kv,  # noqa: E402
-                        run_graph, run_nodes)
+from onnx_torch import (CaseGraph, attention_bias, attention_heads, attention_merge, attention_scale,  # noqa: E402
+                        dynamic_inputs, held, repeat_kv, run_graph, with_arg)
 from reflrp.conformance import Unsupported  # noqa: E402
 
 
@@ -56,38 +56,6 @@ def _lxt_explicit():
     return rules, functional
 
 
-class Graph:
-    """A case's graph in torch: the node specs by name, and the region each inner node belongs to."""
-
-    def __init__(self, case):
-        self.case = case
-        self.model = onnx.load(str(case.model_path))
-        self.specs = {n["name"]: n for n in case.nodes}
-        self.eps = float(case.rule.get("epsilon") or 0.0)
-
-    def spec(self, node) -> dict:
-        return self.specs.get(node.name) or {"rule": None, "dynamic": [], "facts": {}}
-
-    def region_fn(self, end, env):
-        """The region ending at ``end`` as a function of its source (the inner nodes evaluated plainly)."""
-        source = self.spec(end)["facts"]["source"]
-        inner = [n for n in self.model.graph.node if self.spec(n)["facts"].get("region") == end.name] + [end]
-        return source, lambda s: run_nodes(inner, {**env, source: s})[end.output[0]]
-
-
-def _dynamic(spec, args) -> list:
-    return [i for i, d in enumerate(spec["dynamic"]) if d and i < len(args) and args[i] is not None]
-
-
-def _with(args, i, t) -> list:
-    return [t if j == i else a for j, a in enumerate(args)]
-
-
-def _held(args, keep, dyn) -> list:
-    """``args`` with every dynamic operand but ``keep`` detached (held constant)."""
-    return [a.detach() if j in dyn and j != keep else a for j, a in enumerate(args)]
-
-
 def _leaves(case):
     torch = _torch()
     return {n: torch.tensor(v, requires_grad=v.dtype.kind == "f") for n, v in case.inputs.items()}
@@ -105,7 +73,7 @@ class Efficient:
             return lxt_model_case(case)
         torch = _torch()
         from torch_common import float64_mode
-        g = Graph(case)
+        g = CaseGraph(case)
         leaves = _leaves(case)
         with float64_mode():
             y = run_graph(g.model, leaves, lambda node, fn, args, env: self.apply(g, node, fn, args, env))[case.output]
@@ -115,10 +83,10 @@ class Efficient:
         return {n: (t.grad if gradient else t * t.grad).detach().numpy() if t.grad is not None else np.zeros(t.shape)
                 for n, t in leaves.items() if n in case.relevance_of}
 
-    def apply(self, g: Graph, node, fn, args, env):
+    def apply(self, g: CaseGraph, node, fn, args, env):
         lxt, patches = _lxt_efficient()
         spec = g.spec(node)
-        rule, dyn, facts = spec["rule"], _dynamic(spec, args), spec["facts"]
+        rule, dyn, facts = spec["rule"], dynamic_inputs(spec, args), spec["facts"]
         if g.eps and rule in ("epsilon", "bilinear-uniform", "bilinear-cp", "layernorm", "attention", "attention-cp",
                               "rotary"):
             raise Unsupported("LXT's efficient mode has no epsilon (gradient x input is eps = 0)")
@@ -126,13 +94,13 @@ class Efficient:
             return (lxt.divide_gradient(fn(*args)[0], len(dyn)),)
         if rule in ("bilinear-cp", "gate-up", "normalizer"):
             keep = facts[{"bilinear-cp": "values", "gate-up": "up", "normalizer": "normalized"}[rule]]
-            return fn(*_held(args, keep, dyn))
+            return fn(*held(args, keep, dyn))
         if rule == "identity" and node.op_type == "RMSNormalization":
             ns = SimpleNamespace(weight=args[1], variance_epsilon=_attr(node, "epsilon", 1e-5))
             return (patches.rms_norm_forward(ns, args[0]),)
         if rule == "identity":
             (i,) = dyn
-            return (lxt.identity_rule_implicit(lambda t: fn(*_with(args, i, t))[0], args[i]),)
+            return (lxt.identity_rule_implicit(lambda t: fn(*with_arg(args, i, t))[0], args[i]),)
         if rule == "region":
             source, f = g.region_fn(node, env)
             return (lxt.identity_rule_implicit(f, env[source]),)
@@ -182,17 +150,17 @@ class Explicit:
         if case.kind == "model":
             raise Unsupported("LXT 2.1's explicit mode has no patch maps for the zoo's HF models")
         torch = _torch()
-        g = Graph(case)
+        g = CaseGraph(case)
         leaves = _leaves(case)
         y = run_graph(g.model, leaves, lambda node, fn, args, env: self.apply(g, node, fn, args, env))[case.output]
         y.backward(torch.from_numpy(case.relevance_out))
         return {n: t.grad.detach().numpy() if t.grad is not None else np.zeros(t.shape)
                 for n, t in leaves.items() if n in case.relevance_of}
 
-    def apply(self, g: Graph, node, fn, args, env):
+    def apply(self, g: CaseGraph, node, fn, args, env):
         rules, functional = _lxt_explicit()
         spec = g.spec(node)
-        rule, dyn, facts, eps = spec["rule"], _dynamic(spec, args), spec["facts"], g.eps
+        rule, dyn, facts, eps = spec["rule"], dynamic_inputs(spec, args), spec["facts"], g.eps
 
         def of_dynamic(*d):  # the node as a function of its dynamic operands
             full = list(args)
@@ -207,17 +175,17 @@ class Explicit:
             return (rules.uniform_rule_fn.apply(of_dynamic, *[args[i] for i in dyn]),)
         if rule == "bilinear-cp":
             keep = facts["values"]
-            held = _held(args, keep, dyn)
-            return (rules.epsilon_lrp_fn.apply(lambda t: fn(*_with(held, keep, t))[0], eps, args[keep]),)
+            fixed = held(args, keep, dyn)
+            return (rules.epsilon_lrp_fn.apply(lambda t: fn(*with_arg(fixed, keep, t))[0], eps, args[keep]),)
         if rule in ("gate-up", "normalizer"):
             keep = facts["up" if rule == "gate-up" else "normalized"]
-            held = _held(args, keep, dyn)
-            return (rules.identity_fn.apply(lambda t: fn(*_with(held, keep, t))[0], args[keep]),)
+            fixed = held(args, keep, dyn)
+            return (rules.identity_fn.apply(lambda t: fn(*with_arg(fixed, keep, t))[0], args[keep]),)
         if rule == "identity" and node.op_type == "RMSNormalization":
             return (functional.rms_norm_identity_fn.apply(args[0], args[1], _attr(node, "epsilon", 1e-5)),)
         if rule == "identity":
             (i,) = dyn
-            return (rules.identity_fn.apply(lambda t: fn(*_with(args, i, t))[0], args[i]),)
+            return (rules.identity_fn.apply(lambda t: fn(*with_arg(args, i, t))[0], args[i]),)
         if rule == "region":
             source, f = g.region_fn(node, env)
             return (rules.identity_fn.apply(f, env[source]),)
@@ -229,7 +197,7 @@ class Explicit:
         if rule in ("attention", "attention-cp"):
             return (_explicit_attention(node, args, eps, rule == "attention-cp"),)
         if rule == "rotary":
-            return (rules.epsilon_lrp_fn.apply(lambda t: fn(*_with(args, 0, t))[0], eps, args[0]),)
+            return (rules.epsilon_lrp_fn.apply(lambda t: fn(*with_arg(args, 0, t))[0], eps, args[0]),)
         return fn(*args)  # route, gradient: plain autograd moves relevance by the 0/1 map
 
 

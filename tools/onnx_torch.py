@@ -277,3 +277,39 @@ def run_nodes(nodes, env: dict, apply=plain) -> dict:
 
 def run_graph(model: onnx.ModelProto, feeds: dict, apply=plain) -> dict:
     return run_nodes(model.graph.node, {**constants(model), **feeds}, apply)
+
+
+# ------------------------------------------------------------------ a conformance case's graph
+
+class CaseGraph:
+    """A case's graph in torch: the node specs by name, and the region each inner node belongs to."""
+
+    def __init__(self, case):
+        self.case = case
+        self.model = onnx.load(str(case.model_path))
+        self.specs = {n["name"]: n for n in case.nodes}
+        self.eps = float(case.rule.get("epsilon") or 0.0)
+
+    def spec(self, node) -> dict:
+        return self.specs.get(node.name) or {"rule": None, "dynamic": [], "facts": {}}
+
+    def region_fn(self, end, env):
+        """The region ending at ``end`` as a function of its source (the inner nodes evaluated plainly)."""
+        source = self.spec(end)["facts"]["source"]
+        inner = [n for n in self.model.graph.node if self.spec(n)["facts"].get("region") == end.name] + [end]
+        return source, lambda s: run_nodes(inner, {**env, source: s})[end.output[0]]
+
+
+def dynamic_inputs(spec, args) -> list:
+    """The positions of the node's dynamic inputs (from the case's plan)."""
+    return [i for i, d in enumerate(spec["dynamic"]) if d and i < len(args) and args[i] is not None]
+
+
+def with_arg(args, i, t) -> list:
+    """``args`` with ``t`` at position ``i``."""
+    return [t if j == i else a for j, a in enumerate(args)]
+
+
+def held(args, keep, dyn) -> list:
+    """``args`` with every dynamic operand but ``keep`` detached (held constant)."""
+    return [a.detach() if j in dyn and j != keep else a for j, a in enumerate(args)]
