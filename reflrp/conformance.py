@@ -441,11 +441,14 @@ class ReflrpAdapter:
 
     conventions = REFLRP_CONVENTIONS
 
+    def __init__(self, fast: bool | None = None):
+        self.fast = fast  # reflrp's speed layer (None: its default); the plain path with False
+
     def __call__(self, case: SuiteCase) -> dict:
         from .explain import explain
         r = case.meta["reflrp"]
         att = explain(str(case.model_path), case.inputs, target=case.relevance_out, preset=r["preset"],
-                      epsilon=r.get("epsilon"), dtype="float64", wrt=case.relevance_of, keep=())
+                      epsilon=r.get("epsilon"), dtype="float64", wrt=case.relevance_of, keep=(), fast=self.fast)
         planned = {p.node.name: p.rule for p in att.plan.nodes}
         for n in case.nodes:
             if planned.get(n["name"]) != n["rule"]:

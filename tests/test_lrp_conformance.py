@@ -116,6 +116,12 @@ def test_reflrp_passes_every_case_its_conventions_select(suite, cases):
     assert len(by_status["pass"]) > 150 and max(o.error for o in by_status["pass"]) <= 1e-10
 
 
+def test_reflrp_passes_without_its_speed_layer(suite):
+    outcomes = run_suite(suite, ReflrpAdapter(fast=False), only=["[!m]*", "model/attnlrp/llama_past/real-rows"])
+    assert {o.status for o in outcomes} == {"pass", "skipped"}
+    assert max(o.error for o in outcomes if o.status == "pass") <= 1e-10
+
+
 def test_a_broken_adapter_fails_exactly_the_cases_of_its_rule(suite, cases, monkeypatch):
     """Negative control: reflrp with bilinear-uniform's 1/2 dropped fails the cases that exercise it (node
     and model-level) and passes the rest."""
