@@ -1,5 +1,5 @@
-"""The ``reflrp`` command line: explain, plan, verify, golden, check, ops. Its flags mirror the Python
-arguments of :func:`reflrp.explain` one to one."""
+"""The ``reflrp`` command line: explain, plan, verify, golden, check, ops, conformance. Its flags mirror the
+Python arguments of :func:`reflrp.explain` one to one."""
 from __future__ import annotations
 
 import argparse
@@ -394,6 +394,28 @@ def cmd_ops(args) -> int:
     return 0
 
 
+def cmd_conformance_export(args) -> int:
+    from .conformance import export
+    names = export(args.dir, models_dir=args.models, only=args.only,
+                   progress=None if args.quiet else (lambda name: sys.stderr.write(f"\r{name[:78]:<78}")))
+    if not args.quiet:
+        sys.stderr.write("\n")
+    kinds = {k: sum(1 for n in names if n.startswith("model/") == (k == "model")) for k in ("node", "model")}
+    print(f"wrote {len(names)} cases ({kinds['node']} node, {kinds['model']} model-level) to {args.dir}")
+    return 0
+
+
+def cmd_conformance_run(args) -> int:
+    from .conformance import junit_xml, line, resolve_adapter, run_suite, summary
+    adapter = resolve_adapter(args.backend)
+    outcomes = run_suite(args.dir, adapter, only=args.only,
+                         progress=None if args.quiet else (lambda o: print(line(o), flush=True)))
+    print(summary(outcomes))
+    if args.junit:
+        Path(args.junit).write_bytes(junit_xml(outcomes))
+    return 1 if any(o.status == "fail" for o in outcomes) else 0
+
+
 def _relevance_flags(sp, golden: bool = False) -> None:
     from .presets import PRESETS
     sp.add_argument("--preset", default="attnlrp", help=f"rule preset: {', '.join(sorted(PRESETS))} (default attnlrp)")
@@ -491,6 +513,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("ops", help="the support table: op, opsets, kind, rule per preset")
     o.set_defaults(func=cmd_ops)
+
+    cf = sub.add_parser("conformance", help="the LRP conformance suite for other backends (docs/conformance.md)")
+    csub = cf.add_subparsers(dest="action", required=True, parser_class=_Parser, help="export or run")
+    ce = csub.add_parser("export", help="write the suite (node cases and the zoo's model-level cases) to DIR")
+    ce.add_argument("dir", help="an empty directory (or a suite written before, which is replaced)")
+    ce.add_argument("--models", help="the zoo folder with <name>.onnx and <name>.lxt.npz (default: the repository's "
+                                     "models/)")
+    ce.add_argument("--only", action="append", help="a glob of case names to write (repeatable)")
+    ce.add_argument("--quiet", action="store_true", help="no progress")
+    ce.set_defaults(func=cmd_conformance_export)
+    cr = csub.add_parser("run", help="run a backend's adapter on a suite: pass / fail / unsupported / skipped")
+    cr.add_argument("dir", help="the suite directory")
+    cr.add_argument("--backend", required=True, help="package.module:adapter or path/to/file.py:adapter")
+    cr.add_argument("--junit", help="also write a JUnit XML report here")
+    cr.add_argument("--only", action="append", help="a glob of case names to run (repeatable)")
+    cr.add_argument("--quiet", action="store_true", help="only the summary")
+    cr.set_defaults(func=cmd_conformance_run)
     return p
 
 

@@ -1,4 +1,4 @@
-"""Assertions for other LRP backends' test suites, checked against reflrp goldens.
+"""Assertions for other LRP backends' test suites, checked against reflrp goldens, and a pytest plugin.
 
 In three lines (pytest)::
 
@@ -6,6 +6,10 @@ In three lines (pytest)::
     def test_my_backend(reflrp_golden):            # fixture: a pytest plugin installed with reflrp
         golden = reflrp_golden("goldens/llama.golden.npz")
         assert_relevance_close(my_relevance, golden)
+
+The plugin also runs the LRP conformance suite (docs/conformance.md) as tests, one per case::
+
+    pytest --reflrp-suite SUITE_DIR --reflrp-backend package.module:adapter
 """
 from __future__ import annotations
 
@@ -72,10 +76,68 @@ def assert_conserves(attribution: Any, rtol: float = 1e-9, include_absorbed: boo
 
 try:  # a pytest plugin (entry point pytest11 in pyproject.toml): the fixture is there once reflrp is installed
     import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
 
+if pytest is not None:
     @pytest.fixture
     def reflrp_golden():
         """Load a golden file: ``reflrp_golden(path) -> {tensor name: float64 relevance}``."""
         return lambda path: read_golden(path)[0]
-except ImportError:  # pragma: no cover
-    pass
+
+    def pytest_addoption(parser):
+        group = parser.getgroup("reflrp", "reflrp LRP conformance suite")
+        group.addoption("--reflrp-suite", metavar="DIR", help="run the LRP conformance suite in DIR as tests")
+        group.addoption("--reflrp-backend", metavar="SPEC",
+                        help="the adapter under test: package.module:adapter or path/to/file.py:adapter")
+
+    def pytest_configure(config):
+        """With --reflrp-suite, collect the suite (alone, unless paths were given on the command line)."""
+        suite = config.getoption("--reflrp-suite", None)
+        if not suite:
+            return
+        if not config.getoption("--reflrp-backend", None):
+            raise pytest.UsageError("--reflrp-suite needs --reflrp-backend package.module:adapter")
+        if getattr(getattr(config, "args_source", None), "name", "ARGS") == "ARGS":
+            config.args.append(suite)
+        else:  # testpaths or the invocation directory: the suite replaces them
+            config.args[:] = [suite]
+
+    def pytest_collect_file(file_path, parent):
+        suite = parent.config.getoption("--reflrp-suite", None)
+        if suite and file_path.name == "index.json" and file_path.parent.resolve() == Path(suite).resolve():
+            return SuiteFile.from_parent(parent, path=file_path)
+        return None
+
+    class SuiteFile(pytest.File):
+        """The suite's index.json: one test item per case."""
+
+        def collect(self):
+            from .conformance import load_suite, resolve_adapter
+            adapter = resolve_adapter(self.config.getoption("--reflrp-backend"))
+            for case in load_suite(self.path.parent):
+                yield SuiteItem.from_parent(self, name=case.name, case=case, adapter=adapter)
+
+    class SuiteItem(pytest.Item):
+        """One conformance case: fails on a relevance beyond the tolerance, skips when unsupported or when
+        the backend's conventions do not select it."""
+
+        def __init__(self, *, case, adapter, **kw):
+            super().__init__(**kw)
+            self.case, self.adapter = case, adapter
+
+        def runtest(self):
+            from .conformance import run_case
+            o = run_case(self.case, self.adapter)
+            if o.status in ("unsupported", "skipped"):
+                pytest.skip(f"{o.status}: {o.message}")
+            if o.status == "fail":
+                raise AssertionError(o.message or f"relative error {o.error:.3e} > {self.case.tolerance:g}")
+
+        def repr_failure(self, excinfo):
+            if isinstance(excinfo.value, AssertionError):
+                return f"{self.case.name} ({self.case.rule['name']}): {excinfo.value}"
+            return super().repr_failure(excinfo)
+
+        def reportinfo(self):
+            return self.path, None, self.case.name

@@ -1,9 +1,9 @@
 """Every relevance rule against an independent dense float64 oracle (the "zennit idea").
 
-Each case is a tiny ONNX model (``tests/onnx_builders.py``, float64 throughout) with random inputs of
+Each case is a tiny ONNX model (``reflrp/onnx_build.py``, float64 throughout) with random inputs of
 a few elements (deterministic seeds). reflrp explains it with a random initial relevance ``R_y`` of the
 output's shape (passed as ``target``), and the relevance at the inputs is compared with an oracle
-computed from first principles with numpy only -- never with reflrp's rules:
+computed from first principles with numpy only (``reflrp/oracle.py``) -- never with reflrp's rules:
 
 * linear maps: the dense Jacobian ``J`` of the output w.r.t. the dynamic input, recovered by probing the
   forward pass of ``onnx.reference.ReferenceEvaluator`` (independent of reflrp) with unit vectors
@@ -18,23 +18,25 @@ Run with ``-s`` to see the worst relative error per rule family at the end of th
 """
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
 
 import numpy as np
 import pytest
 from onnx import TensorProto
-from onnx.reference import ReferenceEvaluator
 
 import reflrp
 from reflrp.testing import rel_err as shared_rel_err
 from reflrp.ops import kinds, records
 from reflrp.presets import PRESETS
-from onnx_builders import graph_model, node, one_node_model
+from reflrp.onnx_build import (LN_EPS, REGIONS, f32 as F32, graph_model, ints as I64, node, one_node_model, rand,
+                               rng_for, scalar as S)
+from reflrp.onnx_build import layernorm_decomposed as _ln_decomposed, rmsnorm_decomposed as _rms_decomposed
+from reflrp.oracle import (Forward, attention_bias, attention_forward, oracle_attention, oracle_epsilon,  # noqa: F401
+                           oracle_layernorm, oracle_maxpool, oracle_softmax, oracle_sum, probe_jacobian,
+                           rotary_forward_and_oracle, safe_div, softmax, stab, unbroadcast)
 
 TOL = 1e-10
 BOOKS_TOL = 1e-9
-F32 = lambda v: float(np.float32(v))  # noqa: E731  (float attributes are float32 in the protobuf)
 
 # (preset, epsilon passed to explain, epsilon the oracle uses)
 EPS_RUNS = [pytest.param("attnlrp", 0.0, 0.0, id="eps0"),
@@ -53,45 +55,8 @@ def _report_worst():
 
 
 # ----------------------------------------------------------------------------------------------------
-# numpy helpers and oracles
+# assertions (the oracles are in reflrp/oracle.py)
 # ----------------------------------------------------------------------------------------------------
-
-def rng_for(case_id: str) -> np.random.Generator:
-    """A generator seeded by the case id, so each case has its own fixed data."""
-    return np.random.default_rng(zlib.crc32(case_id.encode()))
-
-
-def stab(z: np.ndarray, eps: float) -> np.ndarray:
-    """``z + eps * sign(z)`` with ``sign(0) = +1``."""
-    return z + eps * np.where(z >= 0, 1.0, -1.0)
-
-
-def safe_div(R: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """``R / d``, 0 where ``d`` is 0 or not finite (the spec's ``0/0 -> 0``; ``R/-inf`` is no relevance)."""
-    R, d = np.broadcast_arrays(np.asarray(R, float), np.asarray(d, float))
-    out = np.zeros(R.shape)
-    ok = (d != 0) & np.isfinite(d)
-    out[ok] = R[ok] / d[ok]
-    return out
-
-
-def unbroadcast(R: np.ndarray, shape) -> np.ndarray:
-    """Sum ``R`` over the axes along which an array of ``shape`` was broadcast."""
-    shape = tuple(shape)
-    lead = R.ndim - len(shape)
-    R = R.sum(axis=tuple(range(lead))) if lead else R
-    axes = tuple(i for i, d in enumerate(shape) if d == 1 and R.shape[i] != 1)
-    return R.sum(axis=axes, keepdims=True) if axes else R
-
-
-def softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """Softmax with -inf entries (probability 0); a row of only -inf gives zeros."""
-    m = np.max(x, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    e = np.exp(x - m)
-    s = e.sum(axis=axis, keepdims=True)
-    return e / np.where(s == 0, 1.0, s)
-
 
 def rel_err(got, want) -> float:
     """The shared relative error, with the shape and finiteness checked loudly first."""
@@ -129,71 +94,11 @@ def assert_books(att, tol: float = BOOKS_TOL):
         assert all(np.isfinite([a.inflow, a.outflow, a.absorbed, a.loss, a.deficit])), a
 
 
-class Forward:
-    """The forward pass of a model by ``onnx.reference`` (independent of reflrp), or by reflrp's own
-    float64 interpreter (``engine="reflrp"``) where ``onnx.reference`` cannot run a case."""
-
-    def __init__(self, model, engine: str = "reference"):
-        self.names = [o.name for o in model.graph.output]
-        if engine == "reference":
-            ev = ReferenceEvaluator(model)
-            self.run = lambda feeds: ev.run(None, feeds)
-        else:
-            m = reflrp.load(model)
-            self.run = lambda feeds: [m.run(feeds, dtype="float64")[n] for n in self.names]
-
-    def __call__(self, feeds: dict, output: int = 0) -> np.ndarray:
-        return np.asarray(self.run(feeds)[output], dtype=np.float64)
-
-
-def probe_jacobian(fwd: Forward, feeds: dict, wrt: str):
-    """Dense ``J`` (y.size x x.size) of output 0 w.r.t. ``feeds[wrt]`` (other feeds fixed) and ``f0``,
-    the output at ``feeds[wrt] = 0``, by probing with unit vectors: ``J[:, i] = f(e_i) - f(0)``.
-    Exact for maps that are affine in ``feeds[wrt]``."""
-    x = feeds[wrt]
-    f0 = fwd({**feeds, wrt: np.zeros_like(x)})
-    cols = []
-    for i in range(x.size):
-        e = np.zeros(x.size)
-        e[i] = 1.0
-        cols.append((fwd({**feeds, wrt: e.reshape(x.shape)}) - f0).ravel())
-    return np.stack(cols, axis=1), f0
-
-
-def oracle_epsilon(J, x, y, R, eps):
-    """LRP-epsilon through ``y = J x + b``: ``R_x = x * J^T (R / stab(y))``; returns ``(R_x, G)``."""
-    G = safe_div(R, stab(y, eps))
-    return x * (J.T @ G.ravel()).reshape(x.shape), G
-
-
-def oracle_softmax(x, R, axis):
-    """AttnLRP softmax rule ``R_x = x * (J^T (R / s))`` with the dense softmax Jacobian ``J = diag(s) - s s^T``
-    of every slice along ``axis``. ``J[j, i] / s_j = delta_ij - s_i`` is used where ``s_j = 0``
-    (its limit), and ``R_x = 0`` where ``x = -inf``."""
-    s = softmax(x, axis)
-    xm, sm, Rm = (np.moveaxis(a, axis, -1) for a in (x, s, R))
-    out = np.zeros(xm.shape)
-    for idx in np.ndindex(xm.shape[:-1]):
-        sv, Rv, xv = sm[idx], Rm[idx], xm[idx]
-        n = sv.size
-        J = np.diag(sv) - np.outer(sv, sv)
-        D = np.where(sv[:, None] > 0, J / np.where(sv > 0, sv, 1.0)[:, None], np.eye(n) - sv[None, :])
-        g = D.T @ Rv
-        out[idx] = np.where(np.isfinite(xv), np.where(np.isfinite(xv), xv, 0.0) * g, 0.0)
-    return np.moveaxis(out, -1, axis)
-
-
 def explain(model, feeds, R, wrt, preset="attnlrp", epsilon=None, **kw):
     """``reflrp.explain`` in float64 with ``R`` as the initial relevance."""
     att = reflrp.explain(reflrp.load(model), feeds, target=R, preset=preset, dtype="float64", epsilon=epsilon,
                          wrt=list(wrt), **kw)
     return att
-
-
-def rand(rng, shape, positive=False):
-    a = rng.standard_normal(shape)
-    return np.abs(a) + 0.5 if positive else a
-
 
 # ----------------------------------------------------------------------------------------------------
 # linear nodes with one dynamic operand: LRP-epsilon against the probed Jacobian
@@ -205,15 +110,9 @@ def _lin(case_id, op, order, x_shape, consts, post_reshape=False, marks=(), **at
     return pytest.param(op, order, x_shape, consts, attrs, post_reshape, id=case_id, marks=marks)
 
 
-
-
 def _c(shape, seed, positive=False):
     """A fixed random constant (seeded)."""
     return rand(np.random.default_rng(seed), shape, positive)
-
-
-S = lambda v: np.array(v, dtype=np.float64)  # noqa: E731  (a float64 scalar constant)
-I64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
 
 
 LINEAR_CASES = [
@@ -326,16 +225,6 @@ SUM_CASES = [
     pytest.param("Sum", ["x", "x2", "c", "x3"], {"x": (3, 1), "x2": (4,), "x3": (3, 4)}, {"c": _c((1, 1), 34)},
                  id="sum-four-broadcast"),
 ]
-
-
-def oracle_sum(op, order, values, R, eps):
-    """``R_xi = (+/-) x_i * R_y / stab(y)`` summed over the broadcast axes of ``x_i``."""
-    signs = [1.0] * len(order)
-    if op == "Sub":
-        signs[1] = -1.0
-    y = sum(s * values[n] for s, n in zip(signs, order))
-    G = safe_div(R, stab(y, eps))
-    return {n: unbroadcast(s * values[n] * G, values[n].shape) for s, n in zip(signs, order)}, y
 
 
 def _elementwise_case(request, op, order, dyn, consts, name):
@@ -704,50 +593,6 @@ def test_identity(request, op, order, x_shape, consts, opset, positive, attrs):
 # elementwise regions (SiLU, GELU variants), fed from a MatMul so the source is an inner tensor
 # ----------------------------------------------------------------------------------------------------
 
-SQRT2 = np.sqrt(2.0)
-C_TANH = np.sqrt(2.0 / np.pi)
-
-
-def _silu(h):
-    return [node("Sigmoid", [h], ["sg"]), node("Mul", [h, "sg"], ["y"], name="end")], {}
-
-
-def _erf_gelu(h):
-    return [node("Div", [h, "sqrt2"], ["d"]), node("Erf", ["d"], ["e"]), node("Add", ["e", "one"], ["a"]),
-            node("Mul", [h, "a"], ["m"], name="end"), node("Mul", ["m", "half"], ["y"], name="after")], \
-        {"sqrt2": S(SQRT2), "one": S(1.0), "half": S(0.5)}
-
-
-def _erf_gelu_half_first(h):
-    return [node("Mul", [h, "half"], ["hh"]), node("Div", [h, "sqrt2"], ["d"]), node("Erf", ["d"], ["e"]),
-            node("Add", ["e", "one"], ["a"]), node("Mul", ["hh", "a"], ["y"], name="end")], \
-        {"sqrt2": S(SQRT2), "one": S(1.0), "half": S(0.5)}
-
-
-def _tanh_gelu(h):
-    return [node("Pow", [h, "three"], ["p3"]), node("Mul", ["p3", "k"], ["t1"]), node("Add", [h, "t1"], ["t2"]),
-            node("Mul", ["t2", "c"], ["t3"]), node("Tanh", ["t3"], ["t4"]), node("Add", ["t4", "one"], ["t5"]),
-            node("Mul", ["half", h], ["hh"]), node("Mul", ["hh", "t5"], ["y"], name="end")], \
-        {"three": S(3.0), "k": S(0.044715), "c": S(C_TANH), "one": S(1.0), "half": S(0.5)}
-
-
-def _tanh_gelu_cube_by_mul(h):
-    return [node("Mul", [h, h], ["p2"]), node("Mul", ["p2", h], ["p3"]), node("Mul", ["p3", "k"], ["t1"]),
-            node("Add", [h, "t1"], ["t2"]), node("Mul", ["t2", "c"], ["t3"]), node("Tanh", ["t3"], ["t4"]),
-            node("Add", ["one", "t4"], ["t5"]), node("Mul", [h, "t5"], ["m"], name="end"),
-            node("Mul", ["m", "half"], ["y"], name="after")], \
-        {"k": S(0.044715), "c": S(C_TANH), "one": S(1.0), "half": S(0.5)}
-
-
-def _quick_gelu(h):
-    return [node("Mul", [h, "k"], ["t"]), node("Sigmoid", ["t"], ["sg"]), node("Mul", [h, "sg"], ["y"], name="end")], \
-        {"k": S(1.702)}
-
-
-REGIONS = {"silu": _silu, "erf-gelu": _erf_gelu, "erf-gelu-half-first": _erf_gelu_half_first,
-           "tanh-gelu": _tanh_gelu, "tanh-gelu-cube-by-mul": _tanh_gelu_cube_by_mul, "quick-gelu": _quick_gelu}
-
-
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias-add"])
 @pytest.mark.parametrize("region", sorted(REGIONS))
 def test_elementwise_region(region, bias):
@@ -825,30 +670,6 @@ def test_gating(preset, act, swap):
 # LayerNorm / RMSNorm, op and decomposed
 # ----------------------------------------------------------------------------------------------------
 
-LN_EPS = F32(1e-5)
-
-
-def oracle_layernorm(x, gamma, beta, R, axes, eps_ln, eps):
-    """``G = R_y/stab(y)``; ``Gc = gamma*G/sigma``; ``R_x = x*(Gc - mean(Gc))``; beta absorbs ``beta*G``."""
-    mu = x.mean(axis=axes, keepdims=True)
-    sigma = np.sqrt(((x - mu) ** 2).mean(axis=axes, keepdims=True) + eps_ln)
-    y = (x - mu) / sigma * gamma + beta
-    G = safe_div(R, stab(y, eps))
-    Gc = gamma * G / sigma
-    return x * (Gc - Gc.mean(axis=axes, keepdims=True)), float((beta * G).sum()), y
-
-
-def _ln_decomposed(shape, axes, gamma, beta):
-    """LayerNorm as ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul gamma, Add beta."""
-    return graph_model([
-        node("ReduceMean", ["x", "axes"], ["mu"], keepdims=1), node("Sub", ["x", "mu"], ["d"], name="center"),
-        node("Pow", ["d", "two"], ["d2"]), node("ReduceMean", ["d2", "axes"], ["var"], keepdims=1),
-        node("Add", ["var", "eps"], ["ve"]), node("Sqrt", ["ve"], ["sd"]), node("Div", ["d", "sd"], ["n"], name="norm"),
-        node("Mul", ["n", "gamma"], ["g"]), node("Add", ["g", "beta"], ["y"])],
-        {"x": shape}, ["y"], {"axes": np.array(axes, dtype=np.int64), "two": S(2.0), "eps": S(LN_EPS),
-                              "gamma": gamma, "beta": beta})
-
-
 LN_CASES = [pytest.param((2, 5), -1, (-1,), None, id="last-axis"),
             pytest.param((2, 3, 4), 1, (1, 2), None, id="axis1-two-axes"),
             pytest.param((2, 3, 4), 1, (1, 2), (4,), id="axis1-broadcast-gamma")]
@@ -880,14 +701,6 @@ def test_layernorm(shape, axis, axes, param_shape, form, eps):
     check("layernorm", att.relevance["x"], want)
     check_scalar("layernorm", att.conservation.absorbed, absorbed, np.abs(R).sum(), what="beta absorbs")
     assert_books(att)
-
-
-def _rms_decomposed(div):
-    tail = [node("Div", ["x", "sd"], ["n"], name="norm")] if div else \
-        [node("Reciprocal", ["sd"], ["inv"]), node("Mul", ["x", "inv"], ["n"], name="norm")]
-    return [node("Pow", ["x", "two"], ["x2"]), node("ReduceMean", ["x2", "axes"], ["ms"], keepdims=1),
-            node("Add", ["ms", "eps"], ["me"]), node("Sqrt", ["me"], ["sd"])] + tail + \
-        [node("Mul", ["n", "gamma"], ["y"])]
 
 
 @pytest.mark.parametrize("eps", [0.0, 1e-2])
@@ -991,27 +804,13 @@ def test_winner_takes_all(request, op, order, dyn, consts):
     assert_books(att)
 
 
-def oracle_maxpool(x, R, kernel, strides, pads):
-    """Winner takes all per window (2-D, first maximum in row-major window order; pads and a ceil-mode
-    overhang are -inf)."""
-    N, C, H, W = x.shape
-    need = [(R.shape[2 + i] - 1) * strides[i] + kernel[i] for i in range(2)]
-    xp = np.full((N, C, max(H + pads[0] + pads[2], need[0]), max(W + pads[1] + pads[3], need[1])), -np.inf)
-    xp[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x
-    out = np.zeros_like(xp)
-    for n, c, i, j in np.ndindex(R.shape):
-        r0, c0 = i * strides[0], j * strides[1]
-        win = xp[n, c, r0:r0 + kernel[0], c0:c0 + kernel[1]]
-        a, b = np.unravel_index(np.argmax(win), win.shape)
-        out[n, c, r0 + a, c0 + b] += R[n, c, i, j]
-    return out[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W]
-
-
 @pytest.mark.parametrize("kernel,strides,pads,ceil", [
     pytest.param([2, 2], [2, 2], [0, 0, 0, 0], 0, id="2x2-s2"),
     pytest.param([3, 3], [1, 1], [1, 1, 1, 1], 0, id="3x3-s1-overlap-pads"),
     pytest.param([2, 3], [1, 2], [0, 1, 1, 0], 0, id="2x3-asym"),
     pytest.param([2, 2], [2, 2], [0, 0, 0, 0], 1, id="2x2-s2-ceil")])
+
+
 def test_maxpool(kernel, strides, pads, ceil):
     """MaxPool: winner takes all per window; a value that wins several windows collects them all."""
     model = one_node_model("MaxPool", ["x"], {"x": (1, 2, 5, 5)}, name="pool", kernel_shape=kernel, strides=strides,
@@ -1031,78 +830,6 @@ def test_maxpool(kernel, strides, pads, ceil):
 # ----------------------------------------------------------------------------------------------------
 # opset-23 Attention: numpy decomposition and a decomposed ONNX graph
 # ----------------------------------------------------------------------------------------------------
-
-def attention_bias(L, Skv, mask, is_causal, past):
-    """Additive bias (L, Skv) or broadcastable: float mask, or a bool mask as 0/-inf, plus the causal -inf
-    (aligned bottom-right: query i sees keys up to i + past)."""
-    if mask is not None and mask.dtype == bool:
-        mask = np.where(mask, 0.0, -np.inf)
-    bias = np.zeros((L, Skv)) if mask is None else np.zeros((L, Skv)) + mask
-    if is_causal:
-        bias = bias + np.where(np.tril(np.ones((L, Skv), dtype=bool), k=past), 0.0, -np.inf)
-    return bias
-
-
-def attention_forward(Q, K, V, q_heads=None, kv_heads=None, mask=None, is_causal=0, scale=None, softcap=0.0,
-                      past_key=None, past_value=None):
-    """The Attention op of the ONNX spec, written out: 4-D heads, past keys/values prepended, ``sqrt(scale)``
-    on q and k, GQA by repeating each kv head, ``softcap * tanh(raw / softcap)``, + bias, softmax, ``@ v``.
-    Returns every intermediate."""
-    def heads(t, h):
-        return t.reshape(t.shape[0], t.shape[1], h, -1).transpose(0, 2, 1, 3) if t.ndim == 3 else t
-    q4, k4, v4 = heads(Q, q_heads), heads(K, kv_heads), heads(V, kv_heads)
-    past = 0 if past_key is None else past_key.shape[2]
-    if past:
-        k4, v4 = np.concatenate([past_key, k4], axis=2), np.concatenate([past_value, v4], axis=2)
-    d = q4.shape[-1]
-    root = np.sqrt(F32(scale) if scale is not None else 1 / np.sqrt(d))
-    q, k = q4 * root, k4 * root
-    reps = q.shape[1] // k.shape[1]
-    k, v = np.repeat(k, reps, axis=1), np.repeat(v4, reps, axis=1)
-    L, Skv = q.shape[2], k.shape[2]
-    bias = attention_bias(L, Skv, mask, is_causal, past)
-    raw = q @ np.swapaxes(k, -1, -2)
-    scores = softcap * np.tanh(raw / softcap) if softcap else raw
-    logits = scores + bias
-    s = softmax(logits, -1)
-    y4 = s @ v
-    y = y4.transpose(0, 2, 1, 3).reshape(Q.shape[0], Q.shape[1], -1) if Q.ndim == 3 else y4
-    return dict(q=q, k=k, v=v, raw=raw, scores=scores, bias=np.broadcast_to(bias, logits.shape), logits=logits, s=s,
-                y4=y4, y=y, reps=reps, past=past)
-
-
-def oracle_attention(Q, K, V, R, eps, cp=False, **kw):
-    """AttnLRP through the Attention decomposition: uniform rule on ``s @ v`` (CP: all to v), softmax rule,
-    the bias absorbing in ``scores + bias``, identity through the softcap, uniform rule on ``q @ k^T``;
-    heads merged back (GQA copies summed), the past part split off.
-    Returns ``(R_Q, R_K, R_V, R_past_key, R_past_value, absorbed, deficit, forward pieces)``."""
-    p = attention_forward(Q, K, V, **kw)
-    y4, s, v, q, k = p["y4"], p["s"], p["v"], p["q"], p["k"]
-    R4 = R.reshape(R.shape[0], R.shape[1], y4.shape[1], -1).transpose(0, 2, 1, 3) if Q.ndim == 3 else R
-    G = safe_div(R4, stab(y4, eps)) / (1 if cp else 2)
-    R_v = v * (np.swapaxes(s, -1, -2) @ G)
-    R_q = np.zeros_like(q)
-    R_k = np.zeros_like(k)
-    absorbed = deficit = 0.0
-    if not cp:
-        R_s = s * (G @ np.swapaxes(v, -1, -2))
-        R_l = oracle_softmax(p["logits"], R_s, -1)
-        deficit = float(R_s.sum() - R_l.sum())
-        G2 = safe_div(R_l, stab(p["logits"], eps))
-        absorbed = float(np.where(G2 != 0, np.where(np.isfinite(p["bias"]), p["bias"], 0.0) * G2, 0.0).sum())
-        R_raw = p["scores"] * G2  # the softcap is elementwise: identity
-        G3 = safe_div(R_raw, stab(p["raw"], eps)) / 2
-        R_q, R_k = q * (G3 @ k), k * (np.swapaxes(G3, -1, -2) @ q)
-
-    def merge(r, kv):
-        if kv and p["reps"] > 1:
-            r = r.reshape(r.shape[0], -1, p["reps"], r.shape[2], r.shape[3]).sum(axis=2)
-        past, r = (r[:, :, :p["past"]], r[:, :, p["past"]:]) if kv else (None, r)
-        r = r.transpose(0, 2, 1, 3).reshape(r.shape[0], r.shape[2], -1) if Q.ndim == 3 else r
-        return r, past
-    (rq, _), (rk, rpk), (rv, rpv) = merge(R_q, False), merge(R_k, True), merge(R_v, True)
-    return rq, rk, rv, rpk, rpv, absorbed, deficit, p
-
 
 def attention_decomposed(shapes, q_heads=None, kv_heads=None, mask=None, is_causal=0, scale=None, softcap=0.0,
                          past=None):
@@ -1289,31 +1016,6 @@ def test_attention_past_key_value(request, preset, past_kind):
 # ----------------------------------------------------------------------------------------------------
 # opset-23 RotaryEmbedding
 # ----------------------------------------------------------------------------------------------------
-
-def rotary_forward_and_oracle(X, cos_cache, sin_cache, pos, interleaved, rot_dim, num_heads, R, eps):
-    """RotaryEmbedding written out (real = cos x1 - sin x2, imag = sin x1 + cos x2) and its relevance:
-    the epsilon rule over the two summands of real and of imag (each summand a Mul by a constant);
-    features past ``rotary_embedding_dim`` pass unchanged. Returns ``(y, R_X)``."""
-    def to_bshd(t):
-        return t.transpose(0, 2, 1, 3) if t.ndim == 4 else t.reshape(t.shape[0], t.shape[1], num_heads, -1)
-
-    def back(t):
-        return t.transpose(0, 2, 1, 3) if X.ndim == 4 else t.reshape(X.shape)
-    x, Ry = to_bshd(X), to_bshd(R)
-    cos, sin = (cos_cache[pos], sin_cache[pos]) if pos is not None else (cos_cache, sin_cache)
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    rot = rot_dim or x.shape[-1]
-    idx1 = np.arange(0, rot, 2) if interleaved else np.arange(rot // 2)
-    idx2 = idx1 + 1 if interleaved else idx1 + rot // 2
-    x1, x2, R1, R2 = x[..., idx1], x[..., idx2], Ry[..., idx1], Ry[..., idx2]
-    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
-    Gr, Gi = safe_div(R1, stab(real, eps)), safe_div(R2, stab(imag, eps))
-    y, Rx = x.copy(), Ry.copy()
-    y[..., idx1], y[..., idx2] = real, imag
-    Rx[..., idx1] = cos * x1 * Gr + sin * x1 * Gi
-    Rx[..., idx2] = -sin * x2 * Gr + cos * x2 * Gi
-    return back(y), back(Rx)
-
 
 def rotary_decomposed(shape, cos_b, sin_b, interleaved, rot):
     """RoPE on a 4-D (B, H, S, D) input as Slice / Mul / Sub / Add / Concat (interleaved: strided Slices and

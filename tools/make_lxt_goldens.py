@@ -154,7 +154,7 @@ def _find_down_proj_input(onnx_path: Path, weight: np.ndarray) -> str:
     return hits[0]
 
 
-def worker(name: str, preset: str, out: Path) -> None:
+def worker(name: str, preset: str, out: Path, feeds_path: Path | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     import transformers
@@ -186,7 +186,7 @@ def worker(name: str, preset: str, out: Path) -> None:
     rope = rope_to_float64(hf)
     mode = float64_mode()
 
-    feeds = _ref_feeds(name)
+    feeds = _ref_feeds(name) if feeds_path is None else dict(np.load(feeds_path))
     leaves, call, more_notes = attributed_tensors(name, wrapper, feeds, _paths(name)[0])
     notes += more_notes
 
@@ -243,9 +243,10 @@ def worker(name: str, preset: str, out: Path) -> None:
         meta["conservation"]["embedding_block_output"] = {
             "module": type(emb_mod).__name__, "relevance_sum": et.tolist(),
             "ratio": (et / sel).tolist()}
-    with np.load(_paths(name)[1]) as z:
-        ref = z[f"out:{spec.output_name}"]
-    meta["max_abs_diff_vs_ref_npz_float32"] = float(np.abs(y.detach().numpy() - ref).max())
+    if feeds_path is None:
+        with np.load(_paths(name)[1]) as z:
+            ref = z[f"out:{spec.output_name}"]
+        meta["max_abs_diff_vs_ref_npz_float32"] = float(np.abs(y.detach().numpy() - ref).max())
 
     if latent:
         hook.remove()
@@ -369,9 +370,10 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", metavar="NAME", choices=DEFAULT_MODELS)
     ap.add_argument("--minilm", action="store_true", help="also .cache/minilm/minilm.lxt.npz")
     ap.add_argument("--worker", nargs=3, metavar=("NAME", "PRESET", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--feeds", help=argparse.SUPPRESS)  # a worker on other feeds (tools/lxt_adapter.py)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.worker[0], args.worker[1], Path(args.worker[2]))
+        worker(args.worker[0], args.worker[1], Path(args.worker[2]), Path(args.feeds) if args.feeds else None)
         return 0
 
     names = list(args.only or DEFAULT_MODELS)
