@@ -558,6 +558,18 @@ def rule_params(rule: str, preset, options: dict, type_: str | None, fixed, give
     return out, (out[sig.stabiliser] if sig.stabiliser else None)
 
 
+def _check_region_overrides(graph: Graph, overrides, ends: dict, inner_of: dict) -> None:
+    """An override of a node inside an elementwise region would be ignored (the region takes one rule, at
+    its end): refuse it, naming the region, unless its end is overridden too (which dissolves the region)."""
+    for node in graph.nodes:
+        end = inner_of.get(node.name)
+        if end is not None and node.name in overrides:
+            raise RuleError(f"{node.label()}: rules= gives it {overrides[node.name][0]!r}, but it is inside the "
+                            f"elementwise region from {ends[end][0]!r} ending at {end!r}, which takes one rule at "
+                            f"its end; override {end!r} too to plan the region's nodes one by one, or leave "
+                            f"{node.name!r} out of rules=")
+
+
 def _same(a, b) -> bool:
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
@@ -588,6 +600,7 @@ def build_plan(graph: Graph, preset, epsilon: float, wrt, overrides=None, option
     dynamic = taint(graph, wrt)
     view = GraphView(graph, dynamic)
     ends, inner_of = regions(view, graph, set(overrides)) if preset.structure else ({}, {})
+    _check_region_overrides(graph, overrides, ends, inner_of)
     decided = []  # (node, dyn, role, info, why, type)
     for node in graph.nodes:
         dyn = tuple(bool(i) and i in dynamic for i in node.inputs)
@@ -646,4 +659,24 @@ def build_plan(graph: Graph, preset, epsilon: float, wrt, overrides=None, option
         if rule == "pass" and type_ == "batchnorm":
             plan.why += "; not merged: load with fold_batchnorm=True to fold it into its layer (Zennit's canonizer)"
         ordered.append(plan)
+    _check_options_used(ordered, options, preset)
     return Plan(preset.name, epsilon, tuple(wrt), dynamic, ordered, first, dict(options))
+
+
+def _check_options_used(planned, options: dict, preset) -> None:
+    """An ``options=`` key that no rule of the preset takes is an error (it would be ignored); one the preset's
+    rules take but that reaches no node of this graph (``high`` for a box rule on a model without a
+    convolution) is a warning."""
+    import warnings
+    from .explain import ReflrpWarning
+    from .rules import SIGNATURES
+    offered = set(preset.roles.values()) | {e.rule for e in (*preset.layers, *preset.first)}
+    for key in options:
+        scope, _, name = key.rpartition(".")
+        if not any(name in SIGNATURES[r].params for r in offered):
+            raise RuleError(f"options[{key!r}]: no rule of preset {preset.name!r} takes {name!r} (its rules: "
+                            f"{', '.join(sorted(offered))})")
+        if not any(p.rule and name in SIGNATURES[p.rule].params and (not scope or p.type == scope) for p in planned):
+            warnings.warn(f"options[{key!r}] reaches no node: no {'layer of type ' + repr(scope) if scope else 'node'}"
+                          f" of this graph has a rule that takes {name!r} under preset {preset.name!r}",
+                          ReflrpWarning, stacklevel=4)

@@ -121,6 +121,28 @@ def _rules(specs):
     return rules
 
 
+def _rule_options(specs):
+    """``--option NAME=VALUE`` (repeatable; VALUE a JSON number, boolean or list; NAME a rule parameter, or
+    ``TYPE.NAME`` for one layer type) or one JSON object: explain's ``options=``."""
+    if not specs:
+        return None
+    if len(specs) == 1 and specs[0].lstrip().startswith("{"):
+        try:
+            return json.loads(specs[0])
+        except ValueError as exc:
+            raise UserError(f"--option {specs[0]!r} is not valid JSON: {exc}") from None
+    options = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {spec!r}: use NAME=VALUE, e.g. gamma=0.25 or conv.gamma=0.1")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            raise UserError(f"--option {spec!r}: the value must be a number, true/false or a JSON list") from None
+    return options
+
+
 def _names(spec):
     return None if spec is None else [s for s in spec.split(",") if s]
 
@@ -143,7 +165,7 @@ def _select_row(feeds, row):
 def _explain_options(args) -> dict:
     """The keyword arguments of reflrp.explain given by the command line."""
     return dict(target=_target(args.target), preset=args.preset, dtype=_dtype(args.dtype), epsilon=args.epsilon,
-                wrt=_names(args.wrt), rules=_rules(args.rules), output=args.output,
+                wrt=_names(args.wrt), rules=_rules(args.rules), options=_rule_options(args.option), output=args.output,
                 checkpoint=getattr(args, "checkpoint", None), keep=_names(getattr(args, "keep", None)),
                 device=getattr(args, "device", None))
 
@@ -287,7 +309,7 @@ def _steering(specs):
 
 def cmd_plan(args) -> int:
     print(_load(args.model).plan(args.preset, epsilon=args.epsilon, wrt=_names(args.wrt),
-                                 rules=_rules(args.rules)).table())
+                                 rules=_rules(args.rules), options=_rule_options(args.option)).table())
     return 0
 
 
@@ -427,6 +449,9 @@ def _relevance_flags(sp, golden: bool = False) -> None:
     sp.add_argument("--wrt", help="comma list of tensors to attribute to (default: float inputs / embedding outputs)")
     sp.add_argument("--rules", action="append",
                     help="rule override KEY=RULE (repeatable; KEY an op type, node-name glob or re:regex), or a JSON object")
+    sp.add_argument("--option", action="append",
+                    help="rule parameter NAME=VALUE (repeatable; e.g. gamma=0.25, conv.gamma=0.1, zero_bias=true), "
+                         "or a JSON object")
     sp.add_argument("--output", help="graph output to explain (default the first)")
     if not golden:
         sp.add_argument("--checkpoint", choices=["sqrt"], help="recompute activations in ~sqrt(steps) segments (less memory)")
@@ -487,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--epsilon", type=float, default=None, help="LRP stabiliser (default: the preset's)")
     pl.add_argument("--wrt", help="comma list of tensors to attribute to")
     pl.add_argument("--rules", action="append", help="rule override KEY=RULE (repeatable)")
+    pl.add_argument("--option", action="append", help="rule parameter NAME=VALUE (repeatable), or a JSON object")
     pl.set_defaults(func=cmd_plan)
 
     v = sub.add_parser("verify", help="compare the forward pass with onnxruntime")

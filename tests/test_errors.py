@@ -125,9 +125,29 @@ def test_unknown_preset_and_rule():
         reflrp.explain(model("llama"), feeds("llama"), rules={"Softmax": "nonsense"})
 
 
+def test_override_inside_an_elementwise_region_is_refused_not_ignored():
+    """SiLU's Sigmoid is inside the region ending at its Mul: an override there would change nothing."""
+    m = model("llama")
+    inner = [p for p in m.plan("attnlrp").nodes if p.rule is None and "inside the region" in p.why]
+    assert inner
+    name = inner[0].node.name
+    with pytest.raises(reflrp.RuleError, match=f"{name}.*inside the elementwise region.*ending at"):
+        m.plan("attnlrp", rules={name: "identity"})
+    with pytest.raises(reflrp.RuleError, match="inside the elementwise region"):
+        m.plan("attnlrp", rules={inner[0].node.op_type: "identity"})
+
+
 def test_dynamic_input_without_rule_names_node():
     nodes = [helper.make_node("ReduceL2", ["x", "ax"], ["y"], name="running_total")]
     ax = helper.make_tensor("ax", TensorProto.INT64, [1], [1])
     m = reflrp.load(tiny(nodes, [vinfo("x")], [vinfo("y")], [ax]))
     with pytest.raises(reflrp.RuleError, match="running_total.*ReduceL2"):
         reflrp.explain(m, {"x": np.ones((2, 3), np.float32)})
+
+
+def test_options_no_rule_takes_is_an_error_and_one_reaching_no_node_a_warning():
+    m = reflrp.load(MODELS / "zennit" / "cnn_bn_folded.onnx")
+    with pytest.raises(reflrp.RuleError, match="no rule of preset 'epsilon-plus' takes 'gamma'"):
+        m.plan("epsilon-plus", options={"gamma": 0.3})
+    with pytest.warns(reflrp.ReflrpWarning, match=r"options\['dense.gamma'\] reaches no node"):
+        m.plan("epsilon-gamma-box", options={"dense.gamma": 0.3, "low": -1.0, "high": 1.0})
