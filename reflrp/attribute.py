@@ -196,8 +196,6 @@ def check_positive_int(value, what: str) -> int:
 def unit_kind(subject: Subject, value) -> str:
     """``token`` for an embedding output or a (batch, seq, hidden) input, ``pixel``/``patch`` for a
     (batch, C, H, W) input, else ``feature``."""
-    if value.ndim == 3:
-        return "token"
     if value.ndim == 4:
         _, _, h, w = value.shape
         p = subject.patch
@@ -207,7 +205,7 @@ def unit_kind(subject: Subject, value) -> str:
     if subject.patch > 1:
         raise ReflrpError(f"patch={subject.patch} is for image inputs (batch, C, H, W); {subject.wrt!r} has shape "
                           f"{tuple(value.shape)}")
-    return "feature"
+    return "token" if value.ndim == 3 else "feature"
 
 
 def value_of(subject: Subject, feeds: Mapping) -> np.ndarray:

@@ -177,7 +177,8 @@ def _id_tokens(args, model, feeds):
     if not getattr(args, "tokenizer", None) or not ids or ids[0] not in feeds:
         return None
     tok = _tokenizer(args.tokenizer)
-    return [[tok.id_to_token(int(i)) or f"#{int(i)}" for i in row] for row in np.asarray(feeds[ids[0]]).reshape(len(feeds[ids[0]]), -1)]
+    rows = np.asarray(feeds[ids[0]])
+    return [[tok.id_to_token(int(i)) or f"#{int(i)}" for i in row] for row in rows.reshape(len(rows), -1)]
 
 
 def cmd_explain(args) -> int:
@@ -219,7 +220,8 @@ def _print_attribution(args, model, feeds, tokens, att) -> None:
         print("\n" + heading)
         if rel.ndim == 3:  # tokens: sum over the hidden size
             scores = rel[b].sum(-1)
-            toks = (tokens[b] if tokens and isinstance(tokens[0], list) else tokens) or [f"#{i}" for i in range(len(scores))]
+            toks = tokens[b] if tokens and isinstance(tokens[0], list) else tokens
+            toks = toks or [f"#{i}" for i in range(len(scores))]
             order = np.argsort(-scores)[: args.top]
             print("most relevant tokens: " + ", ".join(f"{viz.clean_token(toks[i])} ({scores[i]:+.4g})" for i in order))
             print(viz.terminal(toks, scores, color=False if args.no_color else None))

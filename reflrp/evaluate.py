@@ -17,17 +17,17 @@ the ``k`` most relevant units that are decisive, ``k`` being the number of decis
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from .attribute import MEASURES, METHODS, Subject, attribute, batch_size_of, make_subject, run_at, value_of
 from .baselines import baseline_value, check_baseline, check_seed
 from .errors import FeedError, ReflrpError, TargetError
+from .perturbation import bootstrap_ci, curves, precision_at_k
 
 TARGETS = ("auto", "labels", "predicted")
 METHOD_OPTIONS = ("steps", "baseline", "samples", "noise", "seed", "epsilon")
@@ -44,6 +44,8 @@ class MethodResult:
     lerf: np.ndarray
     per_sample: np.ndarray
     scores: np.ndarray                      # unit scores of every sample (for the report's heatmaps)
+    morf_samples: np.ndarray | None = None  # (samples, steps + 1)
+    lerf_samples: np.ndarray | None = None
     precision_at_k: float | None = None
     precision_ci: tuple | None = None
     per_sample_precision: np.ndarray | None = None
@@ -191,8 +193,8 @@ def split_dataset(model, dataset: Mapping, labels: str, truth: str) -> tuple[dic
 def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mode: str = "zero",
              measure: str = "logit", target: str = "auto", samples: int | None = None, ignore_ids=None,
              labels: str = "labels", ground_truth: str = "decisive", wrt=None, output=None, patch=None,
-             dtype="float64", batch_size=None, method_options=None, seed: int = 0, bootstrap: int = 2000,
-             progress: bool = True) -> Evaluation:
+             dtype="float64", batch_size=None, method_options=None, scores=None, seed: int = 0,
+             bootstrap: int = 2000, progress: bool = True) -> Evaluation:
     """MoRF / LeRF perturbation curves, ABC with bootstrap 95 % CIs and precision@k for each method.
 
     Parameters
@@ -213,6 +215,8 @@ def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mod
         ``attention_mask`` input that are 0 are never units either.
     method_options : method -> keyword arguments of :func:`reflrp.attribute` (steps, baseline, samples,
         noise, seed, epsilon).
+    scores : name -> unit scores ``(samples,) + units`` of an attribution computed elsewhere, evaluated
+        beside ``methods`` (``methods=()`` evaluates only these).
     seed : seeds the tie-breaking order, the bootstrap, and (unless overridden) random and SmoothGrad.
     bootstrap : bootstrap resamples for the intervals.
     """
@@ -221,7 +225,7 @@ def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mod
         dataset = load_dataset(dataset)
     if not isinstance(model, Model):
         model = load(model)
-    methods = check_methods(methods)
+    methods = check_methods(methods) if scores is None or methods else ()
     steps = _positive(steps, "steps")
     mode = check_baseline(mode)
     if not isinstance(mode, str):
@@ -248,20 +252,38 @@ def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mod
     x0 = baseline_value(subject, feeds, x, mode)
     clean = run_at(subject, feeds, x, classes, measure)
     ties = np.random.default_rng(seed).random((n,) + units.grid)
+    given = check_scores(scores, methods, (n,) + units.grid)
     results = {}
-    bar = _bar(progress, n * len(methods))
+    bar = _bar(progress, n * (len(methods) + len(given)))
     try:
-        for name in methods:
+        for name in methods + tuple(given):
             kw = {"seed": seed, **({"baseline": mode} if name in ("integrated-gradients", "occlusion") else {}),
                   **options.get(name, {})}
             results[name] = _evaluate_method(subject, feeds, x, x0, units, classes, name, kw, fractions, measure,
-                                             allowed, ties, truth, seed, bootstrap, bar)
+                                             allowed, ties, truth, seed, bootstrap, bar, given.get(name))
     finally:
         if bar is not None:
             bar.close()
     return Evaluation(model.source, subject.wrt, units.kind, units.grid, n, steps, fractions, mode, measure,
                       target_used, classes, clean, allowed, results, feeds,
                       ground_truth if truth is not None else None, truth, ignored, seed)
+
+
+def check_scores(scores, methods, shape) -> dict:
+    """Precomputed unit scores by name, each of ``shape`` (extra rows beyond the samples are cut)."""
+    if scores is None:
+        return {}
+    if not isinstance(scores, Mapping) or not scores:
+        raise ReflrpError("scores= must map a name to an array of unit scores")
+    out = {}
+    for name, a in scores.items():
+        a = np.asarray(a, dtype=np.float64)
+        if not isinstance(name, str) or name in methods:
+            raise ReflrpError(f"scores= name {name!r} must be a string and not one of methods=")
+        if a.shape[1:] != shape[1:] or len(a) < shape[0] or not np.isfinite(a[:shape[0]]).all():
+            raise ReflrpError(f"scores[{name!r}] has shape {a.shape}; expected finite unit scores of shape {shape}")
+        out[name] = a[:shape[0]]
+    return out
 
 
 def _positive(value, what: str) -> int:
@@ -326,8 +348,8 @@ def _chunk_seed(seed: int, lo: int) -> int:
 
 
 def _evaluate_method(subject, feeds, x, x0, units, classes, name, kw, fractions, measure, allowed, ties, truth,
-                     seed, bootstrap, bar) -> MethodResult:
-    """Attribute by ``name`` and measure its curves, one chunk of samples at a time."""
+                     seed, bootstrap, bar, given=None) -> MethodResult:
+    """Attribute by ``name`` (or take the ``given`` scores) and measure its curves, by chunks of samples."""
     start = time.perf_counter()
     n = len(x)
     chunk = max(1, subject.rows // max(2 * len(fractions), 16))
@@ -335,13 +357,17 @@ def _evaluate_method(subject, feeds, x, x0, units, classes, name, kw, fractions,
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         part = {k: v[lo:hi] for k, v in feeds.items()}
-        opts = {**kw, "seed": _chunk_seed(kw["seed"], lo)}
-        att = attribute(subject, part, name, target=classes[lo:hi], **opts)
-        scores.append(att.scores)
-        if att.completeness is not None:
-            errors.append(np.abs(att.completeness))
-        m, le = curves(subject, part, x[lo:hi], x0[lo:hi], att.scores, allowed[lo:hi], ties[lo:hi], classes[lo:hi],
-                       fractions, measure, units)
+        info = {}
+        if given is None:
+            att = attribute(subject, part, name, target=classes[lo:hi], **{**kw, "seed": _chunk_seed(kw["seed"], lo)})
+            chunk_scores, info = att.scores, att.info
+            if att.completeness is not None:
+                errors.append(np.abs(att.completeness))
+        else:
+            chunk_scores = given[lo:hi]
+        scores.append(chunk_scores)
+        m, le = curves(subject, part, x[lo:hi], x0[lo:hi], chunk_scores, allowed[lo:hi], ties[lo:hi],
+                       classes[lo:hi], fractions, measure, units)
         morf.append(m)
         lerf.append(le)
         if bar is not None:
@@ -350,8 +376,8 @@ def _evaluate_method(subject, feeds, x, x0, units, classes, name, kw, fractions,
     scores, morf, lerf = np.concatenate(scores), np.concatenate(morf), np.concatenate(lerf)
     per_sample = np.trapezoid(lerf - morf, fractions, axis=1)
     result = MethodResult(name, float(per_sample.mean()), bootstrap_ci(per_sample, seed, bootstrap),
-                          morf.mean(0), lerf.mean(0), per_sample, scores,
-                          settings={**att.info, **({"seed": kw["seed"]} if "seed" in att.info else {})})
+                          morf.mean(0), lerf.mean(0), per_sample, scores, morf, lerf,
+                          settings={**info, **({"seed": kw["seed"]} if "seed" in info else {})})
     if truth is not None:
         p = precision_at_k(scores, truth, allowed, ties)
         valid = p[np.isfinite(p)]
@@ -363,48 +389,3 @@ def _evaluate_method(subject, feeds, x, x0, units, classes, name, kw, fractions,
         result.completeness = float(np.concatenate(errors).mean())
     result.seconds = time.perf_counter() - start
     return result
-
-
-def order(scores, allowed, ties, most_first: bool) -> np.ndarray:
-    """The rank of every unit in removal order (0 = first); units not allowed come last."""
-    flat = scores.reshape(len(scores), -1)
-    key = np.where(allowed.reshape(flat.shape), -flat if most_first else flat, np.inf)
-    idx = np.lexsort((ties.reshape(flat.shape), key), axis=-1)
-    rank = np.empty_like(idx)
-    np.put_along_axis(rank, idx, np.arange(flat.shape[1])[None].repeat(len(flat), 0), axis=-1)
-    return rank
-
-
-def curves(subject, feeds, x, x0, scores, allowed, ties, classes, fractions, measure, units):
-    """(MoRF, LeRF) target values, ``(samples, len(fractions))``: all ``2 * len(fractions)`` perturbed
-    copies of each sample in one batched run."""
-    counts = np.rint(fractions[None] * allowed.reshape(len(x), -1).sum(-1)[:, None]).astype(int)  # (n, S)
-    ranks = np.stack([order(scores, allowed, ties, True), order(scores, allowed, ties, False)], axis=1)  # (n, 2, U)
-    removed = ranks[:, :, None, :] < counts[:, None, :, None]                               # (n, 2, S, U)
-    s = len(fractions)
-    masks = units.expand(removed.reshape((-1,) + units.grid)).reshape((len(x), 2 * s) + x.shape[1:])
-    variants = np.where(masks, x0[:, None], x[:, None]).reshape((-1,) + x.shape[1:])
-    values = run_at(subject, feeds, variants, classes, measure).reshape(len(x), 2, s)
-    return values[:, 0], values[:, 1]
-
-
-def precision_at_k(scores, truth, allowed, ties) -> np.ndarray:
-    """Per sample: the share of its ``k`` most relevant allowed units that are decisive, ``k`` = its number
-    of decisive allowed units (NaN where it has none)."""
-    rank = order(scores, allowed, ties, True)
-    t = (truth & allowed).reshape(len(scores), -1)
-    k = t.sum(-1)
-    hits = (t & (rank < k[:, None])).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(k > 0, hits / np.maximum(k, 1), np.nan)
-
-
-def bootstrap_ci(values, seed: int, resamples: int = 2000, level: float = 0.95) -> tuple:
-    """The percentile bootstrap interval of the mean of ``values`` (seeded)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return (float(lo), float(hi))
