@@ -328,8 +328,10 @@ def _allowed(subject: Subject, feeds, units, ignore_ids) -> np.ndarray:
     for name, v in feeds.items():
         if units.kind == "token" and "mask" in name and np.shape(v) == allowed.shape:
             allowed &= np.asarray(v) != 0
-    if not allowed.any(axis=tuple(range(1, allowed.ndim))).all():
-        raise ReflrpError("some samples have no unit left to remove (every token ignored or masked)")
+    empty = np.flatnonzero(~allowed.any(axis=tuple(range(1, allowed.ndim))))
+    if empty.size:
+        raise ReflrpError(f"samples {empty[:10].tolist()}{' ...' if empty.size > 10 else ''} have no unit left to "
+                          "remove (every token ignored or masked): leave them out of the dataset")
     return allowed
 
 

@@ -123,7 +123,7 @@ def image_grid_png(ev, rows: list[int]) -> bytes:
     plt = viz._pyplot()
     images = next(iter(ev.feeds.values()))
     methods = list(ev.methods)
-    fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 1.8 * len(rows)),
+    fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(1.6 * (len(methods) + 1), 1.5 * len(rows)),
                              squeeze=False)
     for r, i in enumerate(rows):
         img = np.asarray(images[i], dtype=np.float64)
@@ -189,7 +189,7 @@ def evaluation_html(ev, tokens_of=None, rows: int = 8, title: str | None = None)
         tokens_of = tokens_of or (lambda row: [f"#{int(t)}" for t in row])
         maps = _token_heatmaps(ev, shown, tokens_of)
     else:
-        maps = f'<img src="{viz.png_data_uri(image_grid_png(ev, shown))}" alt="heatmaps">'
+        maps = f'<img src="{viz.png_data_uri(image_grid_png(ev, shown))}" alt="heatmaps" style="max-width:100%">'
     options = "".join(f"<li>{html.escape(r.method)}: {html.escape(str(r.settings))}</li>"
                       for r in ev.methods.values() if r.settings)
     title = title or f"Faithfulness of attributions: {ev.model}"
@@ -200,6 +200,7 @@ def evaluation_html(ev, tokens_of=None, rows: int = 8, title: str | None = None)
 <ul>{options}</ul>
 <h3>Perturbation curves</h3><img src="{viz.png_data_uri(curves_png(ev))}" alt="curves" style="max-width:100%">
 <h3>Heatmaps of the first {len(shown)} samples</h3>
-<p>Each method's column has one colour scale (its numbers are the method's own units); hover a token for its
-value.</p>{maps}</body></html>
+<p>{"Each method's column has one colour scale (its numbers are the method's own units); hover a token for "
+    "its value." if ev.units == "token" else "Each heatmap has its own colour bar (the method's own units)."}</p>
+{maps}</body></html>
 """

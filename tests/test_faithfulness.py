@@ -256,6 +256,16 @@ def test_evaluate_cli_on_images(tmp_path):
     assert (tmp_path / "d.html").read_text().count("data:image/png;base64,") == 2
 
 
+def test_evaluate_cli_text_file(tmp_path):
+    text = tmp_path / "s.txt"
+    text.write_text("the movie was not good\ni really liked the acting\n\nthe plot was terrible\n")
+    out = tmp_path / "t.json"
+    assert main(["evaluate", str(SENT), "--text-file", str(text), "--tokenizer", str(TOK), "--methods", "attnlrp",
+                 "--steps", "3", "--json", str(out), "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    assert data["samples"] == 3 and data["target"] == "predicted" and data["ground_truth"] is None
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--methods", "attnlrp,atnlrp"], "did you mean 'attnlrp'"),
     (["--methods", "attnlrp,attnlrp"], "names a method twice"),
