@@ -166,7 +166,7 @@ def _token_heatmaps(ev, rows: list[int], tokens_of) -> str:
     for name, r in ev.methods.items():
         m = max(float(np.abs(r.scores[i][ev.allowed[i]]).max()) for i in rows)
         scales.append(m)
-        head += f"<th>{html.escape(name)}{viz.colour_scale(m)}</th>"
+        head += f"<th>{html.escape(name)}{viz.colour_scale(m, ticks=3)}</th>"
     body = []
     for i in rows:
         keep = ev.allowed[i]

@@ -53,7 +53,9 @@ def colour_scale(maximum: float, ticks: int = 5, label: str = "") -> str:
     """A numeric colour scale: the diverging map from ``-maximum`` to ``+maximum`` with tick values."""
     stops = ", ".join(f"rgb{_rgb(v)}" for v in np.linspace(-1, 1, 9))
     values = np.linspace(-maximum, maximum, ticks)
-    marks = "".join(f'<span style="left:{100 * i / (ticks - 1):.1f}%">{v:+.3g}</span>' for i, v in enumerate(values))
+    shift = ["translateX(0)"] + ["translateX(-50%)"] * (ticks - 2) + ["translateX(-100%)"]  # end labels inside
+    marks = "".join(f'<span style="left:{100 * i / (ticks - 1):.1f}%;transform:{t}">{v:+.3g}</span>'
+                    for i, (v, t) in enumerate(zip(values, shift)))
     return (f'<div class="scale"><div class="bar" style="background:linear-gradient(to right, {stops})"></div>'
             f'<div class="ticks">{marks}</div>{f"<div class=scalelabel>{html.escape(label)}</div>" if label else ""}'
             "</div>")
@@ -64,7 +66,8 @@ display:inline-block;font-size:18px;border:1px solid #eee;} .scale{width:260px;m
 .scale .bar{height:12px;border:1px solid #999;} .scale .ticks{position:relative;height:14px;font-size:11px;}
 .scale .ticks span{position:absolute;transform:translateX(-50%);top:2px;} .scalelabel{font-size:11px;color:#555;
 margin-top:4px;} table{border-collapse:collapse;} td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;}
-th{background:#f4f4f4;} .row{margin:10px 0;} .label{font-size:13px;color:#444;margin-bottom:2px;}"""
+th{background:#f4f4f4;} .row{margin:10px 0;} .label{font-size:13px;color:#444;margin-bottom:2px;}
+td .tok{font-size:14px;padding:2px 3px;margin:1px;} th .scale{width:170px;margin:6px auto 16px auto;}"""
 
 
 def token_spans(tokens: Sequence[str], scores, maximum: float | None = None) -> str:
