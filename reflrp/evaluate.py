@@ -78,9 +78,13 @@ class Evaluation:
     ignored: tuple = ()
     seed: int = 0
 
+    @property
+    def unit_plural(self) -> str:
+        return "patches" if self.units == "patch" else self.units + "s"
+
     def to_json(self, per_sample: bool = True) -> dict:
-        def fl(a):
-            return [float(v) for v in np.asarray(a).ravel()]
+        def fl(a):  # arrays to 7 significant digits (the JSON stays small; the scalars keep every digit)
+            return [float(f"{v:.7g}") for v in np.asarray(a, dtype=np.float64).ravel()]
         out = {"model": self.model, "wrt": self.wrt, "units": self.units, "samples": self.samples,
                "steps": self.steps, "fractions": fl(self.fractions), "mode": self.mode, "measure": self.measure,
                "target": self.target, "clean_mean": float(self.clean.mean()), "ground_truth": self.ground_truth,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -171,18 +172,24 @@ def cmd_evaluate(args) -> int:
                   patch=args.patch, dtype=args.dtype, batch_size=args.batch_size,
                   method_options=_method_options(args, methods, tok), seed=args.seed, bootstrap=args.bootstrap,
                   progress=not args.no_progress and sys.stderr.isatty())
-    print(f"{Path(args.model).name}: {ev.samples} samples, {ev.units}s removed by {ev.mode!r}, {ev.steps} steps, "
-          f"target {ev.measure} of the {ev.target} class"
+    print(f"{Path(args.model).name}: {ev.samples} samples, {ev.unit_plural} removed by {ev.mode!r}, {ev.steps} "
+          f"steps, target {ev.measure} of the {ev.target} class"
           + (f"; arrays ignored: {list(ev.ignored)}" if ev.ignored else ""))
     print(ev.table())
     _write(args, ev, tok)
     return 0
 
 
+def dumps(data: dict) -> str:
+    """JSON with one key per line and every list of numbers on one line."""
+    text = json.dumps(data, indent=1)
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+
 def _write(args, ev, tok) -> None:
     from . import report
     if args.json:
-        Path(args.json).write_text(json.dumps(ev.to_json(), indent=1) + "\n")
+        Path(args.json).write_text(dumps(ev.to_json()))
         print(f"wrote JSON: {args.json}")
     if args.png:
         Path(args.png).write_bytes(report.curves_png(ev))

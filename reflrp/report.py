@@ -102,7 +102,7 @@ def curves_png(ev) -> bytes:
         axes[1].plot(ev.fractions, r.lerf, "--", color=c, label=r.method)
     for ax, name in zip(axes[:2], ("MoRF (most relevant removed first)", "LeRF (least relevant removed first)")):
         ax.set_title(name)
-        ax.set_xlabel(f"fraction of {ev.units}s removed ({ev.mode})")
+        ax.set_xlabel(f"fraction of {ev.unit_plural} removed ({ev.mode})")
         ax.set_ylabel(f"target {ev.measure}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -183,7 +183,7 @@ def _token_heatmaps(ev, rows: list[int], tokens_of) -> str:
 def evaluation_html(ev, tokens_of=None, rows: int = 8, title: str | None = None) -> str:
     """The evaluation report: settings, methods table, curves, and per-sample heatmaps of every method."""
     shown = list(range(min(rows, ev.samples)))
-    settings = (f"{ev.samples} samples, {ev.steps} steps, {ev.units}s removed by '{ev.mode}', target "
+    settings = (f"{ev.samples} samples, {ev.steps} steps, {ev.unit_plural} removed by '{ev.mode}', target "
                 f"{ev.measure} of the {ev.target} class, attributed tensor {ev.wrt!r}, seed {ev.seed}")
     if ev.units == "token":
         tokens_of = tokens_of or (lambda row: [f"#{int(t)}" for t in row])

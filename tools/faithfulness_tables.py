@@ -52,8 +52,9 @@ def main(argv=None) -> int:
             split = (args.split, z[args.split].astype(bool))
     for path in args.results:
         data = json.loads(open(path).read())
-        print(f"{path}: {data['samples']} samples, {data['units']}s removed by '{data['mode']}', {data['steps']} "
-              f"steps, target {data['measure']} of the {data['target']} class\n")
+        units = "patches" if data["units"] == "patch" else data["units"] + "s"
+        print(f"{path}: {data['samples']} samples, {units} removed by '{data['mode']}', {data['steps']} steps, "
+              f"target {data['measure']} of the {data['target']} class\n")
         print(table(data, split) + "\n")
     return 0
 
