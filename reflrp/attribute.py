@@ -308,7 +308,8 @@ def attribute(model, feeds: Mapping[str, Any], method: str = "attnlrp", target: 
         ``random`` (``seed``), ``rollout`` (attention rollout), ``occlusion`` (``baseline``).
     target : None (the argmax per row; the last position of 3-D logits), a class or one class per row.
     wrt : the attributed tensor (default: the float input, or the embedding output for token ids).
-    epsilon : the LRP stabiliser (LRP presets only).
+    epsilon : the LRP stabiliser (LRP presets only; None: the preset's). Settings a method does not use
+        are ignored.
     steps : integrated gradients' steps (midpoint rule: ``alpha = (i + 1/2) / steps``).
     baseline : ``"zero"``, ``"token:ID"`` (that token's embedding), ``"blur"`` (images), ``"value:V"``
         or an array of ``wrt``'s shape; the reference input of integrated gradients and occlusion.

@@ -33,7 +33,7 @@ def settings(method: str, steps, baseline, samples, noise, seed, epsilon) -> dic
         out.update(samples=check_positive_int(samples, "samples"), noise=check_noise(noise), seed=check_seed(seed))
     elif method == "random":
         out.update(seed=check_seed(seed))
-    elif method == "epsilon" and epsilon is not None:
+    elif method in ("attnlrp", "cp-lrp", "epsilon") and epsilon is not None:
         from .options import epsilon as check_epsilon
         out.update(epsilon=check_epsilon(epsilon, 0.0))
     return out

@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--sg-samples", type=_positive_int, default=32, help="SmoothGrad's noisy samples (default 32)")
     ev.add_argument("--sg-noise", type=float, default=0.15, help="SmoothGrad's noise level: std / (max - min) of "
                                                                  "the input (default 0.15)")
-    ev.add_argument("--epsilon", type=float, help="the epsilon preset's stabiliser (default the preset's)")
+    ev.add_argument("--epsilon", type=float, help="the LRP presets' stabiliser (default each preset's)")
     ev.add_argument("--patch", type=_positive_int, help="image units of PATCH x PATCH pixels (default 1)")
     ev.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="dtype of every pass "
                                                                                        "(default float64)")
@@ -152,7 +152,7 @@ def _method_options(args, methods, tok) -> dict:
             opts[m] = dict(baseline)
         elif m == "smoothgrad":
             opts[m] = {"samples": args.sg_samples, "noise": args.sg_noise}
-        elif m == "epsilon" and args.epsilon is not None:
+        elif m in ("attnlrp", "cp-lrp", "epsilon") and args.epsilon is not None:
             opts[m] = {"epsilon": args.epsilon}
     return opts
 
