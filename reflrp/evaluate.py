@@ -77,6 +77,7 @@ class Evaluation:
     truth: np.ndarray | None = None
     ignored: tuple = ()
     seed: int = 0
+    ids: str | None = None                  # the token-id input, for a model fed ids
 
     @property
     def unit_plural(self) -> str:
@@ -270,7 +271,7 @@ def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mod
             bar.close()
     return Evaluation(model.source, subject.wrt, units.kind, units.grid, n, steps, fractions, mode, measure,
                       target_used, classes, clean, allowed, results, feeds,
-                      ground_truth if truth is not None else None, truth, ignored, seed)
+                      ground_truth if truth is not None else None, truth, ignored, seed, subject.ids)
 
 
 def check_scores(scores, methods, shape) -> dict:

@@ -161,7 +161,7 @@ def _table(ev) -> str:
 
 def _token_heatmaps(ev, rows: list[int], tokens_of) -> str:
     """Samples down, methods across; each method column on one numeric colour scale."""
-    ids = np.asarray(next(v for k, v in ev.feeds.items() if np.asarray(v).dtype.kind in "iu"))
+    ids = np.asarray(ev.feeds[ev.ids]) if ev.ids else None
     head, scales = "<tr><th>sample</th>", []
     for name, r in ev.methods.items():
         m = max(float(np.abs(r.scores[i][ev.allowed[i]]).max()) for i in rows)
@@ -170,9 +170,10 @@ def _token_heatmaps(ev, rows: list[int], tokens_of) -> str:
     body = []
     for i in rows:
         keep = ev.allowed[i]
-        toks = [t for t, k in zip(tokens_of(ids[i]), keep) if k]
+        names = tokens_of(ids[i]) if ids is not None else [f"#{p}" for p in range(len(keep))]
+        toks = [t for t, k in zip(names, keep) if k]
         truth = "" if ev.truth is None else " decisive: " + " ".join(
-            viz.clean_token(t) for t, k, d in zip(tokens_of(ids[i]), keep, ev.truth[i]) if k and d)
+            viz.clean_token(t) for t, k, d in zip(names, keep, ev.truth[i]) if k and d)
         cells = [f"<td>#{i} class {ev.classes[i]}<br><small>{html.escape(truth)}</small></td>"]
         for (name, r), m in zip(ev.methods.items(), scales):
             cells.append(f"<td>{viz.token_spans(toks, r.scores[i][keep], m)}</td>")

@@ -357,3 +357,22 @@ def test_relevance_flow_closes_on_the_books():
     assert abs(sum(f.deficit for f in flows) - c.deficit) <= 1e-9 * abs(c.target) and c.deficit > 0
     groups = node_groups(m.graph)
     assert groups["node_embedding"] == "embeddings" and groups["node_softmax_1"] == "layer 1"
+
+
+def test_language_model_next_token_targets():
+    """A causal LM (zoo llama_mask: left-padded, masked): the target is the label's logit at the last
+    position, padding is never removed, and rollout reads out at the last position only."""
+    import onnxruntime as ort
+    from zoo import MODELS, feeds as zoo_feeds, model as zoo_model
+    from reflrp.attribute import make_subject
+    from reflrp.baselines import attention_tensors, readout
+    f = {k: v[:2] for k, v in zoo_feeds("llama_mask").items()}
+    labels = np.array([3, 11])
+    ev = reflrp.evaluate(zoo_model("llama_mask"), {**f, "labels": labels}, methods=["attnlrp", "rollout"], steps=3,
+                         progress=False)
+    ref = ort.InferenceSession(str(MODELS / "llama_mask.onnx"), providers=["CPUExecutionProvider"]).run(None, f)[0]
+    np.testing.assert_allclose(ev.clean, ref[np.arange(2), -1, labels], rtol=1e-5)
+    np.testing.assert_array_equal(ev.allowed, f["attention_mask"] == 1)
+    s = make_subject(zoo_model("llama_mask"))
+    w = readout(s, f, labels, attention_tensors(s.model, s.wrt)[-1][1])
+    np.testing.assert_allclose(w, np.eye(f["attention_mask"].shape[1])[[-1, -1]], atol=1e-12)
