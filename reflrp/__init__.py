@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from .errors import (FeedError, GraphError, KernelError, ModelLoadError, ReflrpError, RuleError, TargetError,
                      UnsupportedOpError)
+from .attribute import Attributions, attribute
+from .evaluate import Evaluation, evaluate
 from .deviation import Deviation, deviation
 from .explain import Attribution, ReflrpWarning, explain, gradient
 from .generate import Generation, generate
@@ -16,7 +18,8 @@ from .targets import contrastive
 from .version import __version__  # noqa: E402
 
 __all__ = ["load", "Model", "InferenceSession", "explain", "gradient", "composite", "deviation", "Deviation", "generate",
-           "Generation", "contrastive", "neurons", "neuron_stats", "reference_samples", "Attribution",
+           "Generation", "contrastive", "neurons", "neuron_stats", "reference_samples", "Attribution", "attribute",
+           "Attributions", "evaluate", "Evaluation",
            "ReflrpWarning", "supported_ops", "set_allocator_policy", "release_memory", "ReflrpError",
            "ModelLoadError", "UnsupportedOpError", "GraphError", "FeedError", "KernelError", "TargetError",
            "RuleError", "__version__"]

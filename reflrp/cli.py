@@ -1,5 +1,5 @@
-"""The ``reflrp`` command line: explain, plan, verify, golden, check, ops, conformance. Its flags mirror the
-Python arguments of :func:`reflrp.explain` one to one."""
+"""The ``reflrp`` command line: explain, plan, verify, golden, check, ops, conformance, evaluate. Its flags
+mirror the Python arguments of :func:`reflrp.explain` one to one."""
 from __future__ import annotations
 
 import argparse
@@ -179,7 +179,28 @@ def _feeds_for(args, model):
     if not feeds:
         raise UserError(f"no inputs: pass --input NAME=FILE.npy / FILE.npz, --text with --tokenizer, or --random; "
                         f"the model's inputs: {describe_inputs(model)}")
-    return _select_row(feeds, args.row), None
+    feeds = _select_row(feeds, args.row)
+    return feeds, _id_tokens(args, model, feeds)
+
+
+def _tokenizer(path):
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise UserError("--tokenizer needs the 'tokenizers' package: pip install tokenizers") from None
+    if not Path(path).is_file():
+        raise UserError(f"tokenizer file {path!r} does not exist")
+    return Tokenizer.from_file(str(path))
+
+
+def _id_tokens(args, model, feeds):
+    """With --tokenizer and fed ids: the token strings of every row (a list per row), else None."""
+    ids = [v.name for v in model.graph.inputs if v.dtype is not None and v.dtype.kind in "iu" and "mask" not in v.name]
+    if not getattr(args, "tokenizer", None) or not ids or ids[0] not in feeds:
+        return None
+    tok = _tokenizer(args.tokenizer)
+    rows = np.asarray(feeds[ids[0]])
+    return [[tok.id_to_token(int(i)) or f"#{int(i)}" for i in row] for row in rows.reshape(len(rows), -1)]
 
 
 def cmd_explain(args) -> int:
@@ -223,21 +244,22 @@ def _print_attribution(args, model, feeds, tokens, att) -> None:
     out = att.outputs[att.output]
     names = _class_names(model)
     print(f"{Path(args.model).name}: preset {args.preset}, dtype {args.dtype}, relevance at {att.wrt[0]} {rel.shape}")
+    rows = []
     for b in range(rel.shape[0]):
         tgt = np.asarray(att.target)
         cls = int(tgt[b]) if tgt.ndim == 1 else None
         logit = out[b, -1, cls] if out.ndim == 3 and cls is not None else (out[b, cls] if cls is not None else None)
         label = f"{cls} ({names[cls]})" if names and cls is not None and cls < len(names) else f"{cls}"
-        print(f"\nrow {b}: target class {label}" + (f", logit {logit:.6g}" if logit is not None else ""))
+        heading = f"row {b}: target class {label}" + (f", logit {logit:.6g}" if logit is not None else "")
+        print("\n" + heading)
         if rel.ndim == 3:  # tokens: sum over the hidden size
             scores = rel[b].sum(-1)
-            toks = tokens or [f"#{i}" for i in range(len(scores))]
+            toks = tokens[b] if tokens and isinstance(tokens[0], list) else tokens
+            toks = toks or [f"#{i}" for i in range(len(scores))]
             order = np.argsort(-scores)[: args.top]
             print("most relevant tokens: " + ", ".join(f"{viz.clean_token(toks[i])} ({scores[i]:+.4g})" for i in order))
             print(viz.terminal(toks, scores, color=False if args.no_color else None))
-            if b == 0 and args.html:
-                Path(args.html).write_text(viz.html_page(toks, scores, f"{Path(args.model).name}: class {label}",
-                                                         f"preset {args.preset}, dtype {args.dtype}"))
+            rows.append((heading, toks, scores))
             if b == 0 and args.png:
                 viz.token_png(args.png, toks, scores, f"class {label} ({args.preset})")
         else:
@@ -252,6 +274,23 @@ def _print_attribution(args, model, feeds, tokens, att) -> None:
                               f"class {label} ({args.preset})")
             if b == 0 and args.html:
                 raise UserError("--html is for token models; use --png for images")
+    if args.html and rows:
+        Path(args.html).write_text(viz.html_rows(rows, f"{Path(args.model).name}: relevance at {att.wrt[0]}",
+                                                 f"preset {args.preset}, dtype {args.dtype}",
+                                                 _flow_html(model, att)))
+
+
+def _flow_html(model, att) -> str:
+    """The "where relevance went" plot of the books (summed over the batch rows), when there are books."""
+    if att.conservation is None:
+        return ""
+    from . import report, viz
+    try:
+        png = report.relevance_flow_png(att.conservation, model.graph)
+    except ReflrpError:  # matplotlib missing: the page without the plot
+        return "<p>(the relevance-flow plot needs matplotlib)</p>"
+    return ('<h3>Where relevance went (the books, summed over the batch rows)</h3>'
+            f'<img src="{viz.png_data_uri(png)}" alt="relevance flow">')
 
 
 def _class_names(model):
@@ -556,6 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--only", action="append", help="a glob of case names to run (repeatable)")
     cr.add_argument("--quiet", action="store_true", help="only the summary")
     cr.set_defaults(func=cmd_conformance_run)
+    from .evaluate_cli import add_parser
+    add_parser(sub)
     return p
 
 

@@ -157,6 +157,9 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
 
     with reuse_during_call() if fast else nullcontext():
         outputs, state = _forward(prep, graph, plan, checked, checkpoint)
+        # grad-x-input multiplies by the attributed values: an inner tensor's (an embedding output) is read
+        # before the relevance pass uses the forward state up
+        inner = {w: state.values[w] for w in plan.wrt if chosen.times_input and state.values and w in state.values}
         seed, reported = seeds_for(outputs)
         k = seed.shape[0]
         step = _chunk(k, max_memory, state, prep)
@@ -171,7 +174,7 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
         if w not in relevance:
             relevance[w] = xp.zeros((k,) + tuple(state.shapes[w]), dtype=dt)
         elif chosen.times_input:
-            relevance[w] = relevance[w] * _value_of(prep, checked, w, relevance[w])
+            relevance[w] = relevance[w] * _value_of(prep, {**inner, **checked}, w, relevance[w])
     reports = None
     if chosen.conserving:
         reports = []
@@ -269,7 +272,8 @@ def _books_precision(prep, dt) -> str:
 def _value_of(prep, checked, name, like):
     value = checked.get(name, prep.constants.get(name))
     if value is None:
-        raise ReflrpError(f"grad-x-input: the value of {name!r} is not available (attribute to a graph input)")
+        raise ReflrpError(f"grad-x-input: the value of {name!r} is not kept with checkpoint='sqrt' (attribute to a "
+                          "graph input, or run without checkpoint)")
     return value.astype(like.dtype, copy=False)
 
 

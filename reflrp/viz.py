@@ -49,23 +49,71 @@ def terminal(tokens: Sequence[str], scores, color: bool | None = None) -> str:
     return " ".join(parts)
 
 
-def html_page(tokens: Sequence[str], scores, title: str = "reflrp relevance", subtitle: str = "") -> str:
-    """A self-contained HTML page: tokens on a diverging colour map, the value on hover."""
-    norm = normalise(scores)
+def colour_scale(maximum: float, ticks: int = 5, label: str = "") -> str:
+    """A numeric colour scale: the diverging map from ``-maximum`` to ``+maximum`` with tick values."""
+    stops = ", ".join(f"rgb{_rgb(v)}" for v in np.linspace(-1, 1, 9))
+    values = np.linspace(-maximum, maximum, ticks)
+    shift = ["translateX(0)"] + ["translateX(-50%)"] * (ticks - 2) + ["translateX(-100%)"]  # end labels inside
+    marks = "".join(f'<span style="left:{100 * i / (ticks - 1):.1f}%;transform:{t}">{v:+.3g}</span>'
+                    for i, (v, t) in enumerate(zip(values, shift)))
+    return (f'<div class="scale"><div class="bar" style="background:linear-gradient(to right, {stops})"></div>'
+            f'<div class="ticks">{marks}</div>{f"<div class=scalelabel>{html.escape(label)}</div>" if label else ""}'
+            "</div>")
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;} .tok{padding:3px 4px;margin:2px;border-radius:3px;
+display:inline-block;font-size:18px;border:1px solid #eee;} .scale{width:260px;margin:6px 0 22px 0;}
+.scale .bar{height:12px;border:1px solid #999;} .scale .ticks{position:relative;height:14px;font-size:11px;}
+.scale .ticks span{position:absolute;transform:translateX(-50%);top:2px;} .scalelabel{font-size:11px;color:#555;
+margin-top:4px;} table{border-collapse:collapse;} td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;}
+th{background:#f4f4f4;} .row{margin:10px 0;} .label{font-size:13px;color:#444;margin-bottom:2px;}
+td .tok{font-size:14px;padding:2px 3px;margin:1px;} th .scale{width:170px;margin:6px auto 16px auto;}"""
+
+
+def token_spans(tokens: Sequence[str], scores, maximum: float | None = None) -> str:
+    """Tokens coloured by ``scores / maximum`` (default: the largest |score|), the value on hover."""
+    raw = np.asarray(scores, dtype=np.float64)
+    m = float(np.abs(raw).max()) if maximum is None and raw.size else (maximum or 0.0)
     spans = []
-    for tok, v, raw in zip(tokens, norm, np.asarray(scores, dtype=np.float64)):
-        r, g, b = _rgb(v)
-        spans.append(f'<span class="tok" style="background:rgb({r},{g},{b})" title="{raw:+.6g}">'
+    for tok, v in zip(tokens, raw):
+        r, g, b = _rgb(v / m if m > 0 else 0.0)
+        spans.append(f'<span class="tok" style="background:rgb({r},{g},{b})" title="{v:+.6g}">'
                      f"{html.escape(clean_token(tok))}</span>")
+    return "".join(spans)
+
+
+def html_rows(rows, title: str = "reflrp relevance", subtitle: str = "", extra: str = "") -> str:
+    """A self-contained page: one line of coloured tokens per ``(label, tokens, scores)`` row, all on one
+    numeric colour scale (the largest |score| of any row), then ``extra`` HTML."""
+    rows = list(rows)
+    m = max((float(np.abs(np.asarray(s, dtype=np.float64)).max()) for _, _, s in rows if np.size(s)), default=0.0)
+    body = "".join(f'<div class="row"><div class="label">{html.escape(label)}</div>{token_spans(t, s, m)}</div>'
+                   for label, t, s in rows)
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;}} .tok{{padding:3px 4px;margin:2px;border-radius:3px;
-display:inline-block;font-size:20px;}} .legend span{{display:inline-block;width:30px;height:12px;}}</style></head>
-<body><h2>{html.escape(title)}</h2><p>{html.escape(subtitle)}</p><div>{''.join(spans)}</div>
-<p class="legend">negative <span style="background:rgb(0,0,255)"></span><span style="background:rgb(128,128,255)">
-</span><span style="background:#fff;border:1px solid #ccc"></span><span style="background:rgb(255,128,128)"></span>
-<span style="background:rgb(255,0,0)"></span> positive (hover a token for its relevance)</p></body></html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
+<body><h2>{html.escape(title)}</h2><p>{html.escape(subtitle)}</p>
+{colour_scale(m, label="relevance (one scale for every row; hover a token for its value)")}{body}{extra}</body></html>
 """
+
+
+def html_page(tokens: Sequence[str], scores, title: str = "reflrp relevance", subtitle: str = "") -> str:
+    """A self-contained HTML page of one row of tokens (see :func:`html_rows`)."""
+    return html_rows([("", tokens, scores)], title, subtitle)
+
+
+def png_data_uri(png: bytes) -> str:
+    import base64
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    import io
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _pyplot():

@@ -28,7 +28,7 @@ def test_explain_prints_tokens_and_conservation(tmp_path, capsys):
     assert "most relevant tokens" in text and "relevance at inputs" in text and "#5[+1.00]" in text
     rel, meta = read_golden(out)
     assert meta["preset"] == "attnlrp" and rel["inputs_embeds"].shape == (2, 6, 32)
-    assert (tmp_path / "h.html").read_text().count('class="tok"') == 6
+    assert (tmp_path / "h.html").read_text().count('class="tok"') == 12  # every batch row (2 x 6 tokens)
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
 
 
