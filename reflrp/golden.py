@@ -212,11 +212,9 @@ def run(model, inputs, out, preset: str = "attnlrp", dtype: Any = "float64", eps
     :func:`reflrp.scale.shard_size`), BLAS limited to ``blas_threads`` in each task; the files are the
     same bytes as a serial run's. ``index``: write ``out/index.parquet`` (or the path given), one row per
     sample; by default only on Dask."""
-    from .backend import float_policy
     from .model import Model, load
     model = model if isinstance(model, Model) else load(model)
-    model.plan(preset, epsilon, wrt, rules)  # bad arguments fail before any file is read
-    float_policy(dtype)
+    check_arguments(model, preset, dtype, epsilon, wrt, rules, shard_size)
     index = index_path(out, client is not None if index is None else index)
     if client is not None:  # workers may run elsewhere: absolute paths
         inputs, out = Path(inputs).resolve(), Path(out).resolve()
@@ -242,6 +240,15 @@ def run(model, inputs, out, preset: str = "attnlrp", dtype: Any = "float64", eps
     if client is not None:
         remove_partial(job.out)  # a worker lost mid-write leaves its temp file
     return result
+
+
+def check_arguments(model, preset="attnlrp", dtype="float64", epsilon=None, wrt=None, rules=None, shard_size=None):
+    """Bad arguments fail before any file is read (or any cluster started)."""
+    from .backend import float_policy
+    model.plan(preset, epsilon, wrt, rules)
+    float_policy(dtype)
+    if shard_size is not None and shard_size < 1:
+        raise ReflrpError(f"shard_size {shard_size}: give at least 1 sample per shard")
 
 
 def _serial(model, samples, job, progress):

@@ -54,7 +54,7 @@ def client(workers: int | None = None, scheduler: str | None = None):
         return
     if workers < 1:
         raise ScaleError(f"--workers {workers}: give at least 1 worker")
-    with dd.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with dd.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             dd.Client(cluster) as c:
         yield c
 
