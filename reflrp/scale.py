@@ -148,6 +148,8 @@ def map_shards(c, fn, shard_list: list[list], *args, key: str, progress=None):
     futures = [c.submit(fn, shard, *args, key=f"{token}-{i:06d}", pure=False) for i, shard in enumerate(shard_list)]
     index = {f.key: i for i, f in enumerate(futures)}
     total, done = sum(len(s) for s in shard_list), 0
+    if callable(progress):
+        progress(0, total, "")
     try:
         if progress == "dask":
             dd.progress(futures, notebook=False)
