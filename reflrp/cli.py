@@ -366,10 +366,11 @@ def _scale_flags(sp) -> None:
     """--workers / --scheduler / --shard-size: run on Dask (the scale extra)."""
     where = sp.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
-                       help="run on a Dask cluster of N one-thread worker processes on this machine (pip install 'reflrp[scale]')")
+                       help="run on a Dask cluster of N one-thread worker processes here (pip install 'reflrp[scale]')")
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="run on an existing Dask cluster, e.g. tcp://host:8786 (workers see the same paths)")
-    sp.add_argument("--shard-size", type=int, metavar="K", help="samples per Dask task (default: about 8 tasks per worker)")
+    sp.add_argument("--shard-size", type=int, metavar="K",
+                    help="samples per Dask task (default: about 8 tasks per worker)")
 
 
 class _Parser(argparse.ArgumentParser):

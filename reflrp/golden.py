@@ -17,7 +17,7 @@ import numpy as np
 from .backend import to_numpy
 from .errors import ReflrpError
 from .golden_index import failed_row, index_path, index_row, write_index
-from .samples import Sample, Sources, input_files, list_samples, read_npz  # noqa: F401  (input_files, read_npz: public here too)
+from .samples import Sample, Sources, input_files, list_samples, read_npz  # noqa: F401  (input_files: public here too)
 from .version import __version__
 
 FORMAT_VERSION = 2

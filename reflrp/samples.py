@@ -100,8 +100,8 @@ def array_shapes(path: Path) -> dict[str, tuple]:
         with zipfile.ZipFile(path) as zf:
             for member in zf.namelist():
                 with zf.open(member) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    fmt = np.lib.format
+                    read = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
                     shapes[member.removesuffix(".npy")] = read(fh)[0]
         return shapes
     except Exception as exc:
