@@ -166,6 +166,10 @@ def test_per_row_batched_npz(tmp_path, client):
     golden.run(LLAMA, tmp_path / "batch.npz", tmp_path / "rows_dask", per_row=True, client=client)
     assert _golden_files(tmp_path / "rows_dask") == _golden_files(tmp_path / "rows")
     assert list(pd.read_parquet(tmp_path / "rows" / "index.parquet")["input"]) == [f"batch.npz[{i}]" for i in range(5)]
+    assert main(["golden", str(LLAMA), "--inputs", str(tmp_path / "batch.npz"), "--per-row", "--index",
+                 "--out", str(tmp_path / "rows_cli")]) == 0
+    assert _golden_files(tmp_path / "rows_cli") == _golden_files(tmp_path / "rows")
+    assert (tmp_path / "rows_cli" / "index.parquet").is_file()
 
 
 def _ragged_ids(rows=6, seed=1):
