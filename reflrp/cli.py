@@ -388,13 +388,20 @@ def cmd_verify(args) -> int:
 
 
 def cmd_golden(args) -> int:
-    from . import golden
+    from . import golden, scale
     opts = _explain_options(args)
-    result = golden.run(_load(args.model), args.inputs, args.out, preset=opts["preset"], dtype=opts["dtype"],
-                        epsilon=opts["epsilon"], wrt=opts["wrt"], rules=opts["rules"], target=opts["target"],
-                        all_tensors=args.all_tensors, force=args.force, progress=_progress, output=opts["output"])
+    model = _load(args.model)
+    golden.check_arguments(model, opts["preset"], opts["dtype"], opts["epsilon"], opts["wrt"], opts["rules"],
+                           args.shard_size)
+    with scale.client(args.workers, args.scheduler) as client:
+        progress = _progress if client is None else ("dask" if args.scheduler else scale.tqdm_progress() or _progress)
+        result = golden.run(model, args.inputs, args.out, preset=opts["preset"], dtype=opts["dtype"],
+                            epsilon=opts["epsilon"], wrt=opts["wrt"], rules=opts["rules"], target=opts["target"],
+                            all_tensors=args.all_tensors, force=args.force, progress=progress, output=opts["output"],
+                            client=client, per_row=args.per_row, shard_size=args.shard_size,
+                            index=True if args.index else None)
     print(f"\n{len(result.written)} golden file(s) written, {len(result.skipped)} already complete "
-          f"(fingerprints match), in {args.out}")
+          f"(fingerprints match), in {args.out}" + (f"; index: {result.index}" if result.index else ""))
     for name, why in result.failed.items():
         print(f"failed: {name}: {why}", file=sys.stderr)
     return 1 if result.failed else 0
@@ -498,6 +505,17 @@ def _relevance_flags(sp, golden: bool = False) -> None:
         sp.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda (needs cupy and a GPU)")
 
 
+def _scale_flags(sp) -> None:
+    """--workers / --scheduler / --shard-size: run on Dask (the scale extra)."""
+    where = sp.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="run on a Dask cluster of N one-thread worker processes here (pip install 'reflrp[scale]')")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on an existing Dask cluster, e.g. tcp://host:8786 (workers see the same paths)")
+    sp.add_argument("--shard-size", type=int, metavar="K",
+                    help="samples per Dask task (default: about 8 tasks per worker)")
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in the same one-line form as every other error (exit status 2)."""
 
@@ -562,10 +580,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("golden", help="write golden files for a batch of inputs")
     g.add_argument("model", help="the ONNX file")
-    g.add_argument("--inputs", required=True, help="an .npz/.npy file or a folder of them")
+    g.add_argument("--inputs", required=True,
+                   help="an .npz/.npy file, a folder of them, or a .parquet/.arrow table of token ids (a sample per row)")
     g.add_argument("--out", required=True, help="folder for the golden files")
+    g.add_argument("--per-row", action="store_true", help="a sample per row of each .npz/.npy file's leading axis")
     g.add_argument("--all-tensors", action="store_true", help="store every tensor's relevance, not only the inputs'")
     g.add_argument("--force", action="store_true", help="recompute files whose fingerprint differs (else exit 2)")
+    g.add_argument("--index", action="store_true", help="also write OUT/index.parquet (always written on Dask)")
+    _scale_flags(g)
     _relevance_flags(g, golden=True)
     g.set_defaults(func=cmd_golden)
 

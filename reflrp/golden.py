@@ -16,6 +16,8 @@ import numpy as np
 
 from .backend import to_numpy
 from .errors import ReflrpError
+from .golden_index import failed_row, index_path, index_row, write_index
+from .samples import Sample, Sources, input_files, list_samples, read_npz  # noqa: F401  (input_files: public here too)
 from .version import __version__
 
 FORMAT_VERSION = 2
@@ -103,20 +105,6 @@ def read_golden(path) -> tuple[dict[str, np.ndarray], dict]:
     return rel, meta | {"arrays": data}
 
 
-def read_npz(path, what: str = "file") -> dict[str, np.ndarray]:
-    """Every array of an .npz/.npy file; a clear error for a missing or unreadable one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReflrpError(f"{what} {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".npy":
-            return {path.stem: np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise ReflrpError(f"cannot read {what} {str(path)!r}: {exc}") from None
-
-
 def stored_fingerprint(path) -> dict | None:
     """The fingerprint recorded in an existing golden file (None if it has none or cannot be read)."""
     try:
@@ -134,81 +122,182 @@ def what_changed(old: dict | None, new: dict) -> list[str]:
 
 @dataclass
 class GoldenRun:
-    """What :func:`run` did: files written, skipped (fingerprint matched), failed (input -> reason)."""
+    """What :func:`run` did: files written, skipped (fingerprint matched), failed (input -> reason), and the
+    index it wrote (None without one). Lists are in input order."""
 
     written: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)
+    index: Path | None = None
+    outcomes: list = field(default_factory=list, repr=False)  # one Outcome per listed sample
 
 
-def input_files(inputs) -> list[Path]:
-    """The input files of a golden run: one .npz/.npy, or every .npz/.npy in a folder (sorted)."""
-    src = Path(inputs)
-    if src.is_dir():
-        files = sorted(p for p in src.iterdir() if p.suffix in (".npz", ".npy") and not p.name.startswith("."))
-    elif src.is_file():
-        files = [src]
-    else:
-        raise ReflrpError(f"inputs {str(inputs)!r} is neither a file nor a folder")
-    if not files:
-        raise ReflrpError(f"no .npz/.npy input files in {str(inputs)!r}")
-    return files
+@dataclass(frozen=True)
+class Job:
+    """What every sample of a run shares (sent with each Dask task)."""
+
+    out: Path
+    options: dict  # the fingerprinted options
+    explain: dict  # the keyword arguments of reflrp.explain
+    all_tensors: bool
+    force: bool
+    index: bool  # whether outcomes carry their index row
 
 
-def golden_path(out, input_file: Path) -> Path:
-    return Path(out) / f"{input_file.stem}.golden.npz"
+@dataclass(frozen=True)
+class Outcome:
+    """One sample's result: status "written", "skipped", "failed" or "stale" (made differently)."""
+
+    sample: Sample
+    status: str
+    path: Path | None
+    message: str = ""
+    row: dict | None = None  # its index row
+
+
+def golden_path(out, sample) -> Path:
+    """``out/<stem>.golden.npz`` for an input file or a :class:`~reflrp.samples.Sample`."""
+    return Path(out) / f"{sample.stem}.golden.npz"
+
+
+def golden_sample(model, sample: Sample, sources: Sources, job: Job) -> Outcome:
+    """Write, or skip (its fingerprint matches), the golden file of one sample; a bad input is a failed
+    outcome, a file made differently a stale one: neither raises."""
+    from .explain import explain
+    dest = golden_path(job.out, sample)
+    try:
+        feeds = sources.feeds(sample)
+        want = fingerprint(model, job.options, feeds)
+        if dest.exists() and not job.force:
+            changed = what_changed(stored_fingerprint(dest), want)
+            if changed:
+                return Outcome(sample, "stale", dest, f"{dest} exists but was made differently "
+                               f"({'; '.join(changed)}); pass --force (force=True) to recompute it")
+            return Outcome(sample, "skipped", dest, row=_stored_row(sample, dest) if job.index else None)
+        att = explain(model, feeds, keep=None if job.all_tensors else (), **job.explain).numpy()
+        arrays = golden_arrays(att, feeds, model, job.all_tensors, job.options)
+        write_npz(dest, arrays)
+        return Outcome(sample, "written", dest, row=index_row(sample, dest, arrays) if job.index else None)
+    except ReflrpError as exc:
+        why = str(exc).splitlines()[0]
+        return Outcome(sample, "failed", None, why, failed_row(sample.label, why) if job.index else None)
+
+
+def _stored_row(sample, dest):
+    with np.load(dest, allow_pickle=False) as z:
+        return index_row(sample, dest, z)
+
+
+def golden_shard(samples: list[Sample], model_name: str, job: Job, blas_threads: int | None = 1) -> list[Outcome]:
+    """The Dask task: the golden files of a shard of samples, on the model this worker loaded."""
+    from .scale import blas_threads as limit_blas, worker_model
+    model = worker_model(model_name)
+    with limit_blas(blas_threads):
+        sources = Sources(model)
+        return [golden_sample(model, s, sources, job) for s in samples]
 
 
 def run(model, inputs, out, preset: str = "attnlrp", dtype: Any = "float64", epsilon=None, wrt=None, rules=None,
-        target=None, all_tensors: bool = False, force: bool = False, progress=None, output=None) -> GoldenRun:
-    """Write one golden file per input file into ``out``, deterministically and atomically.
+        target=None, all_tensors: bool = False, force: bool = False, progress=None, output=None, client=None,
+        per_row: bool = False, shard_size: int | None = None, index=None, blas_threads: int | None = 1) -> GoldenRun:
+    """Write one golden file per sample into ``out``, deterministically and atomically.
 
-    A file whose fingerprint matches is skipped; one that differs raises :class:`StaleGoldenError`
-    naming what changed (``force=True`` recomputes it). An unreadable or bad input is recorded in
-    ``failed`` and the run goes on. ``progress(i, n, name)`` is called before each file."""
-    from .backend import float_policy
-    from .explain import explain
+    Samples: every .npz/.npy file of ``inputs`` (a file or a folder), each row of them with ``per_row``,
+    or each row of a Parquet / Arrow table (docs/golden-format.md). A file whose fingerprint matches is
+    skipped; one that differs raises :class:`StaleGoldenError` naming what changed (``force=True``
+    recomputes it). A bad input is recorded in ``failed`` and the run goes on. ``progress(i, n, name)``
+    is called before each file (as shards finish on Dask; ``"dask"``: Dask's progress bar).
+
+    ``client``: a ``dask.distributed.Client``; one task per shard of ``shard_size`` samples (default
+    :func:`reflrp.scale.shard_size`), BLAS limited to ``blas_threads`` in each task; the files are the
+    same bytes as a serial run's. ``index``: write ``out/index.parquet`` (or the path given), one row per
+    sample; by default only on Dask."""
     from .model import Model, load
     model = model if isinstance(model, Model) else load(model)
-    model.plan(preset, epsilon, wrt, rules)  # bad arguments fail before any file is read
-    float_policy(dtype)
-    out = Path(out)
-    for stale in out.glob(".*.part") if out.is_dir() else ():  # temp files of a run that was killed
-        stale.unlink()
+    check_arguments(model, preset, dtype, epsilon, wrt, rules, shard_size)
+    index = index_path(out, client is not None if index is None else index)
+    if client is not None:  # workers may run elsewhere: absolute paths
+        inputs, out = Path(inputs).resolve(), Path(out).resolve()
     options = {"preset": preset, "dtype": None if dtype is None else str(np.dtype(dtype)), "epsilon": epsilon,
                "wrt": None if wrt is None else list(wrt), "rules": None if rules is None else dict(rules),
                "target": None if target is None else np.asarray(target).tolist(), "all_tensors": all_tensors,
                "output": output}
-    result = GoldenRun()
-    files = input_files(inputs)
-    for i, f in enumerate(files):
-        if progress:
-            progress(i, len(files), f.name)
-        dest = golden_path(out, f)
-        try:
-            arrays = read_npz(f, "input file")
-            feeds = {k: v for k, v in arrays.items() if k in model.input_names}
-            if not feeds and len(arrays) == 1 and len(model.input_names) == 1:
-                feeds = {model.input_names[0]: next(iter(arrays.values()))}
-            want = fingerprint(model, options, feeds)
-            if dest.exists() and not force:
-                changed = what_changed(stored_fingerprint(dest), want)
-                if not changed:
-                    result.skipped.append(dest)
-                    continue
-                raise StaleGoldenError(f"{dest} exists but was made differently ({'; '.join(changed)}); "
-                                       "pass --force (force=True) to recompute it")
-            att = explain(model, feeds, target=target, preset=preset, dtype=dtype, epsilon=epsilon, wrt=wrt,
-                          rules=rules, output=output, keep=None if all_tensors else ()).numpy()
-            write_golden(dest, att, feeds, model, all_tensors, options)
-            result.written.append(dest)
-        except StaleGoldenError:
-            raise
-        except ReflrpError as exc:
-            result.failed[f.name] = str(exc).splitlines()[0]
-    if progress:
-        progress(len(files), len(files), "")
+    job = Job(Path(out), options, dict(target=target, preset=preset, dtype=dtype, epsilon=epsilon, wrt=wrt,
+                                       rules=rules, output=output), all_tensors, force, index is not None)
+    samples, unlisted = list_samples(model, inputs, per_row)
+    _check_unique(samples, job.out)
+    remove_partial(job.out)  # temp files of a run that was killed
+    if client is None:
+        outcomes = _serial(model, samples, job, progress)
+    else:
+        outcomes = _on_dask(client, model, samples, job, shard_size, progress, blas_threads)
+    result = _collect(samples, outcomes, unlisted)
+    if index is not None:
+        rows = [((label, -1), failed_row(label, why)) for label, why in unlisted.items()]
+        rows += [((o.sample.source.name, -1 if o.sample.row is None else o.sample.row), o.row) for o in result.outcomes]
+        write_index(index, [row for _, row in sorted(rows, key=lambda kr: kr[0])])
+        result.index = index
+    if client is not None:
+        remove_partial(job.out)  # a worker lost mid-write leaves its temp file
     return result
+
+
+def check_arguments(model, preset="attnlrp", dtype="float64", epsilon=None, wrt=None, rules=None, shard_size=None):
+    """Bad arguments fail before any file is read (or any cluster started)."""
+    from .backend import float_policy
+    model.plan(preset, epsilon, wrt, rules)
+    float_policy(dtype)
+    if shard_size is not None and shard_size < 1:
+        raise ReflrpError(f"shard_size {shard_size}: give at least 1 sample per shard")
+
+
+def _serial(model, samples, job, progress):
+    sources = Sources(model)
+    for i, s in enumerate(samples):
+        if progress:
+            progress(i, len(samples), s.label)
+        yield golden_sample(model, s, sources, job)
+    if progress:
+        progress(len(samples), len(samples), "")
+
+
+def _on_dask(client, model, samples, job, size, progress, blas_threads):
+    from . import scale
+    size = size or scale.shard_size(len(samples), scale.worker_count(client))
+    with scale.model_on_workers(client, model) as name:
+        for _, outcomes in scale.map_shards(client, golden_shard, scale.shards(samples, size), name, job,
+                                            blas_threads, key="reflrp-golden", progress=progress):
+            yield from outcomes
+
+
+def _collect(samples, outcomes, unlisted) -> GoldenRun:
+    """The run's result in input order; the first stale file raises (the files done so far stay)."""
+    done = {}
+    for o in outcomes:
+        if o.status == "stale":
+            raise StaleGoldenError(o.message)
+        done[o.sample] = o
+    result = GoldenRun(failed=dict(unlisted))
+    result.outcomes = [done[s] for s in samples]
+    for o in result.outcomes:
+        if o.status == "failed":
+            result.failed[o.sample.label] = o.message
+        else:
+            (result.written if o.status == "written" else result.skipped).append(o.path)
+    return result
+
+
+def _check_unique(samples, out) -> None:
+    seen = {}
+    for s in samples:
+        other = seen.setdefault(s.stem, s)
+        if other is not s:
+            raise ReflrpError(f"inputs {other.label} and {s.label} would both write {golden_path(out, s)}; rename one")
+
+
+def remove_partial(out: Path) -> None:
+    for stale in out.glob(".*.part") if out.is_dir() else ():
+        stale.unlink(missing_ok=True)
 
 
 def compare(candidate: dict[str, Any], golden: dict[str, np.ndarray], rtol: float = 1e-5, atol: float = 0.0):

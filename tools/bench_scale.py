@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Golden files on Dask vs one process (issue 14, bar 1): 64 inputs on the bench LLaMA (4 layers,
+hidden 256, seq 128; tools/bench.py builds and caches it in .cache/bench/), float64.
+
+Usage:
+    python tools/bench_scale.py [--inputs 64] [--workers 2] [--layers 4] [--seq 128]
+
+* The inputs: ``--inputs`` .npz files of ``inputs_embeds`` (1, seq, 256), float32, seeded per file, in
+  .cache/bench_scale/inputs/.
+* Serial: ``reflrp.golden.run(path, inputs, out)`` in a fresh subprocess, BLAS with its default threads
+  (all cores) and again with one thread; the time of the call, model load included.
+* Dask: a LocalCluster of ``--workers`` processes with one thread each (``reflrp.scale.client``, as
+  ``reflrp golden --workers N``), then ``golden.run(..., client=client)`` timed: registering the model
+  (each worker loads it), the tasks, the index. The cluster's start is reported apart.
+* Every golden file of the Dask run is compared byte for byte with the serial runs'.
+* The machine may be shared: the 1-minute load average and the share of CPU that processes other than
+  these runs used (``/proc/stat`` minus the runs' own CPU time) are printed with each timing; before
+  each run it waits (at most ``--quiet-wait`` s) for a half second in which others use < 25 %.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "bench_scale"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+SERIAL = """
+import json, sys, time
+from reflrp import golden
+t0 = time.perf_counter()
+r = golden.run(sys.argv[1], sys.argv[2], sys.argv[3])
+print(json.dumps({"seconds": time.perf_counter() - t0, "written": len(r.written), "failed": len(r.failed)}))
+"""
+
+
+def machine_busy() -> tuple[int, int]:
+    """(total, busy) jiffies of the whole machine from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v[:8]), sum(v[:8]) - v[3] - v[4]
+
+
+def others_share(before, after, own_cpu_s: float) -> float:
+    """The share of the machine's CPU used by processes other than the measured ones over an interval."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total, busy = after[0] - before[0], after[1] - before[1]
+    return max(0.0, (busy - own_cpu_s * hz) / total) if total > 0 else float("nan")
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def wait_quiet(cap_s: float, threshold: float = 0.25) -> float:
+    """Wait (at most ``cap_s``) for a 0.5 s window in which the machine is less than ``threshold`` busy."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < cap_s:
+        a = machine_busy()
+        time.sleep(0.5)
+        if others_share(a, machine_busy(), 0.0) < threshold:
+            break
+    return time.perf_counter() - t0
+
+
+def make_inputs(n: int, seq: int, hidden: int) -> Path:
+    folder = CACHE / f"inputs_n{n}_s{seq}_h{hidden}"
+    if not folder.is_dir() or len(list(folder.glob("*.npz"))) != n:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            x = np.random.default_rng(20_000 + i).standard_normal((1, seq, hidden), dtype=np.float32)
+            np.savez(folder / f"x{i:04d}.npz", inputs_embeds=x)
+    return folder
+
+
+def serial_run(model: Path, inputs: Path, out: Path, threads: int | None, quiet_s: float) -> dict:
+    env = dict(os.environ)
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(k, None)
+        if threads is not None:
+            env[k] = str(threads)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    waited = wait_quiet(quiet_s)
+    t0, c0, before = time.perf_counter(), os.times(), machine_busy()
+    proc = subprocess.run([sys.executable, "-c", SERIAL, str(model), str(inputs), str(out)], env=env,
+                          capture_output=True, text=True)
+    wall, c1 = time.perf_counter() - t0, os.times()
+    if proc.returncode:
+        raise RuntimeError(proc.stderr)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    own = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    return {**res, "process_s": wall, "others": others_share(before, machine_busy(), own), "load1": load1(),
+            "waited_s": waited}
+
+
+def dask_run(model: Path, inputs: Path, out: Path, workers: int, quiet_s: float) -> dict:
+    from reflrp import golden, scale
+    t0 = time.perf_counter()
+    with scale.client(workers=workers) as client:
+        client.wait_for_workers(workers)
+        start_s = time.perf_counter() - t0
+        waited = wait_quiet(quiet_s)
+        cpu0 = sum(client.run(lambda: sum(os.times()[:2])).values())
+        own0, before = sum(os.times()[:2]), machine_busy()
+        t1 = time.perf_counter()
+        r = golden.run(model, inputs, out, client=client)
+        seconds = time.perf_counter() - t1
+        own = sum(client.run(lambda: sum(os.times()[:2])).values()) - cpu0 + sum(os.times()[:2]) - own0
+        others = others_share(before, machine_busy(), own)
+    return {"seconds": seconds, "cluster_start_s": start_s, "written": len(r.written), "failed": len(r.failed),
+            "others": others, "load1": load1(), "waited_s": waited}
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.glob("*.golden.npz"))
+    return names == sorted(p.name for p in b.glob("*.golden.npz")) and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--inputs", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait for a quiet machine before each run")
+    args = ap.parse_args(argv)
+    from bench import HIDDEN, model_path
+    model = model_path(args.layers, 2)[0]
+    inputs = make_inputs(args.inputs, args.seq, HIDDEN)
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        tmp = Path(tmp)
+        rows = {"serial, BLAS default threads": serial_run(model, inputs, tmp / "serial", None, args.quiet_wait),
+                "serial, 1 BLAS thread": serial_run(model, inputs, tmp / "serial1", 1, args.quiet_wait),
+                f"Dask, {args.workers} workers x 1 thread": dask_run(model, inputs, tmp / "dask", args.workers,
+                                                                        args.quiet_wait)}
+        identical = same_bytes(tmp / "serial", tmp / "dask") and same_bytes(tmp / "serial1", tmp / "dask")
+    best_serial = min(rows["serial, BLAS default threads"]["seconds"], rows["serial, 1 BLAS thread"]["seconds"])
+    dask = rows[f"Dask, {args.workers} workers x 1 thread"]
+    print(f"\n{args.inputs} inputs (1, {args.seq}, {HIDDEN}), LLaMA {args.layers} layers, float64, "
+          f"{os.cpu_count()} cores; {model.name}\n")
+    print("| run | seconds | per input (ms) | others' CPU share | load (1 min) | waited for quiet (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        assert r["written"] == args.inputs and not r["failed"], (name, r)
+        print(f"| {name} | {r['seconds']:.2f} | {1000 * r['seconds'] / args.inputs:.0f} | "
+              f"{100 * r['others']:.0f} % | {r['load1']:.2f} | {r['waited_s']:.0f} |")
+    print(f"\nspeedup (Dask vs the faster serial run): {best_serial / dask['seconds']:.2f}x; "
+          f"with the cluster's start ({dask['cluster_start_s']:.2f} s): "
+          f"{best_serial / (dask['seconds'] + dask['cluster_start_s']):.2f}x; "
+          f"golden files byte-identical: {'yes' if identical else 'NO'}")
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
