@@ -392,11 +392,12 @@ def cmd_golden(args) -> int:
     opts = _explain_options(args)
     model = _load(args.model)
     golden.check_arguments(model, opts["preset"], opts["dtype"], opts["epsilon"], opts["wrt"], opts["rules"],
-                           args.shard_size)
+                           args.shard_size, opts["options"])
     with scale.client(args.workers, args.scheduler) as client:
         progress = _progress if client is None else ("dask" if args.scheduler else scale.tqdm_progress() or _progress)
         result = golden.run(model, args.inputs, args.out, preset=opts["preset"], dtype=opts["dtype"],
-                            epsilon=opts["epsilon"], wrt=opts["wrt"], rules=opts["rules"], target=opts["target"],
+                            epsilon=opts["epsilon"], wrt=opts["wrt"], rules=opts["rules"], options=opts["options"],
+                            target=opts["target"],
                             all_tensors=args.all_tensors, force=args.force, progress=progress, output=opts["output"],
                             client=client, per_row=args.per_row, shard_size=args.shard_size,
                             index=True if args.index else None)

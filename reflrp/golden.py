@@ -198,7 +198,7 @@ def golden_shard(samples: list[Sample], model_name: str, job: Job, blas_threads:
 
 
 def run(model, inputs, out, preset: str = "attnlrp", dtype: Any = "float64", epsilon=None, wrt=None, rules=None,
-        target=None, all_tensors: bool = False, force: bool = False, progress=None, output=None, client=None,
+        options=None, target=None, all_tensors: bool = False, force: bool = False, progress=None, output=None, client=None,
         per_row: bool = False, shard_size: int | None = None, index=None, blas_threads: int | None = 1) -> GoldenRun:
     """Write one golden file per sample into ``out``, deterministically and atomically.
 
@@ -210,20 +210,24 @@ def run(model, inputs, out, preset: str = "attnlrp", dtype: Any = "float64", eps
 
     ``client``: a ``dask.distributed.Client``; one task per shard of ``shard_size`` samples (default
     :func:`reflrp.scale.shard_size`), BLAS limited to ``blas_threads`` in each task; the files are the
-    same bytes as a serial run's. ``index``: write ``out/index.parquet`` (or the path given), one row per
+    same bytes as a serial run's. ``options``: rule parameters, as for :func:`reflrp.explain` (fingerprinted
+    when given). ``index``: write ``out/index.parquet`` (or the path given), one row per
     sample; by default only on Dask."""
     from .model import Model, load
     model = model if isinstance(model, Model) else load(model)
-    check_arguments(model, preset, dtype, epsilon, wrt, rules, shard_size)
+    check_arguments(model, preset, dtype, epsilon, wrt, rules, shard_size, options)
     index = index_path(out, client is not None if index is None else index)
     if client is not None:  # workers may run elsewhere: absolute paths
         inputs, out = Path(inputs).resolve(), Path(out).resolve()
-    options = {"preset": preset, "dtype": None if dtype is None else str(np.dtype(dtype)), "epsilon": epsilon,
+    recipe = {"preset": preset, "dtype": None if dtype is None else str(np.dtype(dtype)), "epsilon": epsilon,
                "wrt": None if wrt is None else list(wrt), "rules": None if rules is None else dict(rules),
                "target": None if target is None else np.asarray(target).tolist(), "all_tensors": all_tensors,
                "output": output}
-    job = Job(Path(out), options, dict(target=target, preset=preset, dtype=dtype, epsilon=epsilon, wrt=wrt,
-                                       rules=rules, output=output), all_tensors, force, index is not None)
+    if options:  # only when given: files made without options keep their fingerprint
+        recipe["options"] = dict(options)
+    job = Job(Path(out), recipe, dict(target=target, preset=preset, dtype=dtype, epsilon=epsilon, wrt=wrt,
+                                      rules=rules, options=options, output=output), all_tensors, force,
+              index is not None)
     samples, unlisted = list_samples(model, inputs, per_row)
     _check_unique(samples, job.out)
     remove_partial(job.out)  # temp files of a run that was killed
@@ -242,10 +246,11 @@ def run(model, inputs, out, preset: str = "attnlrp", dtype: Any = "float64", eps
     return result
 
 
-def check_arguments(model, preset="attnlrp", dtype="float64", epsilon=None, wrt=None, rules=None, shard_size=None):
+def check_arguments(model, preset="attnlrp", dtype="float64", epsilon=None, wrt=None, rules=None, shard_size=None,
+                    options=None):
     """Bad arguments fail before any file is read (or any cluster started)."""
     from .backend import float_policy
-    model.plan(preset, epsilon, wrt, rules)
+    model.plan(preset, epsilon, wrt, rules, options)
     float_policy(dtype)
     if shard_size is not None and shard_size < 1:
         raise ReflrpError(f"shard_size {shard_size}: give at least 1 sample per shard")

@@ -243,3 +243,20 @@ def test_every_flag_has_help_text():
     missing = [f"{name} {a.option_strings or a.dest}" for name, sp in subs.choices.items() for a in sp._actions
                if a.help is None and a.dest != "help"]
     assert not missing, missing
+
+
+def test_golden_takes_rule_options_and_fingerprints_them(tmp_path, capsys):
+    """--option reaches the rules of a golden run (gamma changes the numbers) and is part of the fingerprint."""
+    model = str(MODELS / "cnn.onnx")
+    d = tmp_path / "inputs"
+    d.mkdir()
+    np.savez(d / "x.npz", x=np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32))
+    assert run("golden", model, "--inputs", d, "--out", tmp_path / "a", "--preset", "epsilon-plus") == 0
+    assert run("golden", model, "--inputs", d, "--out", tmp_path / "b", "--preset", "epsilon-plus",
+               "--option", "stabilizer=0.5") == 0
+    ga, _ = read_golden(tmp_path / "a" / "x.golden.npz")
+    gb, meta = read_golden(tmp_path / "b" / "x.golden.npz")
+    assert meta["fingerprint"]["options"] == {"stabilizer": 0.5}
+    assert list(ga) == ["x"] and not np.allclose(ga["x"], gb["x"])
+    assert run("golden", model, "--inputs", d, "--out", tmp_path / "b", "--preset", "epsilon-plus") == 2
+    assert "options" in capsys.readouterr().err
