@@ -6,10 +6,15 @@
 - ``--knob allocator``: ``REFLRP_MALLOC=call`` (the default: glibc keeps freed buffers for reuse
   during each fast call only) against ``reuse`` (the same, process-wide) and ``system`` (glibc left
   alone), in fresh processes, alternating (the order rotates every round), since the policy is
-  per process.
+  per process;
+- ``--knob plain-after-fast``: the plain path (``fast=False``) in a fresh process where the speed layer
+  never ran against one where a fast call ran first (whose "call" policy sets glibc's thresholds back
+  to their defaults explicitly, which ends glibc's own adaptation of them for the process), fresh
+  processes, alternating.
 
     python tools/ab.py --knob fast [--layers 4] [--shapes 1x128 1x512 8x128] [--calls 5]
     python tools/ab.py [--knob allocator] [--rounds 3] [--calls 5]
+    python tools/ab.py --knob plain-after-fast --shapes 1x512 8x128
 
 Uses the benchmark LLaMA that ``python tools/bench.py`` caches in .cache/bench/.
 """
@@ -26,12 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 KNOBS = {  # knob -> its arms, the default first
     "fast": ("fast=True", "fast=False"),
     "allocator": ("call", "reuse", "system"),
+    "plain-after-fast": ("fresh", "after-fast"),
 }
 
 
-def worker(path: str, shapes: list[str], calls: int, knob: str) -> dict:
+def worker(path: str, shapes: list[str], calls: int, knob: str, arm: str | None = None) -> dict:
     """Best CPU ms per "call shape [arm]"; for ``fast`` both arms, alternating call by call; for
-    ``allocator`` the policy this process was started with (``REFLRP_MALLOC``)."""
+    ``allocator`` the policy this process was started with (``REFLRP_MALLOC``); for
+    ``plain-after-fast`` the plain path only, after one fast call at a tiny shape when ``arm`` says so."""
     import time
 
     import numpy as np
@@ -41,7 +48,10 @@ def worker(path: str, shapes: list[str], calls: int, knob: str) -> dict:
     import reflrp
     model = reflrp.load(path)
     hidden = model.graph.inputs[0].shape[-1]
-    arms = (True, False) if knob == "fast" else (None,)
+    arms = {"fast": (True, False), "plain-after-fast": (False,)}.get(knob, (None,))
+    if arm == "after-fast":
+        tiny = {"inputs_embeds": np.zeros((1, 8, hidden), np.float32)}
+        reflrp.explain(model, tiny, dtype="float32", fast=True)
     out = {}
     for shape in shapes:
         b, s = map(int, shape.split("x"))
@@ -54,15 +64,15 @@ def worker(path: str, shapes: list[str], calls: int, knob: str) -> dict:
                 for fast in (arms if i % 2 == 0 else arms[::-1]):
                     t = time.thread_time()
                     fn(fast)
-                    key = f"{name} {shape}" + ("" if fast is None else f" [fast={fast}]")
+                    key = f"{name} {shape}" + (f" [fast={fast}]" if knob == "fast" else "")
                     out[key] = min(out.get(key, float("inf")), (time.thread_time() - t) * 1e3)
     return out
 
 
 def _fresh(args, arm: str) -> dict:
     cmd = [sys.executable, __file__, "--layers", str(args.layers), "--calls", str(args.calls),
-           "--shapes", *args.shapes, "--knob", "allocator", "--worker", "1"]
-    env = dict(os.environ, REFLRP_MALLOC=arm)
+           "--shapes", *args.shapes, "--knob", args.knob, "--worker", arm]
+    env = dict(os.environ, REFLRP_MALLOC=arm) if args.knob == "allocator" else dict(os.environ)
     run = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     return json.loads(run.stdout.splitlines()[-1])
 
@@ -82,7 +92,7 @@ def main(argv=None) -> int:
         return 2
     path = str(found[-1])
     if args.worker:
-        print(json.dumps(worker(path, args.shapes, args.calls, args.knob)))
+        print(json.dumps(worker(path, args.shapes, args.calls, args.knob, args.worker)))
         return 0
     arms = KNOBS[args.knob]
     results: dict[str, dict] = {arm: {} for arm in arms}
@@ -96,10 +106,12 @@ def main(argv=None) -> int:
             for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
                 for k, v in _fresh(args, arm).items():
                     results[arm][k] = min(v, results[arm].get(k, float("inf")))
-        label = f"REFLRP_MALLOC in fresh processes, {args.rounds} rounds, order rotated"
+        label = (f"{'REFLRP_MALLOC in ' if args.knob == 'allocator' else ''}fresh processes, {args.rounds} rounds, "
+                 "order rotated")
     print(f"model {Path(path).name}; knob {args.knob} ({label}); best CPU ms of {args.calls} calls, 1 thread")
     default = arms[0]
-    print("| call | " + " | ".join(f"{a}{' (default)' if a == default else ''}" for a in arms) + " | "
+    mark = " (reference)" if args.knob == "plain-after-fast" else " (default)"
+    print("| call | " + " | ".join(f"{a}{mark if a == default else ''}" for a in arms) + " | "
           + " | ".join(f"{a} / {default}" for a in arms[1:]) + " |")
     print("|---|" + "---:|" * (2 * len(arms) - 1))
     for call, base in results[default].items():

@@ -260,18 +260,19 @@ CLOCK = "wall"  # "cpu": CPU time of the calling thread (single-threaded engines
 def timed(fn, reps: int, budget_s: float, min_reps: int = 3) -> dict:
     """Time ``fn``: the first call at the shape is a warm-up, then up to ``reps`` timed calls while
     the (wall-clock) budget lasts (at least ``min_reps``). A first call longer than budget/min_reps
-    is itself timed (the per-model caches were built by a priming call at a tiny shape) and the
-    count may then be 1. Median and min in seconds of the CLOCK, n timed calls, and the share of
-    the machine's CPU that other processes used meanwhile."""
+    needs only one timed call after it, and one longer than half the budget is itself timed (the
+    per-model caches were built by a priming call at a tiny shape), the count then possibly 1.
+    Median and min in seconds of the CLOCK, n timed calls, and the share of the machine's CPU that
+    other processes used meanwhile."""
     clock = CLOCKS[CLOCK]
     mon = CpuMonitor()
     start = time.perf_counter()
     c0 = clock()
     fn()
     first, first_wall = clock() - c0, time.perf_counter() - start
-    long_call = first_wall * min_reps > budget_s
+    long_call = first_wall * 2 > budget_s
     times, walls = ([first], [first_wall]) if long_call else ([], [])
-    need = 1 if long_call else min_reps
+    need = 1 if first_wall * min_reps > budget_s else min_reps
     while len(times) < reps:
         spent = time.perf_counter() - start
         est = statistics.median(walls) if walls else first_wall
@@ -428,6 +429,32 @@ def worker_lxt_many(spec: dict) -> dict:
     return out
 
 
+def worker_plain(spec: dict) -> dict:
+    """reflrp's plain path (``fast=False``: forward and explain float32) at one shape, in a process where
+    the speed layer never ran: glibc's allocator is then as the plain path leaves it (glibc's own adaptive
+    thresholds; a fast call before would have fixed them, see ``tools/ab.py --knob plain-after-fast``)."""
+    global CLOCK, IDLE
+    import reflrp
+    CLOCK = spec["clock"]
+    IDLE = IdleWait(spec["idle_wait"], 2 * spec["idle_wait"])
+    limiter = set_blas_threads(spec["threads"])  # noqa: F841  (held for the whole worker)
+    model = reflrp.load(spec["onnx"])
+    calls = {"fwd-plain": lambda f: model.run(f, dtype="float32", fast=False),
+             "explain32-plain": lambda f: reflrp.explain(model, f, dtype="float32", fast=False)}
+    feeds = {"inputs_embeds": embeds(spec["batch"], spec["seq"])}
+    out = {}
+    with np.errstate(all="ignore"):
+        for fn in calls.values():
+            fn({"inputs_embeds": embeds(1, 8)})  # priming at a tiny shape, as in the main process
+        for name, fn in calls.items():
+            time.sleep(0.2)
+            waited = IDLE()
+            out[name] = timed(lambda: fn(feeds), spec["reps"], spec["budget"])
+            out[name]["idle_wait_s"] = round(waited, 1)
+    out["allocator"] = reflrp.memory.allocator_policy()
+    return out
+
+
 def _ort_session(path, threads: int, arena: bool = True):
     import onnxruntime as ort
     ort.set_default_logger_severity(4)  # failures are recorded from the exception
@@ -440,7 +467,7 @@ def _ort_session(path, threads: int, arena: bool = True):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-WORKERS = {"export": worker_export, "lxt": worker_lxt, "lxt_many": worker_lxt_many}
+WORKERS = {"export": worker_export, "lxt": worker_lxt, "lxt_many": worker_lxt_many, "plain": worker_plain}
 
 
 def run_worker(kind: str, spec: dict, timeout: float = 1200) -> dict:
@@ -525,8 +552,8 @@ class Deadline:
 
 SKIP = {"skipped": "time budget (--max-minutes)"}
 ENGINE_NAMES = ("ort", "fwd", "fwd-plain", "explain32", "explain32-plain", "explain64", "refeval")
-TIMED = ENGINE_NAMES[:-1]  # all but ReferenceEvaluator (slow: only at the first shape of the main table)
-FAST = ("ort", "fwd", "explain32", "explain64")  # the scaling and MiniLM tables
+PLAIN = ("fwd-plain", "explain32-plain")  # timed in a worker (worker_plain), peak memory in this process
+FAST = ("ort", "fwd", "explain32", "explain64")  # timed in this process (ReferenceEvaluator: first shape only)
 
 
 class Engines:
@@ -769,7 +796,10 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
       "optimisations, memory arena on); **fwd** = `reflrp.load(path).run(feeds, dtype=\"float32\")`; "
       "**explain32 / explain64** = `reflrp.explain(model, feeds, dtype=...)` (AttnLRP preset, target = "
       "argmax at the last position; includes its own forward pass); **fwd-plain / explain32-plain** = the "
-      "same with `fast=False` (the plain path: no speed layer `reflrp.fast`, no allocator policy); "
+      "same with `fast=False` (the plain path: no speed layer `reflrp.fast`, no allocator policy), timed in a "
+      "worker process in which the speed layer never ran (in a process that made fast calls before, glibc's "
+      "thresholds stay fixed at their defaults and the plain path is slower: `python tools/ab.py --knob "
+      "plain-after-fast`); "
       "**RefEval** = `onnx.reference.ReferenceEvaluator` forward; **LXT** = LXT 2.1 `attnLRP` "
       "monkey-patched HF Llama (float32, same weights via the state_dict), one forward, one backward from "
       "the target logits of all rows, `x * grad`; parameters frozen (`requires_grad_(False)`); in a "
@@ -777,16 +807,17 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
     w(f"- Time: ms, median of the timed calls. Each engine is primed once per model at a tiny shape "
       f"(builds reflrp's cached plans); at each shape the first call is a warm-up, then up to "
       f"{args.reps} calls within a {args.budget:g} s budget (at least 3; ReferenceEvaluator a third of "
-      "the calls, at least 2, half the budget). When one call takes more than a third of the budget, that "
-      "first call is timed too and `n` may be 1 (see the raw data). Cells that would not fit "
+      "the calls, at least 2, half the budget). When one call takes more than a third of the budget, one "
+      "timed call suffices; above half the budget the first call is timed too and `n` may be 1 (see the "
+      "raw data). Cells that would not fit "
       f"`--max-minutes {args.max_minutes:g}` are skipped (ReferenceEvaluator and MiniLM first).")
     w(f"- Allocator: reflrp's policy `{info.get('allocator', '?')}` (`reflrp.memory`). Under the default "
       "\"call\", glibc serves arrays up to 32 MiB from the heap and keeps up to 1 GiB of freed heap only "
       "*during* each run / explain call with the speed layer on (onnxruntime's counterpart is its memory "
-      "arena, on by default) and is set back to its default thresholds (128 KiB) when the call returns. "
-      "The plain path leaves glibc alone, but in this process it runs after fast calls, so with glibc's "
-      "default thresholds fixed (glibc stops adapting its mmap threshold once one was set); onnxruntime and "
-      "ReferenceEvaluator run in that state too. LXT runs in its own process with glibc's defaults.")
+      "arena, on by default) and is set back to its default thresholds (128 KiB) when the call returns; "
+      "glibc stops adapting its mmap threshold once one was set, so onnxruntime and ReferenceEvaluator run "
+      "with fixed default thresholds in this process. The plain path's worker and LXT run with glibc's "
+      "defaults (adaptive).")
     w("- GFLOP/s: analytic matmul FLOPs of the forward (2 × tokens × linear weights including lm_head, "
       "plus 4·b·H·s²·d for Q·Kᵀ and A·V) over the median forward time; compare with the BLAS ceiling.")
     w("- Peak memory (MiB), measured after the main timings, in the same process, single-threaded (memory "
@@ -1492,18 +1523,36 @@ def main(argv=None) -> int:
         log(f"    {'lxt':10s} {_fmt_res(r)}")
         return r
 
+    def plain(b, s, nthreads, eng):
+        """fwd-plain and explain32-plain at (b, s) in a worker (see worker_plain)."""
+        flops = llama_flops(L, b, s)
+        est = 10 + sum(eng.estimate(n, flops, args.reps, args.budget) for n in ("fwd", "explain32"))
+        if not deadline.fits(est, reserve=60):
+            log("    plain      skipped (time budget)")
+            return {n: dict(SKIP) for n in PLAIN}
+        r = run_worker("plain", {"threads": nthreads, "reps": args.reps, "budget": args.budget, "clock": CLOCK,
+                                 "onnx": str(paths[L][0]), "batch": b, "seq": s, "idle_wait": args.idle_wait})
+        if "error" in r:
+            return {n: {"error": r["error"]} for n in PLAIN}
+        for n in PLAIN:
+            r[n]["others_cpu"] = max(r[n].get("others_cpu") or 0, r.get("worker_others_cpu") or 0)
+            eng.cost[n] = r[n]["median_wall"] / flops
+            log(f"    {n:10s} {_fmt_res(r[n])} (worker)")
+        return {n: r[n] for n in PLAIN}
+
     def main_pass(nthreads, main_rows, first_pass):
         """The main table with ``nthreads`` threads, timed by CLOCK."""
         eng = Engines(paths[L][0], nthreads, HIDDEN)
-        eng.prime(ENGINE_NAMES if first_pass else TIMED)
+        eng.prime(FAST + ("refeval",) if first_pass else FAST)
         rows = {}
         for b, s in shapes:
             log(f"[main {CLOCK}, {nthreads} thr] L={L} batch={b} seq={s}  ({deadline.left() / 60:.1f} min left)")
             feeds = {"inputs_embeds": embeds(b, s)}
             row = {"layers": L, "batch": b, "seq": s, "flops": llama_flops(L, b, s)}
             first = (b, s) == shapes[0]
-            which = ENGINE_NAMES if first and first_pass else TIMED
+            which = FAST + ("refeval",) if first and first_pass else FAST
             row["times"] = eng.measure(feeds, row["flops"], args.reps, args.budget, deadline, which, reserve=60)
+            row["times"].update(plain(b, s, nthreads, eng))
             save = CACHE / f"lxt_rel_L{L}_b{b}_s{s}.npz" if first and first_pass else None
             row["lxt"] = lxt(L, b, s, nthreads, save=save, mem=first_pass and not args.no_mem)
             if save:
@@ -1608,7 +1657,7 @@ def main(argv=None) -> int:
         data["malloc_pinned"] = True
         with set_blas_threads(1):
             mem_eng = Engines(paths[L][0], 1, HIDDEN)
-            mem_eng.prime(TIMED)
+            mem_eng.prime(ENGINE_NAMES[:-1])
             for b, s in shapes:
                 log(f"[memory] batch={b} seq={s}  ({deadline.left() / 60:.1f} min left)")
                 est = dict(rows[(b, s)]["times"])
