@@ -6,6 +6,7 @@ Usage:
     python tools/bench.py --quick              # seq 128, batch 1 only
     python tools/bench.py --layers 2 4 8 16 --seq 128 512 --batch 1 8 --out BENCHMARKS.md
     python tools/bench.py --profile            # also cProfile reflrp forward / explain
+    python tools/bench.py --baseline cb7d23e   # compare the ratios with BENCHMARKS.md at that commit
 
 To benchmark, run it with OpenBLAS's core-type overrides removed, e.g.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python tools/bench.py
@@ -21,27 +22,36 @@ What it does
 * In this process, with the same number of threads everywhere (numpy's BLAS via threadpoolctl,
   onnxruntime ``intra_op_num_threads``, torch ``set_num_threads`` in the LXT worker), it times
   onnxruntime, ``reflrp.load(path).run(feeds)`` (float32), ``reflrp.explain(model, feeds,
-  dtype=float32 / float64)`` and ``onnx.reference.ReferenceEvaluator``.  LXT 2.1 (AttnLRP, float32
-  forward + backward + ``x * grad``) runs in a subprocess, because LXT patches transformers
+  dtype=float32 / float64)``, the same two with the speed layer off (``fast=False``: the plain path,
+  "fwd-plain" and "explain32-plain") and ``onnx.reference.ReferenceEvaluator``.  LXT 2.1 (AttnLRP,
+  float32 forward + backward + ``x * grad``) runs in a subprocess, because LXT patches transformers
   process-wide, and reports its timing as JSON.  Numbers are medians over the timed repetitions
   after warm-up.
 * Two passes: wall clock with ``--threads`` (default: all cores), then (unless ``--no-cpu-pass``)
   the main and scaling tables again with 1 thread everywhere, timed by the calling thread's CPU
   time, which other processes on a shared machine cannot inflate.
+* Many targets (L = main, batch 1, seq 128): ``explain(..., targets=[c_1..c_K])`` for the top-K
+  next-token classes at the last position (K = 1, 4, 16, 64) and ``targets=["every-position"]``,
+  against K single ``explain`` calls and against LXT's K backward passes over one forward
+  (``retain_graph=True``); the relevance pass's GFLOP/s (K x :func:`relevance_flops`) against the
+  BLAS ceiling; peak memory per K. Single-threaded CPU time in full, K = 16 also in the wall pass.
 * Peak memory, after the main timings, in the same process, single-threaded: glibc is pinned to
-  mmap every allocation >= 128 KiB and to trim, the kernel's RSS high-water mark is reset via ``/proc/self/clear_refs``,
-  and ``VmHWM - VmRSS`` around one call is reported (onnxruntime on a session without its arena;
-  LXT likewise in its worker); for reflrp also tracemalloc's peak during a second call.
+  mmap every allocation >= 128 KiB and to trim (reflrp's allocator policy set to "system" meanwhile),
+  the kernel's RSS high-water mark is reset via ``/proc/self/clear_refs``, and ``VmHWM - VmRSS``
+  around one call is reported (onnxruntime on a session without its arena; LXT likewise in its
+  worker); for reflrp also tracemalloc's peak during a second call.
 * The machine may be shared: the share of CPU used by other processes during every cell is
   recorded (``/proc/stat``) and reported next to the timings.
-* Cells that would not fit ``--max-minutes`` (default 14) are skipped, not started.
+* Cells that would not fit ``--max-minutes`` (default 16) are skipped, not started.
 * The tiny zoo models (``models/*.onnx`` with ``models/<name>.ref.npz``): per-call time of reflrp
-  forward / explain, ReferenceEvaluator and onnxruntime; these are overhead-dominated.
+  forward (fast and plain) / explain, ReferenceEvaluator and onnxruntime; these are overhead-dominated.
 * A scaling table over ``--layers`` at seq 128, batch 1.
 * all-MiniLM-L6-v2 (``.cache/minilm/minilm.onnx``, from ``python tools/export_models.py
   --minilm``) if present.
-* ``--profile``: cProfile of reflrp forward and explain (float32 and float64) at seq 128,
-  batch 1, plus time per op type (forward) and per rule (relevance pass).
+* ``--profile``: cProfile of reflrp forward and explain (float32 and float64) at seq 128 and of
+  explain float32 at seq 512 (batch 1), plus time per op type (forward) and per rule (relevance pass).
+* ``--baseline REV``: the summary ratios of the BENCHMARKS.md at git revision REV (or a file), from
+  its raw JSON, next to this run's (issue 10's bar: no worse than 1.10x).
 """
 from __future__ import annotations
 
@@ -99,6 +109,32 @@ def llama_flops(layers: int, batch: int, seq: int) -> float:
     linear = 2 * tokens * (layers * per_layer + HIDDEN * VOCAB)
     attention = layers * 4 * batch * HEADS * seq * seq * d
     return float(linear + attention)
+
+
+def relevance_flops(layers: int, batch: int, seq: int) -> float:
+    """Matmul FLOPs of one target's relevance pass, seeded at one logit of the last position per row.
+
+    Every product of the pass is a vector-Jacobian product of a forward product: for a weight layer
+    ``y = x W`` the epsilon rule needs ``G W^T`` (the weights are constant: no ``x^T G``), as many FLOPs
+    as the forward on the rows where ``G`` is non-zero; for each of attention's two bilinear products
+    (``Q K^T`` and ``A V``, uniform rule) both operands' adjoints, twice the forward's FLOPs.
+    The seed has one non-zero row per batch row, and it stays one row through the lm_head, the last
+    layer's MLP, o_proj, the ``A V`` and ``Q K^T`` adjoints of the query row (``G V^T``, ``G K``: one
+    row; ``A^T G``, ``G^T Q``: outer products, ``s d`` each per head) and q_proj; the key and value
+    paths spread it over every position, so k_proj / v_proj and every earlier layer are dense:
+
+        last layer: 2 b (V H + 3 H I + 2 H^2) + 8 b n_heads s d + 4 b s H (n_kv d)
+        each earlier layer: 2 b s (2 H^2 + 2 H n_kv d + 3 H I) + 8 b n_heads s^2 d
+
+    (attention counted in full as in :func:`llama_flops`, causal zeros included). K targets need K times
+    this; elementwise work (ratios, products, softmax rule, the books) is not counted."""
+    d = HIDDEN // HEADS
+    kv = KV_HEADS * d
+    last = (2 * batch * (VOCAB * HIDDEN + 3 * HIDDEN * INTER + 2 * HIDDEN * HIDDEN)
+            + 8 * batch * HEADS * seq * d + 4 * batch * seq * HIDDEN * kv)
+    dense = (2 * batch * seq * (2 * HIDDEN * HIDDEN + 2 * HIDDEN * kv + 3 * HIDDEN * INTER)
+             + 8 * batch * HEADS * seq * seq * d)
+    return float(last + (layers - 1) * dense)
 
 
 def cfg_key_light(layers: int) -> str:
@@ -174,12 +210,21 @@ def pin_malloc() -> bool:
         return False
 
 
-def unpin_malloc() -> None:
-    """After pin_malloc: back to reflrp's allocator policy (``reflrp.memory``: heap up to 32 MiB,
-    1 GiB of free heap kept), the state the main timings ran in, for the timings that follow."""
+def unpin_malloc(policy: str = "call") -> None:
+    """After pin_malloc: reflrp's allocator policy back to ``policy`` (the state the main timings ran in:
+    "call", glibc's default thresholds between calls and ``reflrp.memory``'s reuse inside fast calls)."""
     import reflrp
-    reflrp.set_allocator_policy("reuse")
-    reflrp.memory.apply_allocator_policy()
+    reflrp.set_allocator_policy(policy)
+
+
+def pin_for_memory() -> str:
+    """pin_malloc, and reflrp's allocator policy "system" so that its calls do not raise glibc's
+    thresholds meanwhile; returns the policy to restore."""
+    import reflrp.memory
+    policy = reflrp.memory.allocator_policy()
+    reflrp.set_allocator_policy("system")
+    pin_malloc()
+    return policy
 
 
 def measure_memory(call, numpy_peak: bool = False, numpy_max_s: float = 5.0) -> dict:
@@ -215,18 +260,19 @@ CLOCK = "wall"  # "cpu": CPU time of the calling thread (single-threaded engines
 def timed(fn, reps: int, budget_s: float, min_reps: int = 3) -> dict:
     """Time ``fn``: the first call at the shape is a warm-up, then up to ``reps`` timed calls while
     the (wall-clock) budget lasts (at least ``min_reps``). A first call longer than budget/min_reps
-    is itself timed (the per-model caches were built by a priming call at a tiny shape) and the
-    count may then be 1. Median and min in seconds of the CLOCK, n timed calls, and the share of
-    the machine's CPU that other processes used meanwhile."""
+    needs only one timed call after it, and one longer than half the budget is itself timed (the
+    per-model caches were built by a priming call at a tiny shape), the count then possibly 1.
+    Median and min in seconds of the CLOCK, n timed calls, and the share of the machine's CPU that
+    other processes used meanwhile."""
     clock = CLOCKS[CLOCK]
     mon = CpuMonitor()
     start = time.perf_counter()
     c0 = clock()
     fn()
     first, first_wall = clock() - c0, time.perf_counter() - start
-    long_call = first_wall * min_reps > budget_s
+    long_call = first_wall * 2 > budget_s
     times, walls = ([first], [first_wall]) if long_call else ([], [])
-    need = 1 if long_call else min_reps
+    need = 1 if first_wall * min_reps > budget_s else min_reps
     while len(times) < reps:
         spent = time.perf_counter() - start
         est = statistics.median(walls) if walls else first_wall
@@ -301,11 +347,8 @@ def _import_lxt():
     return monkey_patch, lxt.efficient.models.llama
 
 
-def worker_lxt(spec: dict) -> dict:
-    """LXT 2.1 AttnLRP on the benchmark Llama, float32: forward + backward + ``x * grad``.
-
-    Parameters do not require grad (LXT's recommended setup), so backward computes input
-    gradients only. Timing first (default malloc), then optionally one call for peak memory."""
+def _lxt_model(spec: dict):
+    """The LXT-patched benchmark Llama in float32 with the exported weights, parameters frozen."""
     global CLOCK
     import torch
     torch.set_num_threads(spec["threads"])
@@ -317,6 +360,16 @@ def worker_lxt(spec: dict) -> dict:
     model = _build_torch_llama(spec["layers"])  # built after patching
     model.load_state_dict(torch.load(spec["pt"], weights_only=True))
     model.requires_grad_(False)
+    return model
+
+
+def worker_lxt(spec: dict) -> dict:
+    """LXT 2.1 AttnLRP on the benchmark Llama, float32: forward + backward + ``x * grad``.
+
+    Parameters do not require grad (LXT's recommended setup), so backward computes input
+    gradients only. Timing first (default malloc), then optionally one call for peak memory."""
+    import torch
+    model = _lxt_model(spec)
 
     def call(x_np):
         x = torch.from_numpy(x_np).requires_grad_()
@@ -339,6 +392,69 @@ def worker_lxt(spec: dict) -> dict:
     return out
 
 
+def worker_lxt_many(spec: dict) -> dict:
+    """LXT 2.1 with K targets (batch 1): one forward, then K backward passes over its graph
+    (``retain_graph=True``), ``x * grad`` after each. ``spec["cases"]``: name -> (positions, classes);
+    timings first, then (``mem``) one call per case for peak memory; ``save``: the relevance of the
+    case ``spec["save_case"]`` (K x seq x hidden)."""
+    import torch
+    model = _lxt_model(spec)
+
+    def call(x_np, positions, classes):
+        x = torch.from_numpy(x_np).requires_grad_()
+        logits = model(inputs_embeds=x, use_cache=False).logits
+        rel = []
+        for i, (p, c) in enumerate(zip(positions, classes)):
+            x.grad = None
+            logits[0, p, c].backward(retain_graph=i + 1 < len(classes))
+            rel.append((x * x.grad).detach()[0])
+        return torch.stack(rel)
+
+    x = embeds(1, spec["seq"])
+    call(embeds(1, 8), [7, 7], [0, 1])  # priming at a tiny shape
+    out = {}
+    for name, (positions, classes) in spec["cases"].items():
+        if CLOCK == "wall":
+            IdleWait(spec.get("idle_wait", 0), spec.get("idle_wait", 0))()
+        out[name] = timed(lambda: call(x, positions, classes), spec["reps"], spec["budget"])
+    if spec.get("save"):
+        positions, classes = spec["cases"][spec["save_case"]]
+        np.save(spec["save"], call(x, positions, classes).numpy())
+    if spec.get("mem"):
+        pin_malloc()
+        for name, (positions, classes) in spec["cases"].items():
+            got = measure_memory(lambda: call(x, positions, classes))
+            out[name]["peak_rss_mib"] = got["peak_rss_mib"]
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def worker_plain(spec: dict) -> dict:
+    """reflrp's plain path (``fast=False``: forward and explain float32) at one shape, in a process where
+    the speed layer never ran: glibc's allocator is then as the plain path leaves it (glibc's own adaptive
+    thresholds; a fast call before would have fixed them, see ``tools/ab.py --knob plain-after-fast``)."""
+    global CLOCK, IDLE
+    import reflrp
+    CLOCK = spec["clock"]
+    IDLE = IdleWait(spec["idle_wait"], 2 * spec["idle_wait"])
+    limiter = set_blas_threads(spec["threads"])  # noqa: F841  (held for the whole worker)
+    model = reflrp.load(spec["onnx"])
+    calls = {"fwd-plain": lambda f: model.run(f, dtype="float32", fast=False),
+             "explain32-plain": lambda f: reflrp.explain(model, f, dtype="float32", fast=False)}
+    feeds = {"inputs_embeds": embeds(spec["batch"], spec["seq"])}
+    out = {}
+    with np.errstate(all="ignore"):
+        for fn in calls.values():
+            fn({"inputs_embeds": embeds(1, 8)})  # priming at a tiny shape, as in the main process
+        for name, fn in calls.items():
+            time.sleep(0.2)
+            waited = IDLE()
+            out[name] = timed(lambda: fn(feeds), spec["reps"], spec["budget"])
+            out[name]["idle_wait_s"] = round(waited, 1)
+    out["allocator"] = reflrp.memory.allocator_policy()
+    return out
+
+
 def _ort_session(path, threads: int, arena: bool = True):
     import onnxruntime as ort
     ort.set_default_logger_severity(4)  # failures are recorded from the exception
@@ -351,7 +467,7 @@ def _ort_session(path, threads: int, arena: bool = True):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-WORKERS = {"export": worker_export, "lxt": worker_lxt}
+WORKERS = {"export": worker_export, "lxt": worker_lxt, "lxt_many": worker_lxt_many, "plain": worker_plain}
 
 
 def run_worker(kind: str, spec: dict, timeout: float = 1200) -> dict:
@@ -435,7 +551,9 @@ class Deadline:
 
 
 SKIP = {"skipped": "time budget (--max-minutes)"}
-ENGINE_NAMES = ("ort", "fwd", "explain32", "explain64", "refeval")
+ENGINE_NAMES = ("ort", "fwd", "fwd-plain", "explain32", "explain32-plain", "explain64", "refeval")
+PLAIN = ("fwd-plain", "explain32-plain")  # timed in a worker (worker_plain), peak memory in this process
+FAST = ("ort", "fwd", "explain32", "explain64")  # timed in this process (ReferenceEvaluator: first shape only)
 
 
 class Engines:
@@ -463,7 +581,9 @@ class Engines:
         return {
             "ort": lambda: self.sess.run(None, feeds),
             "fwd": lambda: self.model.run(feeds, dtype="float32"),
+            "fwd-plain": lambda: self.model.run(feeds, dtype="float32", fast=False),
             "explain32": lambda: r.explain(self.model, feeds, dtype="float32"),
+            "explain32-plain": lambda: r.explain(self.model, feeds, dtype="float32", fast=False),
             "explain64": lambda: r.explain(self.model, feeds, dtype="float64"),
             "refeval": lambda: self.ref.run(None, feeds),
         }
@@ -525,7 +645,7 @@ class Engines:
                 else:
                     call = calls[name]
                 try:
-                    out[name] = measure_memory(call, numpy_peak=name in ("fwd", "explain32", "explain64"))
+                    out[name] = measure_memory(call, numpy_peak=name not in ("ort", "refeval"))
                 except Exception as ex:
                     out[name] = {"error": f"{type(ex).__name__}: {ex}"[:200]}
                 log(f"    mem {name:10s} {out[name]}")
@@ -675,21 +795,29 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
     w("- Engines: **ort** = onnxruntime CPUExecutionProvider (sequential executor, default graph "
       "optimisations, memory arena on); **fwd** = `reflrp.load(path).run(feeds, dtype=\"float32\")`; "
       "**explain32 / explain64** = `reflrp.explain(model, feeds, dtype=...)` (AttnLRP preset, target = "
-      "argmax at the last position; includes its own forward pass); **RefEval** = "
-      "`onnx.reference.ReferenceEvaluator` forward; **LXT** = LXT 2.1 `attnLRP` monkey-patched HF Llama "
-      "(float32, same weights via the state_dict), one forward, one backward from the target logits of "
-      "all rows, `x * grad`; parameters frozen (`requires_grad_(False)`); in a subprocess.")
+      "argmax at the last position; includes its own forward pass); **fwd-plain / explain32-plain** = the "
+      "same with `fast=False` (the plain path: no speed layer `reflrp.fast`, no allocator policy), timed in a "
+      "worker process in which the speed layer never ran (in a process that made fast calls before, glibc's "
+      "thresholds stay fixed at their defaults and the plain path is slower: `python tools/ab.py --knob "
+      "plain-after-fast`); "
+      "**RefEval** = `onnx.reference.ReferenceEvaluator` forward; **LXT** = LXT 2.1 `attnLRP` "
+      "monkey-patched HF Llama (float32, same weights via the state_dict), one forward, one backward from "
+      "the target logits of all rows, `x * grad`; parameters frozen (`requires_grad_(False)`); in a "
+      "subprocess.")
     w(f"- Time: ms, median of the timed calls. Each engine is primed once per model at a tiny shape "
       f"(builds reflrp's cached plans); at each shape the first call is a warm-up, then up to "
       f"{args.reps} calls within a {args.budget:g} s budget (at least 3; ReferenceEvaluator a third of "
-      "the calls, at least 2, half the budget). When one call takes more than a third of the budget, that "
-      "first call is timed too and `n` may be 1 (see the raw data). Cells that would not fit "
+      "the calls, at least 2, half the budget). When one call takes more than a third of the budget, one "
+      "timed call suffices; above half the budget the first call is timed too and `n` may be 1 (see the "
+      "raw data). Cells that would not fit "
       f"`--max-minutes {args.max_minutes:g}` are skipped (ReferenceEvaluator and MiniLM first).")
-    w(f"- Allocator: reflrp's default policy (`reflrp.memory`, {info.get('allocator', '?')}) applies from "
-      "the first reflrp call, process-wide: glibc serves arrays up to 32 MiB from the heap and keeps up to "
-      "1 GiB of freed heap for reuse (onnxruntime's counterpart is its memory arena, on by default). The "
-      "engines in this process (onnxruntime, ReferenceEvaluator) run under it too; LXT runs in its own "
-      "process with glibc's defaults.")
+    w(f"- Allocator: reflrp's policy `{info.get('allocator', '?')}` (`reflrp.memory`). Under the default "
+      "\"call\", glibc serves arrays up to 32 MiB from the heap and keeps up to 1 GiB of freed heap only "
+      "*during* each run / explain call with the speed layer on (onnxruntime's counterpart is its memory "
+      "arena, on by default) and is set back to its default thresholds (128 KiB) when the call returns; "
+      "glibc stops adapting its mmap threshold once one was set, so onnxruntime and ReferenceEvaluator run "
+      "with fixed default thresholds in this process. The plain path's worker and LXT run with glibc's "
+      "defaults (adaptive).")
     w("- GFLOP/s: analytic matmul FLOPs of the forward (2 × tokens × linear weights including lm_head, "
       "plus 4·b·H·s²·d for Q·Kᵀ and A·V) over the median forward time; compare with the BLAS ceiling.")
     w("- Peak memory (MiB), measured after the main timings, in the same process, single-threaded (memory "
@@ -699,27 +827,29 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
       "VmRSS around one call**. It counts what the call allocates and returns (explain returns the "
       "relevance of every tensor), not the weights or plans loaded before. onnxruntime is measured on a "
       "second session without its memory arena. LXT is measured the same way in its worker after its "
-      "timings (with the pass's thread count). Afterwards reflrp's allocator policy is restored for the "
-      "remaining ReferenceEvaluator / MiniLM timings. *np peak* = tracemalloc's peak of traced allocations (numpy "
+      "timings (with the pass's thread count). reflrp's allocator policy is \"system\" meanwhile and "
+      "restored afterwards for the remaining ReferenceEvaluator / MiniLM timings. *np peak* = tracemalloc's peak of traced allocations (numpy "
       "arrays and Python objects) "
       "during a second reflrp call, above the level before it (only when a call takes < 5 s).\n")
 
     def summary():
         w("## Summary: the optimisation targets\n")
         w("Targets: reflrp forward / onnxruntime ≤ 1.3; explain / forward ≤ 2.0; explain / LXT ≤ 1.0 "
-          "(explain in float32, the dtype LXT runs in; explain64 shown for reference). Ratios of medians.\n")
-        w("| pass | shape (L, b, s) | fwd / ort | explain32 / fwd | explain32 / LXT | explain64 / fwd | "
-          "explain64 / LXT | others' CPU |")
-        w("|---|---|---:|---:|---:|---:|---:|---:|")
+          "(explain in float32, the dtype LXT runs in; explain64 shown for reference). Ratios of medians; "
+          "*plain* = the same call with `fast=False`.\n")
+        w("| pass | shape (L, b, s) | fwd / ort | explain32 / fwd | explain32 / LXT | plain fwd / ort | "
+          "plain explain32 / plain fwd | plain explain32 / LXT | explain64 / fwd | explain64 / LXT | others' CPU |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for label, rows in (("single-thread CPU time", data.get("cpu_main") or []),
                             (f"wall, {info['threads']} threads", data["main"])):
             for row in rows:
                 t = row["times"]
-                f = t.get("fwd")
+                f, fp, lx = t.get("fwd"), t.get("fwd-plain"), row.get("lxt")
                 w(f"| {label} | {row['layers']}, {row['batch']}, {row['seq']} | {ratio(f, t.get('ort'))} | "
-                  f"{ratio(t.get('explain32'), f)} | {ratio(t.get('explain32'), row.get('lxt'))} | "
-                  f"{ratio(t.get('explain64'), f)} | {ratio(t.get('explain64'), row.get('lxt'))} | "
-                  f"{others(*t.values(), row.get('lxt'))} |")
+                  f"{ratio(t.get('explain32'), f)} | {ratio(t.get('explain32'), lx)} | {ratio(fp, t.get('ort'))} | "
+                  f"{ratio(t.get('explain32-plain'), fp)} | {ratio(t.get('explain32-plain'), lx)} | "
+                  f"{ratio(t.get('explain64'), f)} | {ratio(t.get('explain64'), lx)} | "
+                  f"{others(*t.values(), lx)} |")
         w("")
 
     def busy_note(rows):
@@ -733,6 +863,8 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
               "CPU-time tables are the ones to compare.\n")
 
     summary()
+    if data.get("baseline"):
+        baseline_section(w, data)
 
     def time_tables(rows, with_lxt=True, flops_name="GFLOP", ceiling=None):
         rows = [r for r in rows if any(ok(v) for v in r["times"].values())]
@@ -740,13 +872,14 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
             w("(nothing measured within the time budget)\n")
             return
         ceiling = ceiling or c
-        w(f"| shape (L, b, s) | {flops_name} | ort ms | reflrp fwd ms | explain32 ms | explain64 ms | "
-          "LXT fwd+bwd ms | RefEval ms | others' CPU |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        w(f"| shape (L, b, s) | {flops_name} | ort ms | reflrp fwd ms | fwd-plain ms | explain32 ms | "
+          "explain32-plain ms | explain64 ms | LXT fwd+bwd ms | RefEval ms | others' CPU |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for row in rows:
             t = row["times"]
             w(f"| {row.get('layers', '—')}, {row['batch']}, {row['seq']} | {row['flops'] / 1e9:.2f} | "
-              f"{ms(t.get('ort'))} | {ms(t.get('fwd'))} | {ms(t.get('explain32'))} | {ms(t.get('explain64'))} | "
+              f"{ms(t.get('ort'))} | {ms(t.get('fwd'))} | {ms(t.get('fwd-plain'))} | {ms(t.get('explain32'))} | "
+              f"{ms(t.get('explain32-plain'))} | {ms(t.get('explain64'))} | "
               f"{ms(row.get('lxt')) if with_lxt else '—'} | {ms(t.get('refeval'))} | "
               f"{others(*t.values(), row.get('lxt'))} |")
         w("")
@@ -754,18 +887,20 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
                            ("min", "Ratios of the minimum times (less sensitive to the other processes)")):
             w(f"*{title}:*\n")
             w("| shape (L, b, s) | fwd / ort | explain32 / fwd | explain64 / fwd | explain32 / LXT | "
-              "explain64 / LXT | RefEval / fwd | GFLOP/s ort | GFLOP/s fwd | fwd % of BLAS f32 |")
-            w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "explain64 / LXT | plain fwd / ort | plain explain32 / plain fwd | plain explain32 / LXT | "
+              "RefEval / fwd | GFLOP/s ort | GFLOP/s fwd | GFLOP/s plain fwd | fwd % of BLAS f32 |")
+            w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for row in rows:
                 t = row["times"]
-                f = t.get("fwd")
+                f, fp, lx = t.get("fwd"), t.get("fwd-plain"), row.get("lxt")
                 pct = f"{row['flops'] / f[key] / 1e9 / ceiling['float32'] * 100:.0f}%" if ok(f) else "—"
                 gf = (lambda r: f"{row['flops'] / r[key] / 1e9:.1f}" if ok(r) else "—")
                 w(f"| {row.get('layers', '—')}, {row['batch']}, {row['seq']} | {ratio(f, t.get('ort'), key)} | "
                   f"{ratio(t.get('explain32'), f, key)} | {ratio(t.get('explain64'), f, key)} | "
-                  f"{ratio(t.get('explain32'), row.get('lxt'), key)} | "
-                  f"{ratio(t.get('explain64'), row.get('lxt'), key)} | {ratio(t.get('refeval'), f, key)} | "
-                  f"{gf(t.get('ort'))} | {gf(f)} | {pct} |")
+                  f"{ratio(t.get('explain32'), lx, key)} | {ratio(t.get('explain64'), lx, key)} | "
+                  f"{ratio(fp, t.get('ort'), key)} | {ratio(t.get('explain32-plain'), fp, key)} | "
+                  f"{ratio(t.get('explain32-plain'), lx, key)} | {ratio(t.get('refeval'), f, key)} | "
+                  f"{gf(t.get('ort'))} | {gf(f)} | {gf(fp)} | {pct} |")
             w("")
 
     if data["main"]:
@@ -775,14 +910,15 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
         busy_note(data["main"])
         time_tables(data["main"])
         w("### Peak memory per call (MiB)\n")
-        w("| shape (L, b, s) | ort | RefEval | reflrp fwd | fwd np peak | explain32 | explain32 np peak | "
-          "explain64 | explain64 np peak | LXT |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        w("| shape (L, b, s) | ort | RefEval | reflrp fwd | fwd np peak | fwd-plain | explain32 | "
+          "explain32 np peak | explain32-plain | explain64 | explain64 np peak | LXT |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for row in data["main"]:
             m = row.get("mem", {})
             w(f"| {row['layers']}, {row['batch']}, {row['seq']} | {mib(m.get('ort'))} | {mib(m.get('refeval'))} | "
-              f"{mib(m.get('fwd'))} | {mib(m.get('fwd'), 'tracemalloc_mib')} | {mib(m.get('explain32'))} | "
-              f"{mib(m.get('explain32'), 'tracemalloc_mib')} | {mib(m.get('explain64'))} | "
+              f"{mib(m.get('fwd'))} | {mib(m.get('fwd'), 'tracemalloc_mib')} | {mib(m.get('fwd-plain'))} | "
+              f"{mib(m.get('explain32'))} | {mib(m.get('explain32'), 'tracemalloc_mib')} | "
+              f"{mib(m.get('explain32-plain'))} | {mib(m.get('explain64'))} | "
               f"{mib(m.get('explain64'), 'tracemalloc_mib')} | {mib(row.get('lxt'))} |")
         w("")
         chk = [r for r in data["main"] if r.get("check")]
@@ -821,6 +957,12 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
               f"{others(*t.values(), row.get('lxt'))} |")
         w("\n(median ms; ms / layer: difference to the previous row over the layers added.)\n")
 
+    for key, label in (("cpu_many", "single-threaded, timed by CPU time"),
+                       ("many", f"wall clock, {info['threads']} threads")):
+        if data.get(key):
+            ceil = data.get("ceiling_1t", c) if key == "cpu_many" else c
+            many_section(w, data[key], label, ceil, data.get("cpu_many", {}).get("mem") if key == "cpu_many" else None,
+                         first=key == "cpu_many" or not data.get("cpu_many"))
     if data["scaling"]:
         w(f"## Scaling over layers (seq 128, batch 1), wall clock, {info['threads']} threads\n")
         busy_note(data["scaling"])
@@ -862,9 +1004,9 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
         w("`models/*.onnx` on the feeds of `models/<name>.ref.npz` (batch 2, seq 6, hidden 32): the arithmetic "
           "is negligible, so this is each engine's per-node dispatch cost. µs per call, median; reflrp in the "
           "model's own dtype (float32), explain in its default float64.\n")
-        w("| model | nodes (run) | ort µs | reflrp fwd µs | explain64 µs | RefEval µs | fwd / ort | "
-          "RefEval / fwd | fwd µs per node run |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        w("| model | nodes (run) | ort µs | reflrp fwd µs | fwd-plain µs | explain64 µs | RefEval µs | fwd / ort | "
+          "fwd-plain / ort | RefEval / fwd | fwd µs per node run |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
         def us(r):
             return "error" if not ok(r) else f"{r['median'] * 1e6:.0f}"
@@ -872,7 +1014,8 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
             t = row["times"]
             per_node = f"{t['fwd']['median'] * 1e6 / max(row['steps'], 1):.1f}" if ok(t.get("fwd")) else "—"
             w(f"| {row['name']} | {row['nodes']} ({row['steps']}) | {us(t.get('ort'))} | {us(t.get('fwd'))} | "
-              f"{us(t.get('explain64'))} | {us(t.get('refeval'))} | {ratio(t.get('fwd'), t.get('ort'))} | "
+              f"{us(t.get('fwd-plain'))} | {us(t.get('explain64'))} | {us(t.get('refeval'))} | "
+              f"{ratio(t.get('fwd'), t.get('ort'))} | {ratio(t.get('fwd-plain'), t.get('ort'))} | "
               f"{ratio(t.get('refeval'), t.get('fwd'))} | {per_node} |")
         errs = [(row["name"], k, v["error"]) for row in data["zoo"] for k, v in row["times"].items() if "error" in v]
         if errs:
@@ -884,136 +1027,279 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
         w(data["profile"])
     w("## Raw data\n")
     w("<details><summary>JSON</summary>\n\n```json")
-    w(json.dumps({k: v for k, v in data.items() if k != "profile"}, indent=1, default=str))
+    w(json.dumps({k: v for k, v in data.items() if k not in ("profile", "baseline")}, indent=1, default=str))
     w("```\n</details>\n")
     path.write_text("\n".join(L) + "\n")
 
 
+def many_section(w, m: dict, label: str, ceiling: dict, mem: dict | None, first: bool) -> None:
+    """The many-targets tables (see :func:`many_targets`)."""
+    L = m.get("layers", 4)
+    if first:
+        w(f"## Many targets in one pass (L={L}, batch 1, seq 128)\n")
+        w("`reflrp.explain(model, feeds, dtype=\"float32\", targets=[c_1, ..., c_K])` with the top-K next-token "
+          "classes at the last position (K seeds, each the target logit's value, stacked on a leading target "
+          "axis: one forward and one relevance pass) against K single `explain(..., target=c_i)` calls and "
+          "against LXT 2.1 running one forward and K backward passes over its graph (`retain_graph=True`, "
+          "`x * grad` after each, same weights, in its worker). *every-position*: `targets=[\"every-position\"]`, "
+          "one target per position (its argmax token; K = 128); the single calls and LXT get the same seeds. "
+          "*keep=()*: the one call keeping only the input's relevance (LXT keeps only the input gradient). "
+          "*relevance pass*: the time inside the one call's relevance pass (`propagate`, wrapped), forward "
+          "excluded. *GFLOP*: K × the matrix FLOPs of one target's relevance pass, "
+          f"{relevance_flops(L, 1, 128) / 1e9:.3f} GFLOP at this shape (`relevance_flops` in tools/bench.py: "
+          "each product of the pass is the adjoint of a forward product, `G W^T` for a weight layer on the rows "
+          "where G is non-zero, both operands' adjoints for Q·Kᵀ and A·V; the seed stays one row through the "
+          "lm_head and the last layer's MLP, o_proj and q_proj, k_proj / v_proj and every earlier layer are "
+          f"dense; the forward is {llama_flops(L, 1, 128) / 1e9:.3f} GFLOP); GFLOP/s against the BLAS ceiling "
+          "measured in this run. Ratios of medians.\n")
+    w(f"### {label}\n")
+    w("| targets | K | one call ms | one call, keep=() ms | relevance pass ms | K single calls ms | "
+      "LXT fwd + K bwd ms | one / single call | one / K singles | one / LXT | GFLOP | pass GFLOP/s | "
+      "% of BLAS f32 | others' CPU |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, row in m["cases"].items():
+        one, singles, lx, ps = row.get("one"), row.get("singles"), row.get("lxt"), row.get("pass")
+        per_single = {"median": singles["median"] / row["K"]} if ok(singles) else None
+        gf = row["flops"] / ps["median"] / 1e9 if ps else None
+        pct = f"{gf / ceiling['float32'] * 100:.0f}%" if gf else "—"
+        w(f"| {name} | {row['K']} | {ms(one)} | {ms(row.get('one_keep'))} | {ms(ps)} | {ms(singles)} | {ms(lx)} | "
+          f"{ratio(one, per_single)} | {ratio(one, singles)} | {ratio(one, lx)} | {row['flops'] / 1e9:.2f} | "
+          f"{f'{gf:.1f}' if gf else '—'} | {pct} | "
+          f"{others(one, row.get('one_keep'), singles, lx)} |")
+    w("")
+    checks = []
+    if "check_one_vs_singles" in m:
+        checks.append(f"K = 4 in one call vs 4 single calls, relevance at `inputs_embeds`: max |diff| / max |R| = "
+                      f"{m['check_one_vs_singles']:.1e} (float32)")
+    if "check_vs_lxt" in m:
+        checks.append(f"K = 4 in one call vs LXT's 4 backward passes: max |diff| / max |R_LXT| = {m['check_vs_lxt']:.1e}")
+    for ck in checks:
+        w(f"- {ck}")
+    if checks:
+        w("")
+    if mem:
+        w("Peak memory per call (MiB; measured as in the main table: peak RSS above the RSS before the call, "
+          "glibc pinned to mmap; *np peak* = tracemalloc's peak). A single call's is the main table's "
+          "explain32 at (4, 1, 128).\n")
+        w("| targets | K | one call | one call np peak | keep=() | keep=() np peak | LXT fwd + K bwd |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for name, row in m["cases"].items():
+            mm = mem.get(name, {})
+            w(f"| {name} | {row['K']} | {mib(mm.get('one'))} | {mib(mm.get('one'), 'tracemalloc_mib')} | "
+              f"{mib(mm.get('one_keep'))} | {mib(mm.get('one_keep'), 'tracemalloc_mib')} | {mib(row.get('lxt'))} |")
+        w("")
+
+
+def load_baseline(spec: str) -> dict:
+    """The raw JSON and the reflrp commit of an earlier BENCHMARKS.md: a git revision or a file."""
+    import re
+    path = Path(spec)
+    if path.exists():
+        text = path.read_text()
+    else:
+        text = subprocess.run(["git", "show", f"{spec}:BENCHMARKS.md"], capture_output=True, text=True, check=True,
+                              cwd=str(ROOT)).stdout
+    raw = text[text.index("```json\n") + 8:text.index("\n```\n</details>")]
+    commit = re.search(r"reflrp at commit (\S+)", text)
+    return {"source": spec, "commit": commit.group(1) if commit else "?", "data": json.loads(raw)}
+
+
+def baseline_section(w, data: dict) -> None:
+    """This run's summary ratios next to those of an earlier report (issue 10's bar: ≤ 1.10 × old)."""
+    base = data["baseline"]
+    old = base["data"]
+    w(f"## Against the earlier benchmarks (BENCHMARKS.md at `{base['source']}`, reflrp {base['commit']})\n")
+    w("The old numbers were measured in an earlier run on this machine (same script, same model and shapes, "
+      "old engine); the machine is shared and its speed drifts by 10-20 % between runs, so compare the "
+      "single-thread CPU-time rows first. Ratios of medians; *new / old* ≤ 1.10 is issue 10's bar.\n")
+    w("| pass | shape (L, b, s) | fwd / ort old | new | new / old | explain32 / LXT old | new | new / old | "
+      "plain fwd / ort new | plain explain32 / LXT new |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def r(row, a, b):
+        t = row["times"]
+        x, y = t.get(a), (row.get("lxt") if b == "lxt" else t.get(b))
+        return x["median"] / y["median"] if ok(x) and ok(y) else None
+
+    def f(v):
+        return f"{v:.2f}" if v is not None else "—"
+    for key, label in (("cpu_main", "single-thread CPU time"), ("main", "wall, all threads")):
+        before = {(x["layers"], x["batch"], x["seq"]): x for x in old.get(key) or []}
+        for row in data.get(key) or []:
+            prev = before.get((row["layers"], row["batch"], row["seq"]))
+            if prev is None:
+                continue
+            fo, fn = r(prev, "fwd", "ort"), r(row, "fwd", "ort")
+            eo, en = r(prev, "explain32", "lxt"), r(row, "explain32", "lxt")
+            w(f"| {label} | {row['layers']}, {row['batch']}, {row['seq']} | {f(fo)} | {f(fn)} | "
+              f"{f(fn / fo) if fo and fn else '—'} | {f(eo)} | {f(en)} | {f(en / eo) if eo and en else '—'} | "
+              f"{f(r(row, 'fwd-plain', 'ort'))} | {f(r(row, 'explain32-plain', 'lxt'))} |")
+    w("")
+
+
 # ------------------------------------------------------------------ profile
 
-def profile_section(path: Path, top: int = 25) -> str:
-    """cProfile of reflrp forward and explain at seq 128 / batch 1, plus time per op type and rule.
-
-    Run single-threaded (numpy's BLAS limited to 1 thread by the caller) and timed by the main
-    thread's CPU time, so that other processes on a shared machine do not distort it."""
+def _cprofile(title: str, fn, top: int, clock) -> list[str]:
+    """cProfile of 3 calls of ``fn`` (after 2 warm-up calls), top ``top`` by cumulative and own time."""
     import cProfile
     import io
     import pstats
+    fn()
+    fn()
+    pr = cProfile.Profile(clock)
+    pr.enable()
+    for _ in range(3):
+        fn()
+    pr.disable()
+    out = []
+    for sort in ("cumulative", "tottime"):
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).strip_dirs().sort_stats(sort).print_stats(top)
+        text = s.getvalue()
+        body = text[text.find("ncalls"):] if "ncalls" in text else text
+        out.append(f"### {title}: top {top} by {sort} (3 calls)\n")
+        out.append("```")
+        out.extend(ln.strip() for ln in text.splitlines() if "function calls" in ln)
+        out.append(body.rstrip())
+        out.append("```\n")
+    return out
 
+
+def _per_op(model, feeds: dict, dt: str, shape: str, clock) -> list[str]:
+    """CPU time per op type of the (fast) forward, rerunning the prepared steps one by one the way
+    ``interpreter.execute`` does (shape cache, each tensor freed after its last use)."""
+    from reflrp.interpreter import check_feeds
+    prep = model.prepared(dt, np, True)
+    model.run(feeds, dtype=dt)  # fills the shape cache
+    per_op: dict[str, list[float]] = {}
+    outs = set(model.graph.output_names)
+    steps_run = 0
+    for _ in range(3):
+        env = dict(prep.constants)
+        checked = check_feeds(model.graph, feeds, prep.policy, np)
+        env.update(checked)
+        order, cached = range(len(prep.steps)), frozenset()
+        if prep.shape_cache is not None:
+            order, cached = prep.shape_cache.restore(env, checked)
+        steps_run = len(order)
+        for i in order:
+            st = prep.steps[i]
+            args = [env[n] if n else None for n in st.inputs]
+            t0 = clock()
+            res = st.fn(np, *args, **st.attrs)
+            dtm = clock() - t0
+            res = res if isinstance(res, tuple) else (res,)
+            env.update((n, v) for n, v in zip(st.outputs, res) if n)
+            del args, res
+            for n in prep.frees[i]:
+                if n not in outs and n not in cached:
+                    env.pop(n, None)
+            per_op.setdefault(st.node.op_type, []).append(dtm)
+    tot = sum(map(sum, per_op.values()))
+    t0 = clock()
+    for _ in range(3):
+        model.run(feeds, dtype=dt)
+    whole = (clock() - t0) / 3
+    out = [f"### Forward {dt} at {shape}: CPU time per op type (mean of 3 runs)\n",
+           f"`model.run` {whole * 1e3:.1f} ms; {steps_run} of {len(prep.steps)} steps run (the rest come from "
+           f"the shape cache), {tot / 3 * 1e3:.1f} ms inside kernels.\n",
+           "| op | steps | ms | % |", "|---|---:|---:|---:|"]
+    for op, ts in sorted(per_op.items(), key=lambda kv: -sum(kv[1]))[:20]:
+        out.append(f"| {op} | {len(ts) // 3} | {sum(ts) / 3 * 1e3:.2f} | {sum(ts) / tot * 100:.1f} |")
+    out.append("")
+    return out
+
+
+def _per_rule(model, feeds: dict, dt: str, shape: str, clock) -> list[str]:
+    """CPU time per rule of the relevance pass (the rule registry and the pass wrapped for the
+    duration), and explain split into forward, rules, the rest of the pass, the rest of the call."""
     import reflrp
     from reflrp import rules as rules_mod
+    from reflrp.interpreter import check_feeds, execute
+    explain_mod = sys.modules["reflrp.explain"]
+    per_rule: dict[tuple, list[float]] = {}
+    passes: list[float] = []
+    saved, saved_propagate = dict(rules_mod.RULES), explain_mod.propagate
 
+    def wrap(name, fn):
+        def timed_rule(ctx, *a):
+            t0 = clock()
+            r = fn(ctx, *a)
+            per_rule.setdefault((name, ctx.node.op_type), []).append(clock() - t0)
+            return r
+        return timed_rule
+
+    def timed_propagate(*a, **k):
+        t0 = clock()
+        saved_propagate(*a, **k)
+        passes.append(clock() - t0)
+    try:
+        for k, fn in saved.items():
+            rules_mod.RULES[k] = wrap(k, fn)
+        explain_mod.propagate = timed_propagate
+        reflrp.explain(model, feeds, dtype=dt)
+        per_rule.clear()
+        passes.clear()
+        t0 = clock()
+        for _ in range(3):
+            reflrp.explain(model, feeds, dtype=dt)
+        whole = (clock() - t0) / 3
+    finally:
+        rules_mod.RULES.clear()
+        rules_mod.RULES.update(saved)
+        explain_mod.propagate = saved_propagate
+    prep = model.prepared(dt, np, True)
+    t0 = clock()
+    for _ in range(3):
+        execute(prep, model.graph, check_feeds(model.graph, feeds, prep.policy, np), retain=True)
+    fwd_keep = (clock() - t0) / 3
+    t0 = clock()
+    for _ in range(3):
+        model.run(feeds, dtype="float32")
+    fwd32 = (clock() - t0) / 3
+    tot = sum(map(sum, per_rule.values()))
+    prop = sum(passes) / 3
+    out = [f"### Explain {dt} at {shape}: CPU time per rule (mean of 3 runs)\n",
+           f"explain {whole * 1e3:.1f} ms (= {whole / fwd32:.1f} × the float32 forward's {fwd32 * 1e3:.1f} ms) = "
+           f"forward keeping every tensor {fwd_keep * 1e3:.1f} ms + relevance pass {prop * 1e3:.1f} ms (rules "
+           f"{tot / 3 * 1e3:.1f} ms, the rest of the pass {(prop - tot / 3) * 1e3:.1f} ms: per-piece totals, "
+           f"the ledger's books, fan-out sums, contexts) + the rest of the call (feeds, plan, seed, "
+           f"reports) {(whole - fwd_keep - prop) * 1e3:.1f} ms.\n",
+           "| rule | op | nodes | ms | % of rules |", "|---|---|---:|---:|---:|"]
+    for (rname, op), ts in sorted(per_rule.items(), key=lambda kv: -sum(kv[1])):
+        out.append(f"| {rname} | {op} | {len(ts) // 3} | {sum(ts) / 3 * 1e3:.2f} | {sum(ts) / tot * 100:.1f} |")
+    out.append("")
+    return out
+
+
+def profile_section(path: Path, layers: int, top: int = 25) -> str:
+    """cProfile of reflrp forward and explain at seq 128 (and explain float32 at seq 512), batch 1,
+    plus time per op type and per rule.
+
+    Run single-threaded (numpy's BLAS limited to 1 thread by the caller) and timed by the main
+    thread's CPU time, so that other processes on a shared machine do not distort it."""
+    import reflrp
     clock = time.thread_time
     model = reflrp.load(path)
-    feeds = {"inputs_embeds": embeds(1, 128)}
-    out = ["## Profile (reflrp, L=4, batch 1, seq 128)\n",
+    out = [f"## Profile (reflrp with the speed layer, L={layers}, batch 1, seq 128 and 512)\n",
            "Single-threaded (BLAS 1 thread), timed by the thread's CPU time (`time.thread_time`), so other "
            "processes on the machine do not distort it. cProfile's own overhead inflates the many small "
            "calls; the per-op and per-rule tables below time whole kernels / rules without cProfile.\n"]
     with np.errstate(all="ignore"):
-        calls = [("forward float32", lambda: model.run(feeds, dtype="float32")),
-                 ("explain float32", lambda: reflrp.explain(model, feeds, dtype="float32")),
-                 ("explain float64", lambda: reflrp.explain(model, feeds, dtype="float64"))]
-        for title, fn in calls:
-            fn()
-            fn()
-            pr = cProfile.Profile(clock)
-            pr.enable()
-            for _ in range(3):
-                fn()
-            pr.disable()
-            for sort in ("cumulative", "tottime"):
-                s = io.StringIO()
-                st = pstats.Stats(pr, stream=s)
-                st.strip_dirs().sort_stats(sort).print_stats(top)
-                text = s.getvalue()
-                body = text[text.find("ncalls"):] if "ncalls" in text else text
-                head = [ln.strip() for ln in text.splitlines() if "function calls" in ln]
-                out.append(f"### {title}: top {top} by {sort} (3 calls)\n")
-                out.append("```")
-                out.extend(head)
-                out.append(body.rstrip())
-                out.append("```\n")
-
-        # time per op type of the forward, by rerunning the prepared steps one by one
-        from reflrp.interpreter import check_feeds
-        for dt in ("float32", "float64"):
-            prep = model.prepared(dt)
-            per_op: dict[str, list[float]] = {}
-            outs = set(model.graph.output_names)
-            for _ in range(3):  # like interpreter.execute: free each tensor after its last use
-                env = dict(prep.constants)
-                env.update(check_feeds(model.graph, feeds, prep.policy, np))
-                for i, st in enumerate(prep.steps):
-                    args = [env[n] if n else None for n in st.inputs]
-                    t0 = clock()
-                    res = st.fn(np, *args, **st.attrs)
-                    dtm = clock() - t0
-                    res = res if isinstance(res, tuple) else (res,)
-                    env.update((n, v) for n, v in zip(st.outputs, res) if n)
-                    del args, res
-                    for n in prep.frees[i]:
-                        if n not in outs:
-                            env.pop(n, None)
-                    per_op.setdefault(st.node.op_type, []).append(dtm)
-            tot = sum(map(sum, per_op.values()))
-            t0 = clock()
-            for _ in range(3):
-                model.run(feeds, dtype=dt)
-            whole = (clock() - t0) / 3
-            out.append(f"### Forward {dt}: CPU time per op type (mean of 3 runs)\n")
-            out.append(f"`model.run` {whole * 1e3:.1f} ms; {len(prep.steps)} steps, {tot / 3 * 1e3:.1f} ms inside "
-                       "kernels.\n")
-            out.append("| op | steps | ms | % |")
-            out.append("|---|---:|---:|---:|")
-            for op, ts in sorted(per_op.items(), key=lambda kv: -sum(kv[1]))[:20]:
-                out.append(f"| {op} | {len(ts) // 3} | {sum(ts) / 3 * 1e3:.2f} | {sum(ts) / tot * 100:.1f} |")
-            out.append("")
-
-        # time per rule in the relevance pass (wrapping the rule registry for the duration)
-        for dt in ("float32", "float64"):
-            per_rule: dict[tuple, list[float]] = {}
-            saved = dict(rules_mod.RULES)
-
-            def wrap(name, fn):
-                def timed_rule(ctx, *a):
-                    t0 = clock()
-                    r = fn(ctx, *a)
-                    per_rule.setdefault((name, ctx.node.op_type), []).append(clock() - t0)
-                    return r
-                return timed_rule
-            try:
-                for k, fn in saved.items():
-                    rules_mod.RULES[k] = wrap(k, fn)
-                reflrp.explain(model, feeds, dtype=dt)
-                per_rule.clear()
-                t0 = clock()
-                for _ in range(3):
-                    reflrp.explain(model, feeds, dtype=dt)
-                whole = (clock() - t0) / 3
-            finally:
-                rules_mod.RULES.clear()
-                rules_mod.RULES.update(saved)
-            t0 = clock()
-            for _ in range(3):
-                model.run(feeds, dtype=dt, keep=True)
-            fwd_keep = (clock() - t0) / 3
-            t0 = clock()
-            for _ in range(3):
-                model.run(feeds, dtype="float32")
-            fwd32 = (clock() - t0) / 3
-            tot = sum(map(sum, per_rule.values()))
-            out.append(f"### Explain {dt}: CPU time per rule (mean of 3 runs)\n")
-            out.append(f"explain {whole * 1e3:.1f} ms (= {whole / fwd32:.1f} × the float32 forward's "
-                       f"{fwd32 * 1e3:.1f} ms) = forward keeping every tensor {fwd_keep * 1e3:.1f} ms + rules "
-                       f"{tot / 3 * 1e3:.1f} ms + the rest (propagate's bookkeeping: `total()` sums, relevance "
-                       f"accumulation, accounts; seed; report) {(whole - fwd_keep - tot / 3) * 1e3:.1f} ms.\n")
-            out.append("| rule | op | nodes | ms | % of rules |")
-            out.append("|---|---|---:|---:|---:|")
-            for (rname, op), ts in sorted(per_rule.items(), key=lambda kv: -sum(kv[1])):
-                out.append(f"| {rname} | {op} | {len(ts) // 3} | {sum(ts) / 3 * 1e3:.2f} | "
-                           f"{sum(ts) / tot * 100:.1f} |")
-            out.append("")
+        for seq, dts, profiled in ((128, ("float32", "float64"), ("forward float32", "explain float32",
+                                                                   "explain float64")),
+                                   (512, ("float32",), ("explain float32",))):
+            feeds = {"inputs_embeds": embeds(1, seq)}
+            shape = f"(1, {seq})"
+            for title in profiled:
+                dt = title.split()[1]
+                fn = ((lambda: model.run(feeds, dtype=dt)) if title.startswith("forward") else
+                      (lambda: reflrp.explain(model, feeds, dtype=dt)))
+                out += _cprofile(f"{title} at {shape}", fn, top, clock)
+            for dt in dts:
+                out += _per_op(model, feeds, dt, shape, clock)
+            for dt in dts:
+                out += _per_rule(model, feeds, dt, shape, clock)
     return "\n".join(out) + "\n"
 
 
@@ -1026,11 +1312,123 @@ def relevance_check(eng: Engines, feeds: dict, lxt_file: Path) -> dict:
     with np.errstate(all="ignore"):
         for dt in ("float32", "float64"):
             a = eng.reflrp.explain(eng.model, feeds, dtype=dt)
-            R = np.asarray(a.inputs["inputs_embeds"], dtype=np.float64)
+            R = np.asarray(a.at_wrt["inputs_embeds"], dtype=np.float64)
             out[f"explain{dt[-2:]}_vs_lxt"] = {
                 "max_rel": float(np.abs(R - R_l).max() / max(np.abs(R_l).max(), 1e-30)),
                 "corr": float(np.corrcoef(R.ravel(), R_l.ravel())[0, 1]),
                 "same_target": bool(np.array_equal(np.asarray(a.target).ravel(), t_l.ravel()))}
+    return out
+
+
+class PassTimer:
+    """Times the relevance pass inside ``explain`` (``reflrp.explain``'s ``propagate``, wrapped while
+    the block runs) by CLOCK; ``times`` lists one entry per pass."""
+
+    def __enter__(self):
+        self.module = sys.modules["reflrp.explain"]
+        self.saved, self.times = self.module.propagate, []
+        clock, saved = CLOCKS[CLOCK], self.saved
+
+        def timed_propagate(*a, **k):
+            t0 = clock()
+            saved(*a, **k)
+            self.times.append(clock() - t0)
+        self.module.propagate = timed_propagate
+        return self
+
+    def __exit__(self, *exc):
+        self.module.propagate = self.saved
+
+
+def target_cases(model, feeds: dict, ks, every: bool) -> dict:
+    """name -> (K, targets for one call, the K single targets, LXT's (positions, classes)): the top-K
+    next-token classes at the last position (float32 logits), and "every-position" (each position's
+    argmax, as a seed array for the single calls: the logit's value there, LXT's seed)."""
+    logits = model.run(feeds, dtype="float32")["logits"]
+    seq = logits.shape[1]
+    top = [int(c) for c in np.argsort(-logits[0, -1], kind="stable")]
+    cases = {f"K={k}": (k, top[:k], top[:k], ([seq - 1] * k, top[:k])) for k in ks}
+    if every:
+        best = logits[0].argmax(-1)
+        singles = []
+        for p in range(seq):
+            seed = np.zeros_like(logits)
+            seed[0, p, best[p]] = logits[0, p, best[p]]
+            singles.append(seed)
+        cases["every-position"] = (seq, ["every-position"], singles, (list(range(seq)), [int(c) for c in best]))
+    return cases
+
+
+def many_targets(eng: Engines, layers: int, cases: dict, args, deadline: Deadline, lxt_spec: dict | None) -> dict:
+    """One ``explain(..., targets=[...])`` call (default and ``keep=()``) against K single calls, per
+    case, timed by CLOCK; the relevance pass timed inside the one call; LXT's forward + K backward
+    passes in a worker (``lxt_spec``: its spec without the cases, or None)."""
+    r = eng.reflrp
+    feeds = {"inputs_embeds": embeds(1, 128)}
+    out = {"cases": {}}
+    flops1 = relevance_flops(layers, 1, 128)
+    with np.errstate(all="ignore"):
+        for name, (k, many, singles, _) in cases.items():
+            row = {"K": k, "flops": k * flops1}
+            calls = {"one": lambda: r.explain(eng.model, feeds, dtype="float32", targets=many),
+                     "one_keep": lambda: r.explain(eng.model, feeds, dtype="float32", targets=many, keep=()),
+                     "singles": lambda: [r.explain(eng.model, feeds, dtype="float32", target=t) for t in singles]}
+            for key, fn in calls.items():
+                est = eng.cost.get(("many", key), 0.0) * k
+                if not deadline.fits(est + (args.budget if est * 3 < args.budget else est), reserve=60):
+                    row[key] = dict(SKIP)
+                    log(f"    {name:14s} {key:8s} skipped (time budget)")
+                    continue
+                time.sleep(0.2)
+                waited = IDLE()
+                with PassTimer() as pt:
+                    row[key] = timed(fn, args.reps, args.budget)
+                row[key]["idle_wait_s"] = round(waited, 1)
+                eng.cost[("many", key)] = row[key]["median_wall"] / k
+                if key == "one" and pt.times:
+                    n = row[key]["n"]
+                    row["pass"] = {"median": statistics.median(pt.times[-n:]), "min": min(pt.times[-n:]), "n": n}
+                log(f"    {name:14s} {key:8s} {_fmt_res(row[key])}")
+            out["cases"][name] = row
+        if "K=4" in cases:  # K targets in one pass = K single passes (float32 rounding apart)
+            _, many, singles, _ = cases["K=4"]
+            one = np.asarray(r.explain(eng.model, feeds, dtype="float32", targets=many).at_wrt["inputs_embeds"])
+            each = np.stack([np.asarray(r.explain(eng.model, feeds, dtype="float32", target=t).at_wrt["inputs_embeds"])
+                             for t in singles])
+            out["check_one_vs_singles"] = float(np.abs(one - each).max() / np.abs(each).max())
+            out["relevance_K4"] = one[:, 0]
+    if lxt_spec is not None:
+        todo = {n: c[3] for n, c in cases.items() if ok(out["cases"][n].get("one"))}
+        if todo:
+            if CLOCK == "wall":
+                IDLE()
+            got = run_worker("lxt_many", dict(lxt_spec, cases=todo))
+            for n in todo:
+                out["cases"][n]["lxt"] = got.get(n) or {"error": got.get("error", "missing")}
+                log(f"    {n:14s} lxt      {_fmt_res(out['cases'][n]['lxt'])}")
+            save = lxt_spec.get("save")
+            if save and Path(save).exists() and "relevance_K4" in out:
+                R_l = np.load(save).astype(np.float64)
+                out["check_vs_lxt"] = float(np.abs(out["relevance_K4"] - R_l).max() / np.abs(R_l).max())
+    out.pop("relevance_K4", None)
+    return out
+
+
+def many_targets_memory(eng: Engines, cases: dict, est: dict, deadline: Deadline) -> dict:
+    """Peak RSS of one ``targets=`` call per case, default and ``keep=()`` (after pin_for_memory)."""
+    r = eng.reflrp
+    feeds = {"inputs_embeds": embeds(1, 128)}
+    out = {}
+    with np.errstate(all="ignore"):
+        for name, (k, many, _, _) in cases.items():
+            for key, extra in (("one", {}), ("one_keep", {"keep": ()})):
+                e = est.get(name, {}).get(key)
+                if not ok(e) or not deadline.fits(2.5 * e["median_wall"] + 1, reserve=30):
+                    continue
+                got = measure_memory(lambda: r.explain(eng.model, feeds, dtype="float32", targets=many, **extra),
+                                     numpy_peak=True)
+                out.setdefault(name, {})[key] = got
+                log(f"    mem {name:14s} {key:8s} {got['peak_rss_mib']:.0f} MiB")
     return out
 
 
@@ -1052,7 +1450,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=7, help="max timed repetitions per cell")
     ap.add_argument("--budget", type=float, default=4.0, help="seconds of timed runs per cell (soft)")
-    ap.add_argument("--max-minutes", type=float, default=14.0,
+    ap.add_argument("--many-k", type=int, nargs="*", default=[1, 4, 16, 64],
+                    help="target counts of the many-targets section (plus every-position)")
+    ap.add_argument("--no-many", action="store_true", help="skip the many-targets section")
+    ap.add_argument("--baseline", default=None,
+                    help="git revision (or file) of an earlier BENCHMARKS.md whose summary ratios to compare with")
+    ap.add_argument("--max-minutes", type=float, default=16.0,
                     help="overall time budget; optional cells that would not fit are skipped")
     ap.add_argument("--idle-wait", type=float, default=8.0,
                     help="before each cell wait up to this many seconds for other processes to leave "
@@ -1078,6 +1481,7 @@ def main(argv=None) -> int:
     run_mon = CpuMonitor()
     if args.quick:
         args.seq, args.batch, args.layers = [128], [1], [args.main_layers]
+        args.many_k = [k for k in args.many_k if k <= 16]
     for k in BLAS_ENV:
         if k in os.environ:
             log(f"[warn] {k}={os.environ[k]} is set; benchmark with `env -u {k} ...`")
@@ -1090,6 +1494,8 @@ def main(argv=None) -> int:
     argv_used = sys.argv[1:] if argv is None else list(argv)
     data = {"command": "python tools/bench.py " + " ".join(shlex.quote(a) for a in argv_used),
             "main": [], "scaling": [], "zoo": [], "minilm": [], "cpu_main": [], "cpu_scaling": []}
+    if args.baseline:
+        data["baseline"] = load_baseline(args.baseline)
     ceil0 = blas_ceiling()
     log(f"[blas] {ceil0}")
 
@@ -1117,18 +1523,36 @@ def main(argv=None) -> int:
         log(f"    {'lxt':10s} {_fmt_res(r)}")
         return r
 
+    def plain(b, s, nthreads, eng):
+        """fwd-plain and explain32-plain at (b, s) in a worker (see worker_plain)."""
+        flops = llama_flops(L, b, s)
+        est = 10 + sum(eng.estimate(n, flops, args.reps, args.budget) for n in ("fwd", "explain32"))
+        if not deadline.fits(est, reserve=60):
+            log("    plain      skipped (time budget)")
+            return {n: dict(SKIP) for n in PLAIN}
+        r = run_worker("plain", {"threads": nthreads, "reps": args.reps, "budget": args.budget, "clock": CLOCK,
+                                 "onnx": str(paths[L][0]), "batch": b, "seq": s, "idle_wait": args.idle_wait})
+        if "error" in r:
+            return {n: {"error": r["error"]} for n in PLAIN}
+        for n in PLAIN:
+            r[n]["others_cpu"] = max(r[n].get("others_cpu") or 0, r.get("worker_others_cpu") or 0)
+            eng.cost[n] = r[n]["median_wall"] / flops
+            log(f"    {n:10s} {_fmt_res(r[n])} (worker)")
+        return {n: r[n] for n in PLAIN}
+
     def main_pass(nthreads, main_rows, first_pass):
         """The main table with ``nthreads`` threads, timed by CLOCK."""
         eng = Engines(paths[L][0], nthreads, HIDDEN)
-        eng.prime(ENGINE_NAMES if first_pass else ENGINE_NAMES[:4])
+        eng.prime(FAST + ("refeval",) if first_pass else FAST)
         rows = {}
         for b, s in shapes:
             log(f"[main {CLOCK}, {nthreads} thr] L={L} batch={b} seq={s}  ({deadline.left() / 60:.1f} min left)")
             feeds = {"inputs_embeds": embeds(b, s)}
             row = {"layers": L, "batch": b, "seq": s, "flops": llama_flops(L, b, s)}
             first = (b, s) == shapes[0]
-            which = ENGINE_NAMES if first and first_pass else ENGINE_NAMES[:4]
+            which = FAST + ("refeval",) if first and first_pass else FAST
             row["times"] = eng.measure(feeds, row["flops"], args.reps, args.budget, deadline, which, reserve=60)
+            row["times"].update(plain(b, s, nthreads, eng))
             save = CACHE / f"lxt_rel_L{L}_b{b}_s{s}.npz" if first and first_pass else None
             row["lxt"] = lxt(L, b, s, nthreads, save=save, mem=first_pass and not args.no_mem)
             if save:
@@ -1152,25 +1576,43 @@ def main(argv=None) -> int:
             log(f"[scaling {CLOCK}, {nthreads} thr] L={Ls}  ({deadline.left() / 60:.1f} min left)")
             e = Engines(paths[Ls][0], nthreads, HIDDEN)
             e.cost = {k: v * 1.1 for k, v in eng.cost.items()}
-            e.prime(ENGINE_NAMES[:4])
+            e.prime(FAST)
             feeds = {"inputs_embeds": embeds(1, 128)}
             row = {"layers": Ls, "batch": 1, "seq": 128, "flops": llama_flops(Ls, 1, 128)}
-            row["times"] = e.measure(feeds, row["flops"], args.reps, args.budget, deadline, ENGINE_NAMES[:4])
+            row["times"] = e.measure(feeds, row["flops"], args.reps, args.budget, deadline, FAST)
             row["lxt"] = lxt(Ls, 1, 128, nthreads)
             scaling_rows.append(row)
             del e
         scaling_rows.sort(key=lambda r: r["layers"])
 
-    # 1. main table, wall clock, all threads
-    eng, rows = main_pass(threads, data["main"], True)
+    def many_pass(nthreads, eng, ks, every, key, lxt_extra):
+        """The many-targets section with ``nthreads`` threads, timed by CLOCK."""
+        if args.no_many or not ks:
+            return
+        log(f"[many targets {CLOCK}, {nthreads} thr] L={L} K={list(ks)}{' + every-position' if every else ''}  "
+            f"({deadline.left() / 60:.1f} min left)")
+        cases = target_cases(eng.model, {"inputs_embeds": embeds(1, 128)}, ks, every)
+        spec = {"threads": nthreads, "reps": args.reps, "budget": args.budget, "clock": CLOCK, "layers": L,
+                "seq": 128, "pt": str(paths[L][1]), "idle_wait": args.idle_wait, **lxt_extra}
+        data[key] = many_targets(eng, L, cases, args, deadline, spec)
+        data[key].update(threads=nthreads, layers=L)
+        many_cases[key] = cases
 
-    # 2. the same single-threaded, timed by the thread's CPU time (robust to other processes)
+    many_cases: dict = {}
+
+    # 1. main table, wall clock, all threads; K = 16 targets
+    eng, rows = main_pass(threads, data["main"], True)
+    many_pass(threads, eng, [k for k in args.many_k if k == 16][:1], False, "many", {})
+
+    # 2. the same single-threaded, timed by the thread's CPU time (robust to other processes); many targets
     cpu_rows = {}
     if args.cpu_pass:
         CLOCK = "cpu"
         with set_blas_threads(1):
             data["ceiling_1t"] = blas_ceiling()
             eng1, cpu_rows = main_pass(1, data["cpu_main"], False)
+            many_pass(1, eng1, args.many_k, True, "cpu_many",
+                      {"mem": not args.no_mem, "save": str(CACHE / f"lxt_many_L{L}.npy"), "save_case": "K=4"})
             scaling_pass(1, eng1, cpu_rows, data["cpu_scaling"])
             del eng1
         CLOCK = "wall"
@@ -1188,7 +1630,7 @@ def main(argv=None) -> int:
         log(f"[profile]  ({deadline.left() / 60:.1f} min left)")
         with set_blas_threads(1):
             try:
-                data["profile"] = profile_section(paths[L][0])
+                data["profile"] = profile_section(paths[L][0], L)
             except Exception as exc:  # a report without the profile beats no report
                 data["profile"] = f"## Profile\n\nfailed: {type(exc).__name__}: {exc}\n"
 
@@ -1197,28 +1639,34 @@ def main(argv=None) -> int:
     if MINILM.exists():
         me = Engines(MINILM, threads, 384)
         if deadline.fits(40):
-            me.prime()
+            me.prime(FAST + ("refeval",))
             b, s = shapes[0]
             log(f"[minilm] batch={b} seq={s}  ({deadline.left() / 60:.1f} min left)")
             data["minilm"].append({"batch": b, "seq": s, "flops": minilm_flops(b, s), "times": me.measure(
-                {"inputs_embeds": embeds(b, s, 384)}, minilm_flops(b, s), args.reps, args.budget, deadline)})
+                {"inputs_embeds": embeds(b, s, 384)}, minilm_flops(b, s), args.reps, args.budget, deadline,
+                FAST + ("refeval",))})
     else:
         data["minilm_note"] = ("not run: `.cache/minilm/minilm.onnx` is missing (make it with "
                                "`python tools/export_models.py --minilm`).")
 
     # 7. peak memory: single-threaded (faster on a busy machine; memory does not depend on it), with
-    #    glibc pinned to mmap; afterwards glibc is set to its adapted steady state for what follows
+    #    glibc pinned to mmap and reflrp's allocator policy "system"; afterwards the policy is restored
     ceil1 = blas_ceiling()
     if not args.no_mem:
-        data["malloc_pinned"] = pin_malloc()
+        policy = pin_for_memory()
+        data["malloc_pinned"] = True
         with set_blas_threads(1):
             mem_eng = Engines(paths[L][0], 1, HIDDEN)
-            mem_eng.prime()
+            mem_eng.prime(ENGINE_NAMES[:-1])
             for b, s in shapes:
                 log(f"[memory] batch={b} seq={s}  ({deadline.left() / 60:.1f} min left)")
                 est = dict(rows[(b, s)]["times"])
                 est.update({k: v for k, v in cpu_rows.get((b, s), {}).get("times", {}).items() if ok(v)})
                 rows[(b, s)]["mem"] = mem_eng.memory({"inputs_embeds": embeds(b, s)}, ENGINE_NAMES, est, deadline)
+            key = "cpu_many" if "cpu_many" in many_cases else "many"  # memory does not depend on threads
+            if key in many_cases:
+                log(f"[memory] many targets ({key})  ({deadline.left() / 60:.1f} min left)")
+                data[key]["mem"] = many_targets_memory(mem_eng, many_cases[key], data[key]["cases"], deadline)
             del mem_eng
             if me is not None and data["minilm"]:
                 me1 = Engines(MINILM, 1, 384)
@@ -1228,7 +1676,7 @@ def main(argv=None) -> int:
                     row["mem"] = me1.memory({"inputs_embeds": embeds(row["batch"], row["seq"], 384)},
                                             ("ort", "fwd", "explain32"), row["times"], deadline)
                 del me1
-        unpin_malloc()
+        unpin_malloc(policy)
 
     # 8. ReferenceEvaluator at the other shapes (it is slow)
     for b, s in shapes[1:]:
@@ -1244,11 +1692,11 @@ def main(argv=None) -> int:
             log(f"[minilm] batch={b} seq={s}  ({deadline.left() / 60:.1f} min left)")
             fl = minilm_flops(b, s)
             data["minilm"].append({"batch": b, "seq": s, "flops": fl, "times": me.measure(
-                {"inputs_embeds": embeds(b, s, 384)}, fl, args.reps, args.budget, deadline, ENGINE_NAMES[:4])})
+                {"inputs_embeds": embeds(b, s, 384)}, fl, args.reps, args.budget, deadline, FAST)})
         # their peak memory too (no timings follow, so glibc may stay pinned)
         todo = [r for r in data["minilm"] if not r.get("mem") and any(ok(v) for v in r["times"].values())]
         if todo and not args.no_mem:
-            pin_malloc()
+            pin_for_memory()
             with set_blas_threads(1):
                 me1 = Engines(MINILM, 1, 384)
                 me1.prime(("ort", "fwd", "explain32"))
@@ -1287,6 +1735,7 @@ def zoo_suite(threads: int, deadline: Deadline) -> list:
         with np.errstate(all="ignore"):
             for name, fn in (("ort", lambda: e.sess.run(None, feeds)),
                              ("fwd", lambda: e.model.run(feeds)),
+                             ("fwd-plain", lambda: e.model.run(feeds, fast=False)),
                              ("explain64", lambda: reflrp.explain(e.model, feeds)),
                              ("refeval", lambda: e.ref.run(None, feeds))):
                 try:
