@@ -1,7 +1,7 @@
 """``reflrp.load``, the :class:`Model` it returns, and an onnxruntime-style :class:`InferenceSession`."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -199,9 +199,22 @@ _ORT_TYPE = {"float32": "float", "float64": "double", "int64": "int64", "int32":
 
 class InferenceSession:
     """reflrp's forward with onnxruntime's interface, so test suites written for onnxruntime can swap it
-    in: ``InferenceSession(path).run(output_names, input_feed) -> list of arrays``."""
+    in: ``InferenceSession(path).run(output_names, input_feed) -> list of arrays``.
 
-    def __init__(self, path_or_bytes, sess_options=None, providers=None, **_):
+    ``providers``: onnxruntime's names; ``"CPUExecutionProvider"`` runs on NumPy,
+    ``"CUDAExecutionProvider"`` (first in the list) on CuPy; any other name is an error.
+    ``sess_options`` / ``run_options`` are accepted as onnxruntime objects (or None): they tune
+    onnxruntime's own execution (threads, graph optimisation, logging), none of which exists in
+    reflrp's interpreter, and none changes a number. Any other keyword is an error."""
+
+    def __init__(self, path_or_bytes, sess_options=None, providers=None, provider_options=None, **unknown):
+        if unknown:
+            raise ReflrpError(f"InferenceSession: unknown argument(s) {', '.join(sorted(unknown))} (reflrp takes "
+                              f"path_or_bytes, sess_options, providers, provider_options)")
+        self.device = _device_of(providers)
+        if provider_options is not None and (not isinstance(provider_options, Sequence) or any(provider_options)):
+            raise ReflrpError("InferenceSession: provider_options are not supported by reflrp (give None or empty "
+                              "dicts); the device is chosen by providers=")
         self.model = path_or_bytes if isinstance(path_or_bytes, Model) else load(path_or_bytes)
 
     def get_inputs(self):
@@ -211,7 +224,7 @@ class InferenceSession:
         return [_ValueInfo(v) for v in self.model.graph.outputs]
 
     def get_providers(self):
-        return ["CPUExecutionProvider"]
+        return ["CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"]
 
     def run(self, output_names, input_feed, run_options=None) -> list:
         if not isinstance(input_feed, Mapping):
@@ -219,8 +232,25 @@ class InferenceSession:
                             f"of input name to array, not {type(input_feed).__name__}")
         wanted = list(output_names) if output_names else list(self.model.output_names)
         extra = [n for n in wanted if n not in self.model.output_names]
-        out = self.model.run(input_feed, intermediates=extra)
+        out = self.model.run(input_feed, intermediates=extra, device=self.device)
         return [out[n] for n in wanted]
+
+
+_PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
+
+
+def _device_of(providers) -> str:
+    """The device of onnxruntime's ``providers`` list: its first entry (a name or a (name, options) pair)."""
+    if providers is None or len(providers) == 0:
+        return "cpu"
+    names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
+    if any(isinstance(p, (tuple, list)) and len(p) > 1 and p[1] for p in providers):
+        raise ReflrpError("InferenceSession: provider options are not supported by reflrp (give the names only)")
+    bad = [n for n in names if n not in _PROVIDERS]
+    if bad:
+        raise ReflrpError(f"InferenceSession: providers {bad} are not available in reflrp (it has "
+                          f"{', '.join(_PROVIDERS)})")
+    return _PROVIDERS[names[0]]
 
 
 def refuse_unsupported_nodes(graph: Graph) -> None:

@@ -151,3 +151,18 @@ def test_options_no_rule_takes_is_an_error_and_one_reaching_no_node_a_warning():
         m.plan("epsilon-plus", options={"gamma": 0.3})
     with pytest.warns(reflrp.ReflrpWarning, match=r"options\['dense.gamma'\] reaches no node"):
         m.plan("epsilon-gamma-box", options={"dense.gamma": 0.3, "low": -1.0, "high": 1.0})
+
+
+def test_inference_session_arguments_are_checked_not_ignored():
+    """onnxruntime's arguments: providers choose the device (unknown names refused), an unknown keyword or
+    provider options are errors, session options are accepted (they change no number)."""
+    import onnxruntime as ort
+    path = str(MODELS / "llama.onnx")
+    session = reflrp.InferenceSession(path, ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(reflrp.ReflrpError, match="TensorrtExecutionProvider"):
+        reflrp.InferenceSession(path, providers=["TensorrtExecutionProvider"])
+    with pytest.raises(reflrp.ReflrpError, match="unknown argument.*sess_opts"):
+        reflrp.InferenceSession(path, sess_opts=None)
+    with pytest.raises(reflrp.ReflrpError, match="provider options"):
+        reflrp.InferenceSession(path, providers=[("CPUExecutionProvider", {"arena_extend_strategy": 1})])
