@@ -103,15 +103,23 @@ def _target(spec):
     return np.asarray(values if len(values) > 1 else values[0])
 
 
+def _json_object(flag: str, specs):
+    """A repeatable flag given as one JSON object: that object (None when the flag is given as pairs)."""
+    if len(specs) != 1 or not specs[0].lstrip().startswith("{"):
+        return None
+    try:
+        return json.loads(specs[0])
+    except ValueError as exc:
+        raise UserError(f"{flag} {specs[0]!r} is not valid JSON: {exc}") from None
+
+
 def _rules(specs):
     """``--rules KEY=RULE`` (repeatable; KEY an op type, node-name glob or ``re:`` regex) or one JSON object."""
     if not specs:
         return None
-    if len(specs) == 1 and specs[0].lstrip().startswith("{"):
-        try:
-            return json.loads(specs[0])
-        except ValueError as exc:
-            raise UserError(f"--rules {specs[0]!r} is not valid JSON: {exc}") from None
+    given = _json_object("--rules", specs)
+    if given is not None:
+        return given
     rules = {}
     for spec in specs:
         key, sep, rule = spec.rpartition("=")
@@ -126,11 +134,9 @@ def _rule_options(specs):
     ``TYPE.NAME`` for one layer type) or one JSON object: explain's ``options=``."""
     if not specs:
         return None
-    if len(specs) == 1 and specs[0].lstrip().startswith("{"):
-        try:
-            return json.loads(specs[0])
-        except ValueError as exc:
-            raise UserError(f"--option {specs[0]!r} is not valid JSON: {exc}") from None
+    given = _json_object("--option", specs)
+    if given is not None:
+        return given
     options = {}
     for spec in specs:
         key, sep, value = spec.partition("=")

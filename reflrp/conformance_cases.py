@@ -84,17 +84,24 @@ LINEAR = [  # (case, op, input order, x shape, constants, attributes)
 ]
 
 
+
+def _probed(model, cid: str, shape):
+    """A one-input case's random input x (seeded by ``cid``), output y, upstream relevance R, and the
+    probed Jacobian J with the output at zero input f0."""
+    rng = rng_for(cid)
+    x = rand(rng, shape)
+    fwd = Forward(model)
+    y = fwd({"x": x})
+    R = rng.standard_normal(y.shape)
+    J, f0 = probe_jacobian(fwd, {"x": x}, "x")
+    return x, y, R, J, f0
+
 def linear_cases():
     """LRP-epsilon on ops linear in their one dynamic input: ``R_x = x * J^T (R_y / stab(z))`` with the probed
     Jacobian; ``z = y`` (bias absorbed) or ``z = J x`` (bias zeroed)."""
     for cid, op, order, shape, consts, attrs in LINEAR:
         model = one_node_model(op, order, {"x": shape}, consts, name="lin", **attrs)
-        rng = rng_for(f"epsilon/{cid}")
-        x = rand(rng, shape)
-        fwd = Forward(model)
-        y = fwd({"x": x})
-        R = rng.standard_normal(y.shape)
-        J, f0 = probe_jacobian(fwd, {"x": x}, "x")
+        x, y, R, J, f0 = _probed(model, f"epsilon/{cid}", shape)
         for lab, eps, conv in variants(bias=bool(np.any(f0))):
             want, _ = oracle_epsilon(J, x, y - f0 if _zeroed(conv) else y, R, eps, _stab_of(conv))
             yield _case(f"epsilon/{cid}/{lab}", "epsilon", model, {"x": x}, R, {"x": want}, eps=eps, conv=conv,
@@ -171,11 +178,14 @@ def bilinear_cases():
     yield from _softmax_av_cases()
 
 
-def _softmax_av(through: str | None = None):
-    """``y = Softmax(S) @ V`` (a Reshape between them with ``through="Reshape"``)."""
+def softmax_av(through: str | None = None):
+    """``y = Softmax(S) @ V``, with a pass-through node between them for ``through="Identity"`` / ``"Reshape"``."""
     nodes = [node("Softmax", ["S"], ["P"], name="softmax", axis=-1)]
     a = "P"
-    if through == "Reshape":
+    if through == "Identity":
+        nodes.append(node("Identity", ["P"], ["P2"], name="through"))
+        a = "P2"
+    elif through == "Reshape":
         nodes.append(node("Reshape", ["P", "shape"], ["P2"], name="through"))
         a = "P2"
     nodes.append(node("MatMul", [a, "V"], ["y"], name="av"))
@@ -192,14 +202,14 @@ def _softmax_av_cases():
     R = rng.standard_normal(y.shape)
     G = safe_div(R, 2 * y)
     want = {"S": oracle_softmax(S, A * (G @ np.swapaxes(V, -1, -2)), -1), "V": V * (np.swapaxes(A, -1, -2) @ G)}
-    yield _case("bilinear-uniform/softmax-av/eps0", "bilinear-uniform", _softmax_av(), {"S": S, "V": V}, R, want,
+    yield _case("bilinear-uniform/softmax-av/eps0", "bilinear-uniform", softmax_av(), {"S": S, "V": V}, R, want,
                 eps=0.0, notes="the attention-values role under attnlrp: uniform rule, then the softmax rule")
     for through in (None, "Reshape"):
         cid = "softmax-av" if through is None else "softmax-reshape-av"
         for lab, eps, conv in variants() if through is None else variants(eps_values=(0.0,)):
             G = safe_div(R, stab(y, eps, _stab_of(conv)))
             want = {"S": np.zeros_like(S), "V": V * (np.swapaxes(A, -1, -2) @ G)}
-            yield _case(f"bilinear-cp/{cid}/{lab}", "bilinear-cp", _softmax_av(through), {"S": S, "V": V}, R, want,
+            yield _case(f"bilinear-cp/{cid}/{lab}", "bilinear-cp", softmax_av(through), {"S": S, "V": V}, R, want,
                         preset="cp-lrp", eps=eps, conv=conv)
 
 
@@ -390,12 +400,7 @@ def route_cases():
     pieces absorb); Where / Max / Min / MaxPool / ReduceMax: each element's relevance to its winner."""
     for cid, build, shape in ROUTES:
         model = build()
-        rng = rng_for(f"route/{cid}")
-        x = rand(rng, shape)
-        fwd = Forward(model)
-        y = fwd({"x": x})
-        R = rng.standard_normal(y.shape)
-        J, _ = probe_jacobian(fwd, {"x": x}, "x")
+        x, y, R, J, _ = _probed(model, f"route/{cid}", shape)
         yield _case(f"route/{cid}", "route", model, {"x": x}, R, {"x": (J.T @ R.ravel()).reshape(shape)})
     yield from _selection_cases()
 

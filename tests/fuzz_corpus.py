@@ -555,18 +555,17 @@ def model_truncate(rng) -> Iterator[Case]:
 def model_byteflip(rng) -> Iterator[Case]:
     """One byte anywhere in the file xor-ed with a random value: the oracle decides."""
     for i, name in rotation(oracle_zoo(), 60):
-        if True:
-            r = random.Random(f"{rng.random()}")
+        r = random.Random(f"{rng.random()}")
 
-            def build(ws, name=name, r=r):
-                data = bytearray(ws.zoo_bytes(name))
-                rr = random.Random(r.random())
-                while True:  # deterministic re-draw until the flip leaves shapes allocatable
-                    pos, x = rr.randrange(len(data)), rr.randrange(1, 256)
-                    flipped = bytes(data[:pos]) + bytes([data[pos] ^ x]) + bytes(data[pos + 1:])
-                    if int_tensors_small(flipped):
-                        return {"model": flipped, "feeds": ws.zoo_feeds(name), "where": (pos, x)}
-            yield Case(f"model.byteflip/{name}/{i}", "model.byteflip", build, load_and_run, oracle())
+        def build(ws, name=name, r=r):
+            data = bytearray(ws.zoo_bytes(name))
+            rr = random.Random(r.random())
+            while True:  # deterministic re-draw until the flip leaves shapes allocatable
+                pos, x = rr.randrange(len(data)), rr.randrange(1, 256)
+                flipped = bytes(data[:pos]) + bytes([data[pos] ^ x]) + bytes(data[pos + 1:])
+                if int_tensors_small(flipped):
+                    return {"model": flipped, "feeds": ws.zoo_feeds(name), "where": (pos, x)}
+        yield Case(f"model.byteflip/{name}/{i}", "model.byteflip", build, load_and_run, oracle())
 
 
 def _float_initializers(m: onnx.ModelProto) -> list:
@@ -583,32 +582,31 @@ def model_weights(rng) -> Iterator[Case]:
     onnxruntime, and explain must give finite relevance with closing books or a typed error (a
     NaN weight makes the logits NaN: TargetError; relevance that turns non-finite: RuleError)."""
     for label, name in spread(list(WEIGHT_EDITS), oracle_zoo(), 5):
-        if True:
-            val = WEIGHT_EDITS[label]
-            seed = rng.random()
+        val = WEIGHT_EDITS[label]
+        seed = rng.random()
 
-            def build(ws, name=name, val=val, seed=seed):
-                r = random.Random(seed)
-                m = ws.zoo_proto(name)
-                t = r.choice(_float_initializers(m))
-                a = numpy_helper.to_array(t).copy()
-                flat = a.reshape(-1)
-                k = r.randrange(flat.size)
-                if val is None:
-                    bits = flat.view(np.uint32)
-                    bits[k] ^= np.uint32(1 << r.randrange(32))
-                elif val == 0.0:
-                    flat[:] = 0.0
-                else:
-                    flat[k] = val
-                t.CopyFrom(numpy_helper.from_array(a, t.name))
-                return {"model": m.SerializeToString(), "feeds": ws.zoo_feeds(name), "tensor": t.name}
-            yield Case(f"model.weights/{name}/{label}/run", "model.weights", build, load_and_run, oracle())
-            if label in ("nan", "posinf", "huge", "zero_all"):
-                yield Case(f"model.weights/{name}/{label}/explain", "model.weights", build,
-                           lambda s: reflrp.explain(s["model"], s["feeds"]),
-                           either(books_close(), TargetError, RuleError),
-                           "non-finite logits are a TargetError, relevance going non-finite a RuleError")
+        def build(ws, name=name, val=val, seed=seed):
+            r = random.Random(seed)
+            m = ws.zoo_proto(name)
+            t = r.choice(_float_initializers(m))
+            a = numpy_helper.to_array(t).copy()
+            flat = a.reshape(-1)
+            k = r.randrange(flat.size)
+            if val is None:
+                bits = flat.view(np.uint32)
+                bits[k] ^= np.uint32(1 << r.randrange(32))
+            elif val == 0.0:
+                flat[:] = 0.0
+            else:
+                flat[k] = val
+            t.CopyFrom(numpy_helper.from_array(a, t.name))
+            return {"model": m.SerializeToString(), "feeds": ws.zoo_feeds(name), "tensor": t.name}
+        yield Case(f"model.weights/{name}/{label}/run", "model.weights", build, load_and_run, oracle())
+        if label in ("nan", "posinf", "huge", "zero_all"):
+            yield Case(f"model.weights/{name}/{label}/explain", "model.weights", build,
+                       lambda s: reflrp.explain(s["model"], s["feeds"]),
+                       either(books_close(), TargetError, RuleError),
+                       "non-finite logits are a TargetError, relevance going non-finite a RuleError")
 
 
 UNARY_POOL = ["Relu", "Sigmoid", "Tanh", "Neg", "Abs", "Exp", "Identity", "Erf", "Softplus", "Sqrt"]
@@ -620,27 +618,26 @@ def model_optype(rng) -> Iterator[Case]:
     """A node's op type swapped: unknown names are an UnsupportedOpError naming the op; swaps to a
     real op of the same arity are the oracle's (valid ones must run equal to onnxruntime)."""
     for i, name in rotation(oracle_zoo(), 50):
-        if True:
-            seed = rng.random()
+        seed = rng.random()
 
-            def pick(ws, name=name, seed=seed):
-                r = random.Random(seed)
-                m = ws.zoo_proto(name)
-                nodes = [n for n in m.graph.node if n.op_type != "Constant"]
-                n = r.choice(nodes)
-                pool = UNKNOWN_OPS + (UNARY_POOL if len(n.input) == 1 else BINARY_POOL if len(n.input) == 2 else [])
-                new = r.choice(pool)
-                new = {"lower": n.op_type.lower(), "V2": n.op_type + "V2"}.get(new, new)
-                old = n.op_type
-                n.op_type = new
-                return {"model": m.SerializeToString(), "feeds": ws.zoo_feeds(name), "op": new, "old": old,
-                        "node": n.name}
+        def pick(ws, name=name, seed=seed):
+            r = random.Random(seed)
+            m = ws.zoo_proto(name)
+            nodes = [n for n in m.graph.node if n.op_type != "Constant"]
+            n = r.choice(nodes)
+            pool = UNKNOWN_OPS + (UNARY_POOL if len(n.input) == 1 else BINARY_POOL if len(n.input) == 2 else [])
+            new = r.choice(pool)
+            new = {"lower": n.op_type.lower(), "V2": n.op_type + "V2"}.get(new, new)
+            old = n.op_type
+            n.op_type = new
+            return {"model": m.SerializeToString(), "feeds": ws.zoo_feeds(name), "op": new, "old": old,
+                    "node": n.name}
 
-            def expect(ws, s):
-                if s["op"] not in reflrp.supported_ops() and s["op"] not in onnx_ops():
-                    return Expect((UnsupportedOpError,), re.escape(s["op"]))
-                return oracle()(ws, s)
-            yield Case(f"model.optype/{name}/{i}", "model.optype", pick, load_and_run, expect)
+        def expect(ws, s):
+            if s["op"] not in reflrp.supported_ops() and s["op"] not in onnx_ops():
+                return Expect((UnsupportedOpError,), re.escape(s["op"]))
+            return oracle()(ws, s)
+        yield Case(f"model.optype/{name}/{i}", "model.optype", pick, load_and_run, expect)
 
 
 def onnx_ops() -> set:
@@ -656,20 +653,30 @@ def _nodes_with_attrs(m, kinds=None):
     return out
 
 
+def _attribute_cases(rng, label: str, count: int, mutate) -> Iterator[Case]:
+    """``count`` cases over the zoo, each changing one random attribute of one node in place with
+    ``mutate(r, node, attribute) -> description``."""
+    for i, name in rotation(oracle_zoo(), count):
+        seed = rng.random()
+
+        def build(ws, name=name, seed=seed):
+            r = random.Random(seed)
+            m = ws.zoo_proto(name)
+            n, a = r.choice(_nodes_with_attrs(m))
+            what = mutate(r, n, a)
+            return {"model": m.SerializeToString(), "feeds": ws.zoo_feeds(name), "what": f"{n.name}.{what}"}
+        yield Case(f"{label}/{name}/{i}", label, build, load_and_run, oracle())
+
+
+def _remove_attribute(r, n, a) -> str:
+    n.attribute.remove(a)
+    return a.name
+
+
 def model_attr_removed(rng) -> Iterator[Case]:
     """An attribute removed: required ones make the model invalid (onnxruntime refuses: reflrp must
     raise, not fail with a KeyError); optional ones fall back to the spec default (same numbers)."""
-    for i, name in rotation(oracle_zoo(), 40):
-        if True:
-            seed = rng.random()
-
-            def build(ws, name=name, seed=seed):
-                r = random.Random(seed)
-                m = ws.zoo_proto(name)
-                n, a = r.choice(_nodes_with_attrs(m))
-                n.attribute.remove(a)
-                return {"model": m.SerializeToString(), "feeds": ws.zoo_feeds(name), "what": f"{n.name}.{a.name}"}
-            yield Case(f"model.attr_removed/{name}/{i}", "model.attr_removed", build, load_and_run, oracle())
+    return _attribute_cases(rng, "model.attr_removed", 40, _remove_attribute)
 
 
 FLAGS = {"keepdims", "allowzero", "transA", "transB", "select_last_index", "exclusive", "reverse", "upper",
@@ -703,21 +710,14 @@ def _wrong_attribute(r: random.Random, a: onnx.AttributeProto) -> onnx.Attribute
     return helper.make_attribute(a.name, 7)
 
 
+def _set_wrong_attribute(r, n, a) -> str:
+    a.CopyFrom(_wrong_attribute(r, a))
+    return f"{a.name}={helper.get_attribute_value(a)!r}"
+
+
 def model_attr_wrong(rng) -> Iterator[Case]:
     """An attribute set to a wrong value or type: the oracle decides."""
-    for i, name in rotation(oracle_zoo(), 50):
-        if True:
-            seed = rng.random()
-
-            def build(ws, name=name, seed=seed):
-                r = random.Random(seed)
-                m = ws.zoo_proto(name)
-                n, a = r.choice(_nodes_with_attrs(m))
-                new = _wrong_attribute(r, a)
-                a.CopyFrom(new)
-                data = m.SerializeToString()
-                return {"model": data, "feeds": ws.zoo_feeds(name), "what": f"{n.name}.{a.name}={helper.get_attribute_value(a)!r}"}
-            yield Case(f"model.attr_wrong/{name}/{i}", "model.attr_wrong", build, load_and_run, oracle())
+    return _attribute_cases(rng, "model.attr_wrong", 50, _set_wrong_attribute)
 
 
 def _set_input(m, edit: str, index: int):
@@ -943,28 +943,27 @@ def feeds_values(rng) -> Iterator[Case]:
     (item 2); huge finite feeds give finite relevance with closing books, or a RuleError/TargetError
     naming where it overflowed; zeros and denormals must just work."""
     for label, name in spread(list(FEED_VALUES), zoo_names(), 5):
-        if True:
-            edit = FEED_VALUES[label]
-            seed = rng.random()
+        edit = FEED_VALUES[label]
+        seed = rng.random()
 
-            def build(ws, name=name, edit=edit, seed=seed):
-                feeds = ws.zoo_feeds(name)
-                k = _first_float(feeds)
-                if k is not None:
-                    feeds[k] = edit(feeds[k], seed)
-                return {"model": ws.zoo_bytes(name), "feeds": feeds, "input": k}
-            if name not in ORT_BLIND and name != "llama_ids":
-                yield Case(f"feed.values/{name}/{label}/run", "feed.values", build, load_and_run, oracle())
-            if name == "llama_ids":
-                continue  # no float input (feeds_ids has its cases)
-            if label in NONFINITE_EDITS:
-                expect = lambda ws, s: Expect((FeedError,), re.escape(s["input"]))
-            elif label in ("zeros", "negative_zero", "denormal"):
-                expect = succeeds(books_close())
-            else:
-                expect = either(books_close(), RuleError, TargetError)
-            yield Case(f"feed.values/{name}/{label}/explain", "feed.values", build,
-                       lambda s: reflrp.explain(s["model"], s["feeds"]), expect)
+        def build(ws, name=name, edit=edit, seed=seed):
+            feeds = ws.zoo_feeds(name)
+            k = _first_float(feeds)
+            if k is not None:
+                feeds[k] = edit(feeds[k], seed)
+            return {"model": ws.zoo_bytes(name), "feeds": feeds, "input": k}
+        if name not in ORT_BLIND and name != "llama_ids":
+            yield Case(f"feed.values/{name}/{label}/run", "feed.values", build, load_and_run, oracle())
+        if name == "llama_ids":
+            continue  # no float input (feeds_ids has its cases)
+        if label in NONFINITE_EDITS:
+            expect = lambda ws, s: Expect((FeedError,), re.escape(s["input"]))
+        elif label in ("zeros", "negative_zero", "denormal"):
+            expect = succeeds(books_close())
+        else:
+            expect = either(books_close(), RuleError, TargetError)
+        yield Case(f"feed.values/{name}/{label}/explain", "feed.values", build,
+                   lambda s: reflrp.explain(s["model"], s["feeds"]), expect)
 
 
 def _feed_edit(label):
@@ -1011,26 +1010,25 @@ def feeds_forms(rng) -> Iterator[Case]:
               "nested_ragged"]
     float_fed = [n for n in oracle_zoo() if n != "llama_ids"]
     for label, name in spread(labels, float_fed, 4):
-        if True:
-            edit, strict, error = _feed_edit(label)
+        edit, strict, error = _feed_edit(label)
 
-            def build(ws, name=name, edit=edit, strict=strict):
-                feeds = ws.zoo_feeds(name)
-                k = _first_float(feeds)
-                ours = dict(feeds)
-                ours[k] = edit(feeds[k])
-                theirs = dict(feeds)
-                if strict is not None:
-                    theirs[k] = np.ascontiguousarray(strict(np.asarray(ours[k])))
-                return {"model": ws.zoo_bytes(name), "feeds": ours, "ort_feeds": theirs, "input": k}
-            if error is None:
-                yield Case(f"feed.forms/{name}/{label}", "feed.forms", build, load_and_run, oracle(ort_feeds_key="ort_feeds"))
-                if name in ("cnn", "llama", "bert", "gpt2"):
-                    yield Case(f"feed.forms/{name}/{label}/explain", "feed.forms", build,
-                               lambda s: reflrp.explain(s["model"], s["feeds"]), succeeds(books_close()))
-            else:
-                yield Case(f"feed.forms/{name}/{label}", "feed.forms", build, load_and_run,
-                           lambda ws, s, error=error: Expect((error,), re.escape(s["input"])))
+        def build(ws, name=name, edit=edit, strict=strict):
+            feeds = ws.zoo_feeds(name)
+            k = _first_float(feeds)
+            ours = dict(feeds)
+            ours[k] = edit(feeds[k])
+            theirs = dict(feeds)
+            if strict is not None:
+                theirs[k] = np.ascontiguousarray(strict(np.asarray(ours[k])))
+            return {"model": ws.zoo_bytes(name), "feeds": ours, "ort_feeds": theirs, "input": k}
+        if error is None:
+            yield Case(f"feed.forms/{name}/{label}", "feed.forms", build, load_and_run, oracle(ort_feeds_key="ort_feeds"))
+            if name in ("cnn", "llama", "bert", "gpt2"):
+                yield Case(f"feed.forms/{name}/{label}/explain", "feed.forms", build,
+                           lambda s: reflrp.explain(s["model"], s["feeds"]), succeeds(books_close()))
+        else:
+            yield Case(f"feed.forms/{name}/{label}", "feed.forms", build, load_and_run,
+                       lambda ws, s, error=error: Expect((error,), re.escape(s["input"])))
 
 
 def feeds_mapping(rng) -> Iterator[Case]:
@@ -1072,27 +1070,26 @@ def feeds_shapes(rng) -> Iterator[Case]:
     }
     pairs = [(lbl, n) for lbl in ("batch0", "seq0") for n in zoo_names()] + list(spread(["batch1", "batch5", "seq1", "seq_long"], zoo_names(), 4))
     for label, name in pairs:
-        if True:
-            edit = shapes[label]
+        edit = shapes[label]
 
-            def build(ws, name=name, edit=edit, label=label):
-                seq = _seq_symbol(name)
-                feeds = {k: np.ascontiguousarray(edit(v)) if label.startswith("batch") or _seq_symbol(name, k) == seq else v
-                         for k, v in ws.zoo_feeds(name).items()}
-                return {"model": ws.zoo_bytes(name), "feeds": feeds}
-            if label.startswith("seq") and _seq_symbol(name) is None:
-                continue  # no sequence axis (images)
-            if name not in ORT_BLIND:
-                yield Case(f"feed.shapes/{name}/{label}/run", "feed.shapes", build, load_and_run, oracle())
-            if label == "seq0":
-                expect = raises(FeedError, TargetError)
-            elif label == "batch0":  # a legacy export's Reshape [0, -1, ...] cannot run it (onnxruntime neither)
-                expect = either(books_close(lambda att: None if att.relevance[att.wrt[0]].shape[0] == 0 else
-                                            ("mismatch", "relevance of an empty batch is not empty")), KernelError)
-            else:
-                expect = succeeds(books_close())
-            yield Case(f"feed.shapes/{name}/{label}/explain", "feed.shapes", build,
-                       lambda s: reflrp.explain(s["model"], s["feeds"]), expect)
+        def build(ws, name=name, edit=edit, label=label):
+            seq = _seq_symbol(name)
+            feeds = {k: np.ascontiguousarray(edit(v)) if label.startswith("batch") or _seq_symbol(name, k) == seq else v
+                     for k, v in ws.zoo_feeds(name).items()}
+            return {"model": ws.zoo_bytes(name), "feeds": feeds}
+        if label.startswith("seq") and _seq_symbol(name) is None:
+            continue  # no sequence axis (images)
+        if name not in ORT_BLIND:
+            yield Case(f"feed.shapes/{name}/{label}/run", "feed.shapes", build, load_and_run, oracle())
+        if label == "seq0":
+            expect = raises(FeedError, TargetError)
+        elif label == "batch0":  # a legacy export's Reshape [0, -1, ...] cannot run it (onnxruntime neither)
+            expect = either(books_close(lambda att: None if att.relevance[att.wrt[0]].shape[0] == 0 else
+                                        ("mismatch", "relevance of an empty batch is not empty")), KernelError)
+        else:
+            expect = succeeds(books_close())
+        yield Case(f"feed.shapes/{name}/{label}/explain", "feed.shapes", build,
+                   lambda s: reflrp.explain(s["model"], s["feeds"]), expect)
 
 
 def _seq_symbol(name: str, input_name: str | None = None):

@@ -31,6 +31,7 @@ from reflrp.presets import PRESETS
 from reflrp.onnx_build import (LN_EPS, REGIONS, f32 as F32, graph_model, ints as I64, node, one_node_model, rand,
                                rng_for, scalar as S)
 from reflrp.onnx_build import layernorm_decomposed as _ln_decomposed, rmsnorm_decomposed as _rms_decomposed
+from reflrp.conformance_cases import softmax_av
 from reflrp.oracle import (Forward, attention_bias, attention_forward, oracle_attention, oracle_epsilon,  # noqa: F401
                            oracle_layernorm, oracle_maxpool, oracle_softmax, oracle_sum, probe_jacobian,
                            rotary_forward_and_oracle, safe_div, softmax, stab, unbroadcast)
@@ -498,25 +499,11 @@ def test_bilinear_uniform(request, op, a_shape, b_shape, attrs, eps):
     assert_books(att)
 
 
-def _softmax_av(through=None):
-    """``y = Softmax(S) @ V``, optionally with a pass-through node between the Softmax and the MatMul."""
-    nodes = [node("Softmax", ["S"], ["P"], name="softmax", axis=-1)]
-    a = "P"
-    if through == "Identity":
-        nodes.append(node("Identity", ["P"], ["P2"], name="through"))
-        a = "P2"
-    elif through == "Reshape":
-        nodes.append(node("Reshape", ["P", "shape"], ["P2"], name="through"))
-        a = "P2"
-    nodes.append(node("MatMul", [a, "V"], ["y"], name="av"))
-    return graph_model(nodes, {"S": (2, 3, 4), "V": (2, 4, 5)}, ["y"], {"shape": I64(2, 3, 4)})
-
-
 @pytest.mark.parametrize("through", [None, "Identity", "Reshape"])
 @pytest.mark.parametrize("eps", [0.0, 1e-2])
 def test_bilinear_cp_attention_weights_constant(through, eps):
     """cp-lrp, ``y = A @ V`` with ``A = Softmax(S)``: ``R_V = V * (A^T @ (R_y/stab(y)))``, nothing to S."""
-    model = _softmax_av(through)
+    model = softmax_av(through)
     rng = rng_for(f"cp-{through}")
     S, V = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 5))
     A = softmax(S, -1)
@@ -532,7 +519,7 @@ def test_bilinear_cp_attention_weights_constant(through, eps):
 
 def test_softmax_av_attnlrp():
     """attnlrp on the same graph: uniform split of ``A @ V``, then the softmax rule into S."""
-    model = _softmax_av()
+    model = softmax_av()
     rng = rng_for("attn-av")
     S, V = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 5))
     A = softmax(S, -1)
