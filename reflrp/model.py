@@ -270,6 +270,9 @@ def refuse_unsupported_nodes(graph: Graph) -> None:
     for (domain, op, why), names in sorted(groups.items()):
         shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         lines.append(f"  {op} (domain {domain!r}), {len(names)} node(s) {shown}: {why}")
+    if any(domain for domain, _, _ in groups):
+        lines.append("Rewritten into core ops at load: "
+                     + ", ".join(f"{d}::{o}" if d else o for d, o in supported_rewrites()))
     lines.append(f"Supported ops (default domain): {', '.join(kernels)}")
     raise UnsupportedOpError("\n".join(lines))
 
@@ -289,7 +292,7 @@ def _why_unsupported(node, opset: int, kernels: Mapping[str, tuple[int, ...]], o
     from .onnx_import import UndecodedAttribute
     if node.domain:
         return (f"domain {node.domain!r} (version {opset_of.get(node.domain, '?')}) has no rewrite into core "
-                f"ONNX ops in reflrp; rewritten: {', '.join(f'{d}::{o}' if d else o for d, o in supported_rewrites())}")
+                f"ONNX ops in reflrp")
     if node.op_type not in kernels:
         return f"no kernel in reflrp (opset {opset})"
     if opset < kernels[node.op_type][0]:
