@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import reflrp
 from reflrp.canonical import supported_rewrites
+from reflrp.canonical.qoperator import QOPERATOR_OPS
 
 ort = pytest.importorskip("onnxruntime")
 MS = "com.microsoft"
@@ -434,7 +435,8 @@ CASE_OPS = {("", "SimplifiedLayerNormalization"), ("", "LayerNormalization"), ("
                         "QuantizeLinear", "DequantizeLinear")}
 UNTESTED = {(MS, "TransposeMatMul"), (MS, "SimplifiedLayerNormalization"), (MS, "LayerNormalization"),
             ("com.microsoft.nchwc", "GlobalMaxPool"),  # aliases of tested rewrites
-            ("", "If")}  # folding an If: tests/test_control_flow.py
+            ("", "If")} | {  # folding an If: tests/test_control_flow.py
+    (MS, op) for op in QOPERATOR_OPS}  # the QOperator ops: tests/test_qoperator.py (a case per op)
 
 
 def test_every_rewrite_has_a_case():
@@ -452,10 +454,10 @@ def test_expansion_is_recorded_and_named_after_the_original():
 
 
 def test_unsupported_contrib_op_is_refused_naming_node_op_and_domain():
-    m, _ = model(MS, "QLinearSoftmax", dict(x=np.zeros((2, 3), np.uint8)))
+    m, _ = model(MS, "WordConvEmbedding", dict(x=np.zeros((2, 3, 4), np.int32)))
     with pytest.raises(reflrp.UnsupportedOpError) as e:
         reflrp.load(m)
-    assert "fused" in str(e.value) and "QLinearSoftmax" in str(e.value) and "com.microsoft" in str(e.value)
+    assert "fused" in str(e.value) and "WordConvEmbedding" in str(e.value) and "com.microsoft" in str(e.value)
 
 
 def test_unsupported_attribute_is_refused_naming_the_node():

@@ -233,4 +233,4 @@ def canonicalize(graph: Graph) -> Graph:
                        graph.opsets, expansions, graph.value_info, graph.defaults, graph.outer)
 
 
-from . import activations, attention, control, linear, norms  # noqa: E402,F401  (registration side effects)
+from . import activations, attention, control, linear, norms, qoperator  # noqa: E402,F401  (registration side effects)
