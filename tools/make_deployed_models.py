@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Build the graphs users deploy from the tiny zoo models: onnxruntime's transformer optimizer, session
-saves at 'extended' and 'all', the float16 converter, dynamic and static (QDQ) quantization,
+saves at 'extended' and 'all', the float16 converter, dynamic and static (QDQ and QOperator) quantization,
 MatMulNBits 4-bit weights, and a bfloat16 export.
 
 Usage:
@@ -47,8 +47,8 @@ MAX_BYTES = 1 << 20
 COMMITTED = {"bert": ("opt", "opt_fp16", "extended", "qdyn_u8", "qdq", "qdq_pc", "nbits4", "bf16"),
              "bert_legacy": ("opt", "opt99"),
              "bert_ids": ("source", "opt", "opt_fp16", "extended", "optimum_O2", "qdyn_u8", "qdq"),
-             "gpt2": ("opt", "extended", "qdyn_s8rr", "qdq"), "vit": ("opt99", "all", "qdyn_u8", "nbits4s"),
-             "llama": ("opt", "opt99", "extended", "fp16", "qdq_pc", "nbits4", "bf16"),
+             "gpt2": ("opt", "extended", "qdyn_s8rr", "qdq", "qop_rr"), "vit": ("opt99", "all", "qdyn_u8", "nbits4s"),
+             "llama": ("opt", "opt99", "extended", "fp16", "qdq_pc", "qop_rr", "nbits4", "bf16"),
              "cnn": ("extended", "all", "qdyn_u8", "qdq", "qdq_pc", "qop"), "deberta": ("source",),
              "llama_kv": ("source", "genai_opt")}
 # source -> (optimizer model_type, num_heads, hidden_size)
@@ -246,7 +246,8 @@ def dynamic_quant(src: Path, dst: Path, weight_type: str, reduce_range=False, pe
                      per_channel=per_channel)
 
 
-def static_quant(src: Path, dst: Path, feeds: dict, per_channel=False, weight_type="QInt8", fmt="QDQ"):
+def static_quant(src: Path, dst: Path, feeds: dict, per_channel=False, weight_type="QInt8", fmt="QDQ",
+                 reduce_range=False):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class OneFeed(CalibrationDataReader):  # calibration on the reference feed and a scaled copy
@@ -257,7 +258,8 @@ def static_quant(src: Path, dst: Path, feeds: dict, per_channel=False, weight_ty
             return self.items.pop(0) if self.items else None
 
     quantize_static(str(src), str(dst), OneFeed(), quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
-                    weight_type=getattr(QuantType, weight_type), activation_type=QuantType.QUInt8)
+                    weight_type=getattr(QuantType, weight_type), activation_type=QuantType.QUInt8,
+                    reduce_range=reduce_range)
 
 
 def nbits(src: Path, dst: Path, symmetric: bool, block_size=32):
@@ -328,6 +330,8 @@ def pipelines(source: str, feeds: dict):
              lambda s, d: static_quant(s, d, feeds)),
             ("qdq_pc", "quantize_static(QDQ, per_channel=True)", lambda s, d: static_quant(s, d, feeds, True)),
             ("qop", "quantize_static(QOperator)", lambda s, d: static_quant(s, d, feeds, fmt="QOperator")),
+            ("qop_rr", "quantize_static(QOperator, reduce_range=True)",
+             lambda s, d: static_quant(s, d, feeds, fmt="QOperator", reduce_range=True)),
             ("nbits4", "MatMulNBitsQuantizer(bits=4, block_size=32, is_symmetric=False)",
              lambda s, d: nbits(s, d, False)),
             ("nbits4s", "MatMulNBitsQuantizer(bits=4, block_size=32, is_symmetric=True)",
