@@ -210,7 +210,7 @@ def test_quantize_negative_control():
 
 DEPLOYED = Path(__file__).resolve().parents[1] / "models" / "deployed"
 MANIFEST = json.loads((DEPLOYED / "MANIFEST.json").read_text())["models"]
-QUANTIZED = [e for e in MANIFEST if e.get("committed") and e["pipeline"].startswith(("qdyn", "qdq", "nbits"))]
+QUANTIZED = [e for e in MANIFEST if e.get("committed") and e["pipeline"].startswith(("qdyn", "qdq", "qop", "nbits"))]
 # one quantum of an activation quantizer after float32 AveragePool sums that differ from
 # onnxruntime's in the last bit (a rounding tie lands on the other side)
 ONE_QUANTUM = {"cnn.qdq.onnx": 1e-2, "cnn.qdq_pc.onnx": 1e-2}
@@ -229,9 +229,29 @@ def test_deployed_quantized_model_runs_like_onnxruntime(entry):
     assert float(np.abs(ours.astype(np.float64) - theirs).max()) <= tol * float(np.abs(theirs).max())
 
 
-def test_qoperator_model_is_refused_naming_the_contrib_op():
-    with pytest.raises(reflrp.UnsupportedOpError, match="(?s)com.microsoft.*QLinear"):
-        reflrp.load(str(DEPLOYED / "cnn.qop.onnx"))
+def test_qoperator_models_load_as_core_ops():
+    """The QOperator deployments (QGemm, QLinearAdd, QLinearSoftmax, ...) load as core ops: no com.microsoft
+    node is left, and each rewritten node is recorded as an expansion."""
+    for entry in (e for e in QUANTIZED if e["pipeline"].startswith("qop")):
+        graph = reflrp.load(str(DEPLOYED / entry["file"])).graph
+        contrib = [o.split("::")[1] for o in entry["op_types"] if o.startswith("com.microsoft::")]
+        assert contrib and all(n.domain == "" for n in graph.nodes), entry["file"]
+        assert {x.original.op_type for x in graph.expansions.values()} == set(contrib)
+
+
+def test_quantized_attention_is_refused_naming_the_op():
+    """QAttention (quantize_dynamic of an onnxruntime-optimized BERT) has no rewrite yet: refused at load,
+    naming the node, the op and its domain."""
+    node = helper.make_node("QAttention", ["x", "w", "b", "sx", "sw"], ["y"], name="qattn", domain="com.microsoft",
+                            num_heads=2)
+    values = dict(w=np.zeros((8, 24), np.int8), b=np.zeros(24, np.float32), sx=np.array(0.1, np.float32),
+                  sw=np.array(0.1, np.float32))
+    inits = [numpy_helper.from_array(v, k) for k, v in values.items()]
+    g = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, 8])],
+                          [helper.make_empty_tensor_value_info("y")], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    with pytest.raises(reflrp.UnsupportedOpError, match="QAttention \\(domain 'com.microsoft'\\), 1 node\\(s\\) 'qattn'"):
+        reflrp.load(m)
 
 
 def test_straight_through_adjoints():

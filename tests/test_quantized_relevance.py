@@ -225,7 +225,7 @@ def test_qlinear_conv_bias_absorbs_its_share(explained):
 
 DEPLOYED = Path(__file__).resolve().parents[1] / "models" / "deployed"
 MANIFEST = json.loads((DEPLOYED / "MANIFEST.json").read_text())["models"]
-QUANTIZED = [e for e in MANIFEST if e.get("committed") and e["pipeline"].startswith(("qdyn", "qdq", "nbits"))]
+QUANTIZED = [e for e in MANIFEST if e.get("committed") and e["pipeline"].startswith(("qdyn", "qdq", "qop", "nbits"))]
 # per-token Pearson r against the float32 source measured on the committed models (tools/make_deployed_models.py
 # --check writes the table): 0.954 (cnn.qdq, per pixel) .. 1.0; the bar allows quantization error, not a wrong rule
 MIN_R = 0.95
