@@ -49,7 +49,8 @@ COMMITTED = {"bert": ("opt", "opt_fp16", "extended", "qdyn_u8", "qdq", "qdq_pc",
              "bert_ids": ("source", "opt", "opt_fp16", "extended", "optimum_O2", "qdyn_u8", "qdq"),
              "gpt2": ("opt", "extended", "qdyn_s8rr", "qdq", "qop_rr"), "vit": ("opt99", "all", "qdyn_u8", "nbits4s"),
              "llama": ("opt", "opt99", "extended", "fp16", "qdq_pc", "qop_rr", "nbits4", "bf16"),
-             "cnn": ("extended", "all", "qdyn_u8", "qdq", "qdq_pc", "qop"), "deberta": ("source",),
+             "cnn": ("extended", "all", "qdyn_u8", "qdq", "qdq_pc", "qop", "qop_all"),
+             "deberta": ("source",),
              "llama_kv": ("source", "genai_opt")}
 # source -> (optimizer model_type, num_heads, hidden_size)
 SOURCES = {"bert": ("bert", 4, 32), "bert_legacy": ("bert", 4, 32), "bert_ids": ("bert", 4, 32),
@@ -262,6 +263,14 @@ def static_quant(src: Path, dst: Path, feeds: dict, per_channel=False, weight_ty
                     reduce_range=reduce_range)
 
 
+def static_quant_saved(src: Path, dst: Path, feeds: dict, level: str):
+    """quantize_static(QOperator), then the session save at ``level`` ('all': NHWC QLinearConv, channels_last)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        quantized = Path(tmp) / "q.onnx"
+        static_quant(src, quantized, feeds, fmt="QOperator")
+        session_save(quantized, dst, level)
+
+
 def nbits(src: Path, dst: Path, symmetric: bool, block_size=32):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=block_size, is_symmetric=symmetric, bits=4)
@@ -332,6 +341,8 @@ def pipelines(source: str, feeds: dict):
             ("qop", "quantize_static(QOperator)", lambda s, d: static_quant(s, d, feeds, fmt="QOperator")),
             ("qop_rr", "quantize_static(QOperator, reduce_range=True)",
              lambda s, d: static_quant(s, d, feeds, fmt="QOperator", reduce_range=True)),
+            ("qop_all", "quantize_static(QOperator), then InferenceSession save at ORT_ENABLE_ALL",
+             lambda s, d: static_quant_saved(s, d, feeds, "all")),
             ("nbits4", "MatMulNBitsQuantizer(bits=4, block_size=32, is_symmetric=False)",
              lambda s, d: nbits(s, d, False)),
             ("nbits4s", "MatMulNBitsQuantizer(bits=4, block_size=32, is_symmetric=True)",
