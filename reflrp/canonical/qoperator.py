@@ -19,7 +19,7 @@ MS = "com.microsoft"
 QOPERATOR_OPS = ("QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax",
                  "QLinearConcat", "QLinearWhere", "QLinearReduceMean", "QLinearAveragePool",
                  "QLinearGlobalAveragePool", "QLinearConv")
-EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16))
+QUANTIZED_TYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16))
 
 
 def quantized_type(e: Emit, *names: str) -> np.dtype:
@@ -27,11 +27,11 @@ def quantized_type(e: Emit, *names: str) -> np.dtype:
     ``names``, else the type the model records for one of them."""
     for n in names:
         v = e.static(n)
-        if v is not None and v.dtype in EIGHT_BIT:
+        if v is not None and v.dtype in QUANTIZED_TYPES:
             return v.dtype
     for n in names:
         info = e.graph.value_info.get(n) or next((v for v in e.graph.inputs if v.name == n), None)
-        if info is not None and info.dtype is not None and np.dtype(info.dtype) in EIGHT_BIT:
+        if info is not None and info.dtype is not None and np.dtype(info.dtype) in QUANTIZED_TYPES:
             return np.dtype(info.dtype)
     raise e.unsupported(f"the quantized type of {[n for n in names if n]} is not known at load "
                         f"(no zero point is given and the model records no type)")
