@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .conformance import CONVENTIONS, CROSS_CHECK, REFLRP_CONVENTIONS, Case, ConformanceError, reflrp_call, selected
-from .conformance_classic import CLASSIC_FAMILIES
+from .conformance_classic import CLASSIC_FAMILIES, classic_model_cases
 from .onnx_build import (LN_EPS, REGIONS, graph_model, ints, layernorm_decomposed, node, one_node_model, rand,
                          rmsnorm_decomposed, rng_for, scalar)
 from .oracle import (Forward, attention_forward, oracle_attention, oracle_epsilon, oracle_layernorm, oracle_maxpool,
@@ -625,6 +625,7 @@ def all_cases(models_dir=None, only=None):
     for case in model_cases(models_dir, only):
         if selected(case.name, only):
             yield case
+    yield from classic_model_cases(models_dir, only)
 
 
 def _rules_used(att) -> list:

@@ -220,3 +220,190 @@ def pass_cases():
 
 
 CLASSIC_FAMILIES = (layer_cases, norm_cases, pass_cases)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+ZENNIT_TOLERANCE = 1e-8  # reflrp against Zennit 1.0.0's goldens (docs/zennit-conventions.md; measured <= 1e-12)
+LXT_TOLERANCE = 1e-6  # reflrp against LXT 2.1's ViT recipe (LXT's own 1e-10 stabilisers: 1.4e-8 measured)
+# float32 constants of an exported graph where torch's float64 model computes exact values (GELU's sqrt(2), the
+# attention scale): the cases run the graph in float64 with these exact, as the goldens were made
+EXACT_CONSTANTS = {"mlp_smooth": {"val_0": np.sqrt(2.0)}, "vit": {"val_37": 1 / np.sqrt(8.0), "val_50": np.sqrt(2.0)}}
+CANONIZERS = {"zennit.canonizers.SequentialMergeBatchNorm": ["merge-batchnorm"],
+              "zennit.torchvision.ResNetCanonizer": ["merge-batchnorm", "residual-sum"]}
+
+
+def exact_float64(path: Path, exact: dict):
+    """The model with every float tensor float64 and the named constants exact (each must round to the
+    float32 the file holds)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    m = onnx.load(str(path))
+    for t in m.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if t.name in exact:
+            if np.float32(exact[t.name]) != a:
+                raise ConformanceError(f"{path.name}: constant {t.name} is {a}, not float32({exact[t.name]})")
+            a = np.asarray(exact[t.name])
+        if a.dtype.kind == "f":
+            t.CopyFrom(numpy_helper.from_array(a.astype(np.float64), t.name))
+    for v in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return m
+
+
+def _npz(path: Path) -> dict:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _options(kwargs: dict, arrays: dict) -> dict:
+    """A Zennit composite's kwargs as reflrp options (zero_params=['bias'] is zero_bias; array kwargs as lists)."""
+    out = {}
+    for k, v in kwargs.items():
+        if k == "zero_params":
+            if list(v) != ["bias"]:
+                raise ConformanceError(f"zero_params={v!r}: only ['bias'] has a reflrp option")
+            out["zero_bias"] = True
+        else:
+            out[k] = arrays[v["array"]].tolist() if isinstance(v, dict) else v
+    return out
+
+
+def _variant(spec_name: str) -> str:
+    """``epsilon-gamma-box.epsilon=0.25,gamma=1`` -> ``epsilon0.25.gamma1``; ``zero_params=bias`` -> ``zero_bias``."""
+    rest = spec_name.partition(".")[2]
+    return rest.replace("zero_params=bias", "zero_bias").replace("=", "").replace(",", ".")
+
+
+def _explained(model, feeds, target, preset, options, seed_value):
+    """reflrp's attribution seeded with the target logit (``target``: class indices) or with 1 there, and
+    the seed's value per row (to scale a golden made with the logit's seed)."""
+    import warnings
+
+    from .explain import explain
+    with warnings.catch_warnings():  # Zennit's box composite takes its bounds on a model without a conv too
+        warnings.filterwarnings("ignore", "options.*reaches no node")
+        att = explain(model, feeds, target=target, preset=preset, options=options or None, dtype="float64")
+        seed = np.asarray(att.seed, dtype=np.float64)
+        per_row = seed.reshape(seed.shape[0], -1).sum(1)
+        if seed_value == "one":
+            att = explain(model, feeds, target=(seed != 0).astype(np.float64), preset=preset, options=options or None,
+                          dtype="float64")
+            return att, per_row
+    return att, np.ones_like(per_row)
+
+
+def _model_case(name, preset, model, source, feeds, target, options, canonizers, want, seed_value, check,
+                extra) -> Case:
+    """One model case: reflrp explains ``feeds`` on ``model`` (loaded from ``source``); ``want``, the
+    golden (seeded with the target logit), checks it within ``check`` = (tolerance, key of case.json)."""
+    from .testing import rel_err
+    att, per_row = _explained(model, feeds, target, preset, options, seed_value)
+    expected = {w: np.asarray(att.relevance[w], dtype=np.float64) for w in att.wrt}
+    tol, key = check
+    err = max(rel_err(expected[w], want[w] / per_row.reshape((-1,) + (1,) * (want[w].ndim - 1))) for w in want)
+    if err > tol:
+        raise ConformanceError(f"{name}: reflrp differs from the golden by {err:.3e} > {tol:g}")
+    spec = {"name": f"model:{preset}", "preset": preset, "options": options}
+    case = Case(name, spec, source, dict(feeds), np.asarray(att.seed, dtype=np.float64), expected,
+                {"preset": preset, "epsilon": None, "options": options,
+                 **({"fold_batchnorm": True} if "merge-batchnorm" in canonizers else {})},
+                {"seed": seed_value}, kind="model", source="reflrp",
+                formula=f"the {preset} composite's rules (docs/rules.md) on every node of the model",
+                extra={"output": att.output, "target": np.asarray(att.target).tolist(), "canonizers": list(canonizers),
+                       key: {"max_rel_err": float(f"{err:.3g}")}, **extra})
+    case.att = att
+    return case
+
+
+SEED_ONE_FIXTURES = ("mlp", "cnn_bn", "vgg", "resnet", "zoo_cnn")
+
+
+def _variants_of(fx: str, info: dict, spec_name: str) -> list:
+    """(seed, name tail) of a fixture's composite spec: every composite with the target logit's seed (the
+    goldens'); the plain composites (no parameters changed) with 1 on a few fixtures; a fixture that only
+    re-exports another one's model (it shares that golden) gets the plain composites only."""
+    plain = "." not in spec_name
+    if info["golden"] != f"{fx}.zennit.npz" and not plain:
+        return []
+    return [("logit", "")] + ([("one", "/seed-one")] if plain and fx in SEED_ONE_FIXTURES else [])
+
+
+def zennit_model_cases(models_dir, only=None):
+    """The fixtures of ``models_dir``/zennit under the Zennit composites of their goldens (not the diagnostics;
+    :func:`_variants_of`), checked against the goldens (seeded with the target logit's value)."""
+    from .model import load
+    root = Path(models_dir) / "zennit"
+    if not (root / "MANIFEST.json").exists():
+        return
+    for fx, info in json.loads((root / "MANIFEST.json").read_text())["fixtures"].items():
+        arrays, models = None, {}
+        path = (root / info["file"]).resolve()
+        stem = path.stem
+        for spec in _composite_specs(root / info["golden"]):
+            variant = _variant(spec["name"])
+            preset = spec["name"].partition(".")[0]
+            for seed_value, tail in _variants_of(fx, info, spec["name"]):
+                name = f"model/{preset}/{fx}" + (f"/{variant}" if variant else "") + tail
+                if not selected(name, only):
+                    continue
+                arrays = arrays or _npz(root / info["golden"])
+                source = exact_float64(path, EXACT_CONSTANTS[stem]) if stem in EXACT_CONSTANTS else path
+                canonizers = [c for z in spec["canonizers"] for c in CANONIZERS[z]]
+                fold = "merge-batchnorm" in canonizers
+                if fold not in models:
+                    models[fold] = load(source, fold_batchnorm=fold)
+                yield _model_case(name, preset, models[fold], source, {"x": arrays["input:x"]}, arrays["target"],
+                                  _options(spec["kwargs"], arrays), canonizers,
+                                  {"x": arrays[f"{spec['name']}:relevance"]}, seed_value,
+                                  (ZENNIT_TOLERANCE, "zennit_check"),
+                                  {"fixture": fx, "golden": info["golden"], "zennit_spec": spec["name"],
+                                   "model_file": f"zennit.{stem}" + (".float64" if stem in EXACT_CONSTANTS else "")
+                                   + ".onnx"})
+
+
+def _composite_specs(golden: Path) -> list:
+    with np.load(golden) as z:
+        specs = json.loads(bytes(z["meta"]))["specs"]
+    return [s for s in specs if s["kind"] == "composite" and not s["diagnostic"]]
+
+
+def vit_gamma_cases(models_dir, only=None):
+    """LXT's vision-transformer recipe (``cp-lrp-gamma``: Gamma on the patch conv and every dense layer, CP-LRP
+    attention) on the zoo's ViT, every setting of models/vit.gamma.npz (LXT 2.1 + Zennit 1.0.0); checked
+    against LXT's relevance and, where the golden has it, LXT's without its 1e-10 stabilisers."""
+    path = Path(models_dir) / "vit.gamma.npz"
+    if not path.exists():
+        return
+    from .model import load
+    g = model = source = None
+    for setting in _vit_settings(path):
+        gc, gl, st = setting["conv_gamma"], setting["linear_gamma"], setting["stabilizer"]
+        name = f"model/cp-lrp-gamma/vit/conv{gc:g}.dense{gl:g}" + ("" if st == STABILIZER else f".stabilizer{st:g}")
+        if not selected(name, only):
+            continue
+        g = g or _npz(path)
+        key = setting["name"]
+        if model is None:
+            source = exact_float64(Path(models_dir) / "vit.onnx", EXACT_CONSTANTS["vit"])
+            model = load(source)
+        exact = f"{key}:relevance_exact" in g
+        want = {"pixel_values": g[f"{key}:relevance_exact" if exact else f"{key}:relevance"]}
+        yield _model_case(name, "cp-lrp-gamma", model, source, {"pixel_values": g["inputs:pixel_values"]}, g["target"],
+                          {"conv.gamma": gc, "dense.gamma": gl, "stabilizer": st}, [], want, "logit",
+                          (ZENNIT_TOLERANCE if exact else LXT_TOLERANCE, "lxt_check"),
+                          {"zoo": "vit", "golden": path.name, "lxt_setting": key,
+                           "lxt_golden": "relevance_exact (LXT without its 1e-10 stabilisers)" if exact else "relevance",
+                           "model_file": "vit.float64.onnx"})
+
+
+def _vit_settings(path: Path) -> list:
+    with np.load(path) as z:
+        return json.loads(bytes(z["meta"]))["settings"]
+
+
+def classic_model_cases(models_dir, only=None):
+    yield from zennit_model_cases(models_dir, only)
+    yield from vit_gamma_cases(models_dir, only)
