@@ -28,6 +28,7 @@ import importlib.util
 import json
 import shutil
 import time
+import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -83,6 +84,21 @@ FORMULAS = MappingProxyType({
     "attention-cp": "R_V = v * (probs^T @ (R_y / stab(y))); Q and K get nothing",
     "rotary": "epsilon on the rotation (cos/sin constant), identity on features past rotary_embedding_dim",
     "gradient": "g_x = vjp_x(g_y): the plain gradient (the relevance arrays are gradients)",
+    # Zennit 1.0.0's rules (docs/zennit-conventions.md): a weight layer z = W a + b, v+ = max(v, 0), v- = min(v, 0),
+    # stab(z) = z + s sign(z) with sign(0) = +1 and s the rule's stabilizer; b = 0 with zero_bias
+    "zplus": "zp = W+ a+ + W- a- + b+; G = R / stab(zp); R_a = a+ * W+^T G + a- * W-^T G (b+ absorbs b+ G)",
+    "alpha-beta": "zp = W+ a+ + W- a- + b+, zn = W- a+ + W+ a- + b-; Gp = R / stab(zp), Gn = R / stab(zn); "
+                  "R_a = alpha (a+ W+^T Gp + a- W-^T Gp) - beta (a+ W-^T Gn + a- W+^T Gn)",
+    "gamma": "Wg+ = W + g W+, Wg- = W + g W- (the bias likewise); Gp = [z > 0] R / stab(Wg+ a+ + Wg- a- + b + g b+), "
+             "Gn = [z < 0] R / stab(Wg- a+ + Wg+ a- + b + g b-), z = W a + b the layer's output (its bias in even "
+             "with zero_bias); R_a = a+ Wg+^T Gp + a- Wg-^T Gp + a+ Wg-^T Gn + a- Wg+^T Gn",
+    "flat": "S the layer's connectivity (every weight and input 1, no bias): R_a = S^T (R / stab(S 1))",
+    "wsquare": "R_a = (W*W)^T (R / stab((W*W) 1 + b*b)) (the squared bias absorbs)",
+    "zbox": "L, H the bounds low, high broadcast to a: d = W a + b - (W+ L + b+) - (W- H + b-); G = R / stab(d); "
+            "R_a = a * W^T G - L * W+^T G - H * W-^T G",
+    "norm": "epsilon with the stabilizer on a parameter-free linear map (pooling, a sum of dynamic tensors): "
+            "R_i = x_i * vjp_i(R / stab(y))",
+    "pass": "R_x = R_y (Zennit's Pass: the activation's derivative replaced by 1)",
 })
 
 
@@ -176,6 +192,13 @@ class SuiteCase:
     def expected(self) -> dict:
         return {e["name"]: np.load(self.dir / e["file"]) for e in self.meta["expected"]}
 
+    @property
+    def canonizers(self) -> list:
+        """Graph rewrites before the rules: ``merge-batchnorm`` (every BatchNormalization folded into the
+        Conv / Gemm before it, Zennit's MergeBatchNorm), ``residual-sum`` (Zennit's ResNet canonizer:
+        the residual addition is a Sum layer with the norm rule); none for most cases."""
+        return self.meta.get("canonizers", [])
+
 
 def folder_of(name: str) -> str:
     """A case's folder: its name with '/' as '--'."""
@@ -213,12 +236,17 @@ def write_case(root: Path, case: Case) -> dict:
     _check_name(case.name)
     d = root / "cases" / folder_of(case.name)
     d.mkdir(parents=True)
-    if isinstance(case.model, Path):  # a zoo model, shared by its cases
+    shared = case.extra.get("model_file")  # a model rewritten for its cases (float64, exact constants)
+    if isinstance(case.model, Path) or shared:  # a zoo model, shared by its cases
         (root / "models").mkdir(exist_ok=True)
-        target = root / "models" / case.model.name
+        name = shared or case.model.name
+        target = root / "models" / name
         if not target.exists():
-            shutil.copyfile(case.model, target)
-        model = f"../../models/{case.model.name}"
+            if isinstance(case.model, Path):
+                shutil.copyfile(case.model, target)
+            else:
+                target.write_bytes(case.model.SerializeToString())
+        model = f"../../models/{name}"
     else:
         (d / "model.onnx").write_bytes(case.model.SerializeToString())
         model = "model.onnx"
@@ -232,7 +260,7 @@ def write_case(root: Path, case: Case) -> dict:
         "expected": [{"name": n, **_save(d / f"expected_{i}.npy", np.asarray(v, dtype=np.float64))}
                      for i, (n, v) in enumerate(case.expected.items())],
         "expected_by": case.source, "reflrp": case.reflrp, "notes": case.notes,
-        **case.facts, **{k: v for k, v in case.extra.items() if k != "output"},
+        **case.facts, **{k: v for k, v in case.extra.items() if k not in ("output", "model_file")},
     }
     (d / "case.json").write_text(_json(meta))
     return {"name": case.name, "path": f"cases/{folder_of(case.name)}", "kind": case.kind,
@@ -435,6 +463,18 @@ def line(o: Outcome) -> str:
 
 # ---------------------------------------------------------------------------------------------- reflrp
 
+def reflrp_call(r: dict) -> tuple[dict, dict]:
+    """How reflrp reproduces a case (its case.json ``reflrp``): the keyword arguments of ``reflrp.load`` and
+    of ``reflrp.explain`` (preset, epsilon, and where the case names them rules=, options=, fold_batchnorm)."""
+    load = {"fold_batchnorm": True} if r.get("fold_batchnorm") else {}
+    call = {"preset": r["preset"], "epsilon": r.get("epsilon")}
+    if r.get("rules"):
+        call["rules"] = {k: tuple(v) if isinstance(v, list) else v for k, v in r["rules"].items()}
+    if r.get("options"):
+        call["options"] = dict(r["options"])
+    return load, call
+
+
 class ReflrpAdapter:
     """The reference backend: reflrp itself under its own conventions (it passes every case they select).
     It checks that its plan gives every node the rule the case names."""
@@ -446,9 +486,12 @@ class ReflrpAdapter:
 
     def __call__(self, case: SuiteCase) -> dict:
         from .explain import explain
-        r = case.meta["reflrp"]
-        att = explain(str(case.model_path), case.inputs, target=case.relevance_out, preset=r["preset"],
-                      epsilon=r.get("epsilon"), dtype="float64", wrt=case.relevance_of, keep=(), fast=self.fast)
+        from .model import load
+        how, call = reflrp_call(case.meta["reflrp"])
+        with warnings.catch_warnings():  # Zennit's box composite takes its bounds on a model without a conv too
+            warnings.filterwarnings("ignore", "options.*reaches no node")
+            att = explain(load(str(case.model_path), **how), case.inputs, target=case.relevance_out, dtype="float64",
+                          wrt=case.relevance_of, keep=(), fast=self.fast, **call)
         planned = {p.node.name: p.rule for p in att.plan.nodes}
         for n in case.nodes:
             if planned.get(n["name"]) != n["rule"]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .conformance import CONVENTIONS, CROSS_CHECK, REFLRP_CONVENTIONS, Case, ConformanceError, selected
+from .conformance import CONVENTIONS, CROSS_CHECK, REFLRP_CONVENTIONS, Case, ConformanceError, reflrp_call, selected
+from .conformance_classic import CLASSIC_FAMILIES, classic_model_cases
 from .onnx_build import (LN_EPS, REGIONS, graph_model, ints, layernorm_decomposed, node, one_node_model, rand,
                          rmsnorm_decomposed, rng_for, scalar)
 from .oracle import (Forward, attention_forward, oracle_attention, oracle_epsilon, oracle_layernorm, oracle_maxpool,
@@ -521,7 +522,8 @@ def gradient_cases():
 
 
 NODE_FAMILIES = (linear_cases, sum_cases, bilinear_cases, gate_cases, softmax_cases, identity_cases, region_cases,
-                 normalizer_cases, layernorm_cases, route_cases, attention_cases, rotary_cases, gradient_cases)
+                 normalizer_cases, layernorm_cases, route_cases, attention_cases, rotary_cases, gradient_cases,
+                 *CLASSIC_FAMILIES)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -628,6 +630,7 @@ def all_cases(models_dir=None, only=None):
     for case in model_cases(models_dir, only):
         if selected(case.name, only):
             yield case
+    yield from classic_model_cases(models_dir, only)
 
 
 def _rules_used(att) -> list:
@@ -644,6 +647,10 @@ def _node_facts(att) -> list:
         facts = {k: v for k, v in p.info.items() if isinstance(v, (str, int, bool))}
         if p.rule is None and "inside the region ending at" in p.why:
             facts["region"] = p.why.split("'")[1]
+        if p.layer is not None:  # a weight layer: its type, and the weight product when the bias is an Add
+            facts["layer"] = p.layer.type
+            if p.layer.bias_add is not None:
+                facts["layer_product"] = p.layer.product.name
         out.append({"name": p.node.name, "op": p.node.op_type, "rule": p.rule, "dynamic": list(p.dynamic),
                     "facts": facts})
     return out
@@ -653,12 +660,13 @@ def complete(case: Case) -> None:
     """Record what reflrp plans for ``case`` (its nodes' rules, the rules used) and, for an oracle case whose
     conventions are reflrp's, check reflrp against the oracle (:data:`CROSS_CHECK`)."""
     from .explain import explain
+    from .model import load
     from .testing import rel_err
     att = getattr(case, "att", None)
     if att is None:
-        r = case.reflrp
-        att = explain(case.model, case.inputs, target=case.relevance_out, preset=r["preset"], epsilon=r["epsilon"],
-                      dtype="float64", wrt=list(case.expected))
+        how, call = reflrp_call(case.reflrp)
+        att = explain(load(case.model, **how), case.inputs, target=case.relevance_out, dtype="float64",
+                      wrt=list(case.expected), **call)
     case.facts = {"rules": _rules_used(att)}
     if case.kind == "node":
         case.facts["nodes"] = _node_facts(att)

@@ -283,3 +283,60 @@ def rotary_forward_and_oracle(X, cos_cache, sin_cache, pos, interleaved, rot_dim
     Rx[..., idx1] = cos * x1 * Gr + sin * x1 * Gi
     Rx[..., idx2] = -sin * x2 * Gr + cos * x2 * Gi
     return back(y), back(Rx)
+
+
+# ------------------------------------------------------------------ Zennit 1.0.0's rules for weight layers
+
+def pos(v):
+    return np.maximum(v, 0.0)
+
+
+def neg(v):
+    return np.minimum(v, 0.0)
+
+
+def oracle_layer_rule(rule: str, p: dict, J, a, b_layer, R):
+    """Zennit 1.0.0's rule ``rule`` (parameters ``p``) on the dense weight layer ``y = J a + b`` over the
+    flattened batch: ``J`` the probed Jacobian (each entry one weight, so ``J+`` is the layer with ``W+``),
+    ``b_layer`` the output at ``a = 0`` (the layer's bias, broadcast), ``R`` the relevance at ``y``; all
+    1-D / 2-D float64. ``stab(z) = z + s sign(z)`` with ``s = p["stabilizer"]``, ``sign(0) = +1``;
+    ``b = 0`` with ``zero_bias``. Formulas: docs/zennit-conventions.md section 2. Returns ``R_a``."""
+    b = np.zeros_like(b_layer) if p.get("zero_bias") else b_layer
+    s = p.get("stabilizer", 1e-6)
+    if rule == "zplus":
+        return _alpha_beta(J, a, b, R, 1.0, 0.0, s)
+    if rule == "alpha-beta":
+        return _alpha_beta(J, a, b, R, p["alpha"], p["beta"], s)
+    if rule == "gamma":
+        return _gamma(J, a, b, J @ a + b_layer, R, p["gamma"], s)
+    if rule == "flat":  # ones for the input and every connection, no bias
+        S = (J != 0).astype(np.float64)
+        return S.T @ safe_div(R, stab(S @ np.ones_like(a), s))
+    if rule == "wsquare":
+        W2 = J * J
+        return W2.T @ safe_div(R, stab(W2 @ np.ones_like(a) + b * b, s))
+    if rule == "zbox":
+        lo, hi = p["low"], p["high"]
+        d = (J @ a + b) - (pos(J) @ lo + pos(b)) - (neg(J) @ hi + neg(b))
+        G = safe_div(R, stab(d, s))
+        return a * (J.T @ G) - lo * (pos(J).T @ G) - hi * (neg(J).T @ G)
+    raise KeyError(rule)
+
+
+def _alpha_beta(J, a, b, R, alpha, beta, s):
+    """``zp = J+ a+ + J- a- + b+``, ``zn = J- a+ + J+ a- + b-``, each stabilised on its own;
+    ``R_a = alpha (a+ J+^T Gp + a- J-^T Gp) - beta (a+ J-^T Gn + a- J+^T Gn)``."""
+    Jp, Jn, ap, an = pos(J), neg(J), pos(a), neg(a)
+    Gp = safe_div(R, stab(Jp @ ap + Jn @ an + pos(b), s))
+    Gn = safe_div(R, stab(Jn @ ap + Jp @ an + neg(b), s))
+    return alpha * (ap * (Jp.T @ Gp) + an * (Jn.T @ Gp)) - beta * (ap * (Jn.T @ Gn) + an * (Jp.T @ Gn))
+
+
+def _gamma(J, a, b, z, R, g, s):
+    """``Jg+ = J + g J+``, ``Jg- = J + g J-`` (the bias likewise); ``Gp = [z > 0] R / stab(Jg+ a+ + Jg- a- +
+    b + g b+)``, ``Gn = [z < 0] R / stab(Jg- a+ + Jg+ a- + b + g b-)`` with ``z`` the layer's own output
+    (its bias in, even with zero_bias); ``R_a = a+ Jg+^T Gp + a- Jg-^T Gp + a+ Jg-^T Gn + a- Jg+^T Gn``."""
+    Jgp, Jgn, ap, an = J + g * pos(J), J + g * neg(J), pos(a), neg(a)
+    Gp = np.where(z > 0, safe_div(R, stab(Jgp @ ap + Jgn @ an + b + g * pos(b), s)), 0.0)
+    Gn = np.where(z < 0, safe_div(R, stab(Jgn @ ap + Jgp @ an + b + g * neg(b), s)), 0.0)
+    return ap * (Jgp.T @ Gp) + an * (Jgn.T @ Gp) + ap * (Jgn.T @ Gn) + an * (Jgp.T @ Gn)

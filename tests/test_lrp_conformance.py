@@ -18,13 +18,16 @@ import pytest
 from reflrp.cli import main
 from reflrp.conformance import (CONVENTIONS, REFLRP_CONVENTIONS, ConformanceError, ReflrpAdapter, Unsupported,
                                 export, junit_xml, load_suite, read_index, run_suite, summary)
-from reflrp.presets import PRESETS
-from reflrp.rules import RULES, Result
+from reflrp.presets import PRESETS, composite
+from reflrp.rules import RULES, SIGNATURES, Result
+from reflrp.rules import classic
 from reflrp.testing import rel_err
 
 ROOT = Path(__file__).resolve().parent.parent
 # the regenerated subset: every node case and one model-level case of each kind
-AGAIN = ["[!m]*", "model/attnlrp/llama", "model/cp-lrp/llama_mask/real-rows", "model/attnlrp/vit/seed-one"]
+AGAIN = ["[!m]*", "model/attnlrp/llama", "model/cp-lrp/llama_mask/real-rows", "model/attnlrp/vit/seed-one",
+         "model/epsilon-plus-flat/cnn_bn", "model/epsilon-gamma-box/mlp_smooth/zero_bias",
+         "model/cp-lrp-gamma/vit/conv0.1.dense0"]
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +42,65 @@ def cases(suite):
     return load_suite(suite)
 
 
+def rules_of(presets) -> set:
+    """Every rule a preset can give a node: its role map, its composite's type map and first-layer map."""
+    return {r for p in presets.values() for r in (*p.roles.values(), *(e.rule for e in (*p.layers, *p.first)))}
+
+
+def without_cases(presets, cases) -> set:
+    """The rules of ``presets`` that no node case is named for."""
+    return rules_of(presets) - {c.rule["name"] for c in cases if c.kind == "node"}
+
+
 def test_every_rule_of_every_preset_has_a_node_case(cases):
-    used = {rule for p in PRESETS.values() for rule in p.roles.values()}
+    used = rules_of(PRESETS)
     assert used <= set(RULES)
+    assert {"zplus", "alpha-beta", "gamma", "flat", "zbox", "norm", "pass"} <= used  # the composites' maps count
     named = {c.rule["name"] for c in cases if c.kind == "node"}
     exercised = {r for c in cases if c.kind == "node" for r in c.rules}
-    assert used - named == set(), f"rules of a preset without a case: {sorted(used - named)}"
+    assert without_cases(PRESETS, cases) == set(), f"rules of a preset without a case: {sorted(used - named)}"
+    assert set(RULES) - named == set()  # every registered rule too (wsquare is in no preset)
     assert used <= exercised
     for c in cases:
         assert c.rule["name"] in c.rules or c.kind == "model", c.name
 
 
+def test_the_check_for_rules_without_cases_can_fail(cases):
+    """The check above finds a rule whose cases are gone, and a composite rule that no case is named for."""
+    assert without_cases(PRESETS, [c for c in cases if c.rule["name"] != "zbox"]) == {"zbox"}
+    made = composite("made-up", [("conv", "wsquare")], first=[(("conv", "dense"), "flat")])
+    assert without_cases({"made-up": made}, [c for c in cases if c.rule["name"] not in ("wsquare", "flat")]) == \
+        {"wsquare", "flat"}
+
+
+def test_every_weight_layer_rule_has_cases_on_every_weight_op_and_every_composite_has_model_cases(cases):
+    ops = defaultdict(set)
+    for c in cases:
+        if c.kind == "node":
+            ops[c.rule["name"]] |= {n["op"] for n in c.nodes if n["rule"] == c.rule["name"]} | \
+                {n["op"] for n in c.nodes if n["rule"] is None and c.rule["name"] in RULES}
+    for rule in RULES:
+        if SIGNATURES[rule].layer:
+            assert {"Conv", "ConvTranspose", "Gemm", "MatMul"} <= ops[rule], (rule, ops[rule])
+            folded = [c for c in cases if c.rule["name"] == rule and "merge-batchnorm" in c.canonizers]
+            assert {n["op"] for c in folded for n in c.nodes} >= {"Conv", "Gemm", "ConvTranspose"}, rule
+            assert any(c.rule.get("zero_bias") for c in cases if c.rule["name"] == rule) or rule == "flat", rule
+    assert {"AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Sum"} <= ops["norm"]
+    assert {"Relu", "BatchNormalization"} <= ops["pass"]
+    presets = {c.rule["preset"] for c in cases if c.kind == "model"}
+    assert {name for name, p in PRESETS.items() if p.layers} <= presets
+    zennit = [c for c in cases if "zennit_check" in c.meta]
+    assert len({c.meta["fixture"] for c in zennit}) == 14 and max(c.meta["zennit_check"]["max_rel_err"]
+                                                                 for c in zennit) <= 1e-8
+
+
 def test_every_zoo_model_with_an_lxt_golden_has_model_cases(cases):
     zoo = {p.name[:-len(".lxt.npz")] for p in (ROOT / "models").glob("*.lxt.npz")}
-    have = {c.meta["zoo"] for c in cases if c.kind == "model"}
+    have = {c.meta["zoo"] for c in cases if c.kind == "model" and "lxt_check" in c.meta}
     assert have == zoo
     for c in cases:
         if c.kind == "model":
-            assert c.meta["lxt_check"]["max_rel_err"] <= 1e-6, c.name
+            assert c.meta.get("lxt_check", c.meta.get("zennit_check"))["max_rel_err"] <= 1e-6, c.name
             assert c.conventions["seed"] in CONVENTIONS["seed"]
 
 
@@ -75,10 +119,11 @@ def test_variants_of_a_convention_expect_different_relevance(cases):
             if c.kind == "node":
                 groups[(c.name.rsplit("/", 1)[0], json.dumps(c.rule, sort_keys=True), key, rest)].append(c)
             elif key == "seed":  # the zoo's fully masked rows have reflrp's convention only (LXT's is its golden)
-                groups[(c.meta["zoo"], c.rule["preset"], "real-rows" in c.name, key, rest)].append(c)
+                model = c.meta.get("fixture") or c.meta["zoo"]
+                groups[(model, json.dumps(c.rule, sort_keys=True), "real-rows" in c.name, key, rest)].append(c)
     assert len(groups) > 20
     for (base, *_, key, _), group in groups.items():
-        if group[0].kind == "model" and len(group) == 1:  # the seed of 1 only for llama, vit, bert
+        if group[0].kind == "model" and len(group) == 1:  # the seed of 1 only for a few models
             continue
         assert len({c.conventions[key] for c in group}) == len(CONVENTIONS[key]), (base, key)
         a, b = group[0].expected, group[1].expected
@@ -95,7 +140,7 @@ def _files(root: Path, names) -> dict:
 
 def test_regenerating_gives_identical_bytes(suite, tmp_path):
     names = export(tmp_path / "again", only=AGAIN)
-    assert len(names) > 150 and sum(n.startswith("model/") for n in names) == 3
+    assert len(names) > 300 and sum(n.startswith("model/") for n in names) == 6
     again, first = _files(tmp_path / "again", names), _files(suite, names)
     assert set(again) <= set(first)
     assert [k for k in again if again[k] != first[k]] == []
@@ -117,7 +162,9 @@ def test_reflrp_passes_every_case_its_conventions_select(suite, cases):
 
 
 def test_reflrp_passes_without_its_speed_layer(suite):
-    outcomes = run_suite(suite, ReflrpAdapter(fast=False), only=["[!m]*", "model/attnlrp/llama_past/real-rows"])
+    outcomes = run_suite(suite, ReflrpAdapter(fast=False), only=["[!m]*", "model/attnlrp/llama_past/real-rows",
+                                                                 "model/epsilon-gamma-box/resnet*",
+                                                                 "model/cp-lrp-gamma/vit/conv0.25.dense0.05"])
     assert {o.status for o in outcomes} == {"pass", "skipped"}
     assert max(o.error for o in outcomes if o.status == "pass") <= 1e-10
 
@@ -141,6 +188,43 @@ def test_a_broken_adapter_fails_exactly_the_cases_of_its_rule(suite, cases, monk
     assert failed == want
     assert {"model/attnlrp/llama", "model/attnlrp/bert", "bilinear-uniform/softmax-av/eps0"} <= failed
     assert "model/cp-lrp/llama" not in failed and "attention/3d-mha/eps0" not in failed
+
+
+def gamma_on_the_wrong_parts(ctx, inputs, outputs, R_out):
+    """A wrong LRP-gamma: the weights' negative parts amplified where the positive ones belong (``Wg+ = W + g W-``,
+    ``Wg- = W + g W+``); otherwise Zennit's rule (reflrp.rules.classic.gamma_rule)."""
+    L = classic.Layer(ctx, inputs)
+    xp, R, z = ctx.xp, R_out[0], outputs[0]
+    g = L.W.dtype.type(ctx.params["gamma"])
+    (ap, an), (Wp, Wn), (bp, bn) = classic.split(xp, L.a), classic.split(xp, L.W), classic.split(xp, L.b)
+    Wgp, Wgn = L.W + g * Wn, L.W + g * Wp
+    bgp, bgn = (None, None) if L.b is None else (L.b + g * bp, L.b + g * bn)
+    Gp = xp.where(z > 0, ctx.ratio(R, L.run(ap, Wgp, bgp) + L.run(an, Wgn)), R.dtype.type(0))
+    Gn = xp.where(z < 0, ctx.ratio(R, L.run(ap, Wgn, bgn) + L.run(an, Wgp)), R.dtype.type(0))
+    P_a, P_b = L.signed(ap, an, Wgp, Wgn, bgp, Gp)
+    N_a, N_b = L.signed(ap, an, Wgn, Wgp, bgn, Gn)
+    return L.result(P_a + N_a, None if P_b is None else P_b + N_b, 0.0)
+
+
+def test_a_wrong_gamma_fails_exactly_the_cases_of_gamma(suite, cases, monkeypatch):
+    """Negative control of the classic half: gamma on the wrong sign of the weights fails every node and model
+    case that exercises gamma with a gamma > 0 (at gamma = 0 both parts are W: nothing to see) and passes the
+    others, among them Zennit's box composite on an MLP (no conv: no gamma)."""
+    monkeypatch.setitem(RULES, "gamma", gamma_on_the_wrong_parts)
+    only = ["gamma/*", "zplus/conv2d-bias/*", "model/epsilon-gamma-box*/cnn_bn*", "model/epsilon-gamma-box/mlp*",
+            "model/epsilon-plus/resnet", "model/cp-lrp-gamma/*"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the wrong rule's books do not close
+        outcomes = run_suite(suite, ReflrpAdapter(), only=only)
+    by_name = {c.name: c for c in cases}
+    failed = {o.name for o in outcomes if o.status == "fail"}
+    flat_zero = {"model/cp-lrp-gamma/vit/conv0.dense0", "model/cp-lrp-gamma/vit/conv0.dense0.stabilizer1e-15"}
+    want = {o.name for o in outcomes if "gamma" in by_name[o.name].rules and o.status != "skipped"} - flat_zero
+    assert failed == want
+    assert len([n for n in failed if n.startswith("gamma/")]) == len([c for c in cases if c.rule["name"] == "gamma"])
+    assert {"model/epsilon-gamma-box/cnn_bn", "model/cp-lrp-gamma/vit/conv0.25.dense0.05"} <= failed
+    passed = {o.name for o in outcomes if o.status == "pass"}
+    assert {"model/epsilon-gamma-box/mlp", "model/cp-lrp-gamma/vit/conv0.dense0", "zplus/conv2d-bias/default"} <= passed
 
 
 class _Picky:

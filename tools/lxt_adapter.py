@@ -56,6 +56,18 @@ def _lxt_explicit():
     return rules, functional
 
 
+# the rules LXT has a primitive for ("pass", Zennit's name for the identity rule, as LXT's identity rule)
+LXT_RULES = {"epsilon", "bilinear-uniform", "bilinear-cp", "gate-uniform", "gate-up", "normalizer", "identity", "pass",
+             "region", "layernorm", "softmax", "attention", "attention-cp", "rotary", "route", "gradient"}
+
+
+def _supported(case) -> None:
+    used = {n["rule"] for n in case.nodes if n["rule"]}
+    if used - LXT_RULES:
+        raise Unsupported(f"LXT 2.1 has no {', '.join(sorted(used - LXT_RULES))} rule (Zennit's classic rules: "
+                          "tools/zennit_adapter.py)")
+
+
 def _leaves(case):
     torch = _torch()
     return {n: torch.tensor(v, requires_grad=v.dtype.kind == "f") for n, v in case.inputs.items()}
@@ -71,6 +83,7 @@ class Efficient:
     def __call__(self, case) -> dict:
         if case.kind == "model":
             return lxt_model_case(case)
+        _supported(case)
         torch = _torch()
         from torch_common import float64_mode
         g = CaseGraph(case)
@@ -98,7 +111,7 @@ class Efficient:
         if rule == "identity" and node.op_type == "RMSNormalization":
             ns = SimpleNamespace(weight=args[1], variance_epsilon=_attr(node, "epsilon", 1e-5))
             return (patches.rms_norm_forward(ns, args[0]),)
-        if rule == "identity":
+        if rule in ("identity", "pass"):
             (i,) = dyn
             return (lxt.identity_rule_implicit(lambda t: fn(*with_arg(args, i, t))[0], args[i]),)
         if rule == "region":
@@ -149,6 +162,7 @@ class Explicit:
     def __call__(self, case) -> dict:
         if case.kind == "model":
             raise Unsupported("LXT 2.1's explicit mode has no patch maps for the zoo's HF models")
+        _supported(case)
         torch = _torch()
         g = CaseGraph(case)
         leaves = _leaves(case)
@@ -183,7 +197,7 @@ class Explicit:
             return (rules.identity_fn.apply(lambda t: fn(*with_arg(fixed, keep, t))[0], args[keep]),)
         if rule == "identity" and node.op_type == "RMSNormalization":
             return (functional.rms_norm_identity_fn.apply(args[0], args[1], _attr(node, "epsilon", 1e-5)),)
-        if rule == "identity":
+        if rule in ("identity", "pass"):
             (i,) = dyn
             return (rules.identity_fn.apply(lambda t: fn(*with_arg(args, i, t))[0], args[i]),)
         if rule == "region":
@@ -225,10 +239,38 @@ def _explicit_attention(node, args, eps, cp):
 
 # ---------------------------------------------------------------------------------------------- models
 
+def lxt_vit_gamma_case(case) -> dict:
+    """LXT's vision-transformer recipe (``cp-lrp-gamma``: its cp-lrp map, ``monkey_patch_zennit`` and Zennit's
+    Gamma on the conv and every Linear; tools/make_zennit_goldens.py's ``vit_recipe``) on the case's feeds, in
+    a subprocess (LXT patches globally)."""
+    if case.meta.get("zoo") != "vit":
+        raise Unsupported("LXT documents the gamma recipe for vision transformers (the zoo's vit)")
+    o = case.rule["options"]
+    setting = f"{o['conv.gamma']!r},{o['dense.gamma']!r},{o['stabilizer']!r}"
+    with tempfile.TemporaryDirectory() as tmp:
+        feeds, out = Path(tmp) / "feeds.npz", Path(tmp) / "out.npz"
+        np.savez(feeds, **case.inputs)
+        tool = Path(__file__).resolve().parent / "make_zennit_goldens.py"
+        r = subprocess.run([sys.executable, str(tool), "--vit-case", setting, str(feeds), str(out)],
+                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if r.returncode != 0:
+            raise RuntimeError(f"LXT ViT worker failed: {r.stderr[-1500:]}")
+        with np.load(out) as z:
+            got = {k: z[k] for k in z.files}
+    if got["target"].tolist() != case.meta["target"]:
+        raise AssertionError(f"LXT's target {got['target'].tolist()} differs from the case's {case.meta['target']}")
+    (rel,) = [v for k, v in got.items() if k.endswith(":relevance")]
+    return {case.relevance_of[0]: rel}
+
+
 def lxt_model_case(case) -> dict:
     """A model-level case: tools/make_lxt_goldens.py's worker (LXT's patch map on the zoo model rebuilt
     from its config, float64, seeded with the target logit) on the case's feeds, in a subprocess."""
+    if "zoo" not in case.meta:
+        raise Unsupported("LXT has no classic-rule composites (Zennit's); see tools/zennit_adapter.py")
     zoo, preset = case.meta["zoo"], case.meta["reflrp"]["preset"]
+    if preset == "cp-lrp-gamma":
+        return lxt_vit_gamma_case(case)
     with tempfile.TemporaryDirectory() as tmp:
         feeds = Path(tmp) / "feeds.npz"
         np.savez(feeds, **case.inputs)

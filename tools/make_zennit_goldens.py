@@ -303,22 +303,14 @@ def vit_key(gc, gl, st):
     return f"gamma.conv={gf(gc)},linear={gf(gl)}" + ("" if st == ST else f",stabilizer={gf(st)}")
 
 
-def vit_worker(out: Path) -> None:
-    """LXT 2.1's ViT recipe (examples/vit_torch.py) on the zoo's HF ViT, float64.
-
-    LXT documents it for torchvision's ViT: ``monkey_patch(vision_transformer)`` (its cp_LRP map:
-    identity rule on GELU, LayerNorm with the std held constant, q/k of the attention detached)
-    and ``monkey_patch_zennit()``, then per setting
-    ``LayerMapComposite([(nn.Conv2d, Gamma(conv)), (nn.Linear, Gamma(lin))])`` registered on the
-    model, ``y[0, argmax].backward()`` and relevance = input * input.grad.  For HF's ViT the same
-    rules come from LXT's pieces (tools/make_lxt_goldens.py, preset cp-lrp, map ``_vit_map``).
-    The *_exact entries repeat a setting with LXT's two 1e-10 stabilisers removed (the division by
-    the layer input in its patched BasicHook.backward and the identity rule's f(x)/(x+1e-10))."""
+def vit_recipe():
+    """LXT's ViT recipe set up (LXT's cp-lrp map and its Zennit patch applied; see :func:`vit_worker`):
+    returns ``run(x, conv_gamma, linear_gamma, stabilizer) -> (logits, target, relevance)`` and the map's name."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers  # noqa: F401  (before the torchvision stand-in, like torch_common.import_lxt)
     zm.install_torchvision_standin()
     torch.set_num_threads(1)
-    from make_lxt_goldens import _patch, _ref_feeds
+    from make_lxt_goldens import _patch
     from torch_common import float64_mode as _float64_mode
     from zoo import build_model
     wrapper, _, _ = build_model("vit")
@@ -330,10 +322,9 @@ def vit_worker(out: Path) -> None:
     wrapper.model.double().eval()
     for p in wrapper.parameters():
         p.requires_grad_(False)
-    x_np = _ref_feeds("vit")["pixel_values"]
     mode = _float64_mode()
 
-    def run(gc, gl, st):
+    def run(x_np, gc, gl, st):
         comp = LayerMapComposite([(torch.nn.Conv2d, Gamma(gc, stabilizer=st)),
                                   (torch.nn.Linear, Gamma(gl, stabilizer=st))])
         comp.register(wrapper)
@@ -344,6 +335,40 @@ def vit_worker(out: Path) -> None:
         y[torch.arange(y.shape[0]), target].sum().backward()   # rows are independent
         comp.remove()
         return y.detach(), target, (x * x.grad).detach()
+    return run, desc
+
+
+def vit_case_worker(settings: str, feeds: Path, out: Path) -> None:
+    """The recipe on ``feeds`` (npz with ``pixel_values``) for each ``conv,linear,stabilizer`` of ``settings``
+    (``;``-separated): ``out`` holds ``<vit_key>:relevance`` and ``target`` (tools/lxt_adapter.py)."""
+    run, _ = vit_recipe()
+    with np.load(feeds) as z:
+        x_np = z["pixel_values"]
+    arrays = {}
+    for item in settings.split(";"):
+        gc, gl, st = (float(v) for v in item.split(","))
+        _, target, rel = run(x_np, gc, gl, st)
+        arrays[f"{vit_key(gc, gl, st)}:relevance"], arrays["target"] = rel.numpy(), target.numpy().astype(np.int64)
+    np.savez(out, **arrays)
+
+
+def vit_worker(out: Path) -> None:
+    """LXT 2.1's ViT recipe (examples/vit_torch.py) on the zoo's HF ViT, float64.
+
+    LXT documents it for torchvision's ViT: ``monkey_patch(vision_transformer)`` (its cp_LRP map:
+    identity rule on GELU, LayerNorm with the std held constant, q/k of the attention detached)
+    and ``monkey_patch_zennit()``, then per setting
+    ``LayerMapComposite([(nn.Conv2d, Gamma(conv)), (nn.Linear, Gamma(lin))])`` registered on the
+    model, ``y[0, argmax].backward()`` and relevance = input * input.grad.  For HF's ViT the same
+    rules come from LXT's pieces (tools/make_lxt_goldens.py, preset cp-lrp, map ``_vit_map``).
+    The *_exact entries repeat a setting with LXT's two 1e-10 stabilisers removed (the division by
+    the layer input in its patched BasicHook.backward and the identity rule's f(x)/(x+1e-10))."""
+    from make_lxt_goldens import _ref_feeds
+    recipe, desc = vit_recipe()
+    x_np = _ref_feeds("vit")["pixel_values"]
+
+    def run(gc, gl, st):
+        return recipe(x_np, gc, gl, st)
 
     arrays, settings = {"inputs:pixel_values": x_np}, []
     for gc, gl, st in VIT_SETTINGS:
@@ -396,9 +421,13 @@ def main(argv=None) -> int:
     ap.add_argument("--vit", action="store_true", help="only models/vit.gamma.npz")
     ap.add_argument("--no-vit", action="store_true")
     ap.add_argument("--vit-worker", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--vit-case", nargs=3, metavar=("SETTINGS", "FEEDS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.vit_worker:
         vit_worker(args.vit_worker)
+        return 0
+    if args.vit_case:
+        vit_case_worker(args.vit_case[0], Path(args.vit_case[1]), Path(args.vit_case[2]))
         return 0
     torch.set_num_threads(1)
     if not args.vit:

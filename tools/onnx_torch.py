@@ -61,6 +61,16 @@ def _conv(a, x, w, b=None):
                 groups=a.get("group", 1))
 
 
+def _conv_transpose(a, x, w, b=None):
+    d = x.dim() - 2
+    if "output_shape" in a or _s(a.get("auto_pad", "NOTSET")) != "NOTSET":
+        raise NotImplementedError("ConvTranspose with output_shape or auto_pad")
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[d]
+    return conv(x, w, b, stride=a.get("strides", [1] * d), padding=_pads(a, d),
+                output_padding=a.get("output_padding", [0] * d), groups=a.get("group", 1),
+                dilation=a.get("dilations", [1] * d))
+
+
 def _gemm(a, A, B, C=None):
     A = A.transpose(0, 1) if a.get("transA", 0) else A
     B = B.transpose(0, 1) if a.get("transB", 0) else B
@@ -215,7 +225,7 @@ def rotary(a, X, cos, sin, pos=None):
 
 
 OPS = {
-    "MatMul": lambda a, x, y: torch.matmul(x, y), "Gemm": _gemm, "Conv": _conv,
+    "MatMul": lambda a, x, y: torch.matmul(x, y), "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv_transpose,
     "Einsum": lambda a, *xs: torch.einsum(_s(a["equation"]), *xs),
     "Add": lambda a, x, y: x + y, "Sub": lambda a, x, y: x - y, "Mul": lambda a, x, y: x * y,
     "Div": lambda a, x, y: x / y, "Pow": lambda a, x, y: torch.pow(x, y), "Sum": lambda a, *xs: reduce(torch.add, xs),
