@@ -153,3 +153,47 @@ def test_bad_interventions(spec, needle):
     assert repr(t) in str(err.value)  # the error names the tensor
     with pytest.raises(reflrp.ReflrpError, match="no tensor 'nope'"):
         m.run(f, interventions={"nope": {"units": [0], "scale": 1.0}})
+
+
+SENT = zoo.MODELS.parent / "demo" / "sentiment.onnx"
+
+
+def sentiment_rows(n):
+    with np.load(SENT.with_name("sentiment_test.npz")) as z:
+        return {"input_ids": z["input_ids"][:n], "labels": z["labels"][:n]}
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "occlusion"])
+def test_attribute_with_interventions_equals_the_edited_graph(method):
+    """reflrp.attribute(..., interventions=) against the same method on an ONNX copy with a Where node
+    zeroing every other unit of the first MLP activation (built with onnx.helper)."""
+    rows = sentiment_rows(3)
+    feeds = {"input_ids": rows["input_ids"]}
+    n = reflrp.load(SENT).run(feeds, intermediates=["gelu"])["gelu"].shape[-1]
+    units = list(range(0, n, 2))
+    mask = np.zeros(n, bool)
+    mask[units] = True
+    edited = reflrp.load(edited_onnx(SENT, "gelu", "Where", np.zeros(n), mask))
+    got = reflrp.attribute(SENT, feeds, method, interventions={"gelu": {"units": units, "zero": True}})
+    want = reflrp.attribute(edited, feeds, method)
+    plain = reflrp.attribute(SENT, feeds, method)
+    assert zoo.rel_err(got.full, want.full) <= 1e-12 and np.array_equal(got.target, want.target)
+    assert zoo.rel_err(got.full, plain.full) > 1e-3  # the intervention changes the attribution
+
+
+def test_evaluate_with_interventions_equals_the_edited_graph():
+    rows = sentiment_rows(6)
+    n = reflrp.load(SENT).run({"input_ids": rows["input_ids"]}, intermediates=["gelu"])["gelu"].shape[-1]
+    units = list(range(0, n, 2))
+    scale = np.ones(n, np.float32)
+    scale[units] = 3.0
+    kw = dict(methods=["attnlrp", "random"], steps=4, bootstrap=50, progress=False)
+    got = reflrp.evaluate(SENT, rows, interventions={"gelu": {"units": units, "scale": 3.0}}, **kw)
+    want = reflrp.evaluate(reflrp.load(edited_onnx(SENT, "gelu", "Mul", scale)), rows, **kw)
+    plain = reflrp.evaluate(SENT, rows, **kw)
+    for name in kw["methods"]:
+        assert zoo.rel_err(got.methods[name].morf, want.methods[name].morf) <= 1e-9
+        assert zoo.rel_err(got.methods[name].lerf, want.methods[name].lerf) <= 1e-9
+    assert zoo.rel_err(got.clean, plain.clean) > 1e-3
+    with pytest.raises(InterventionError, match="no tensor 'nope'"):
+        reflrp.evaluate(SENT, rows, interventions={"nope": {"add": 1.0}}, **kw)
