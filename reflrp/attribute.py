@@ -160,11 +160,11 @@ def make_subject(model, wrt=None, output=None, patch=None, dtype="float64", batc
                    rows if batched else 1)
 
 
-def intervened(model, interventions, feeds):
+def intervened(model, interventions, feeds, dtype=None):
     """``model`` (a Model or a path) with ``interventions`` inserted (reflrp.interventions); itself without."""
     from .model import Model, load
     model = model if isinstance(model, Model) else load(model)
-    return model.intervened(interventions, feeds) if interventions else model
+    return model.intervened(interventions, feeds, dtype) if interventions else model
 
 
 def fed_at(model, name: str):
@@ -340,7 +340,7 @@ def attribute(model, feeds: Mapping[str, Any], method: str = "attnlrp", target: 
             raise ReflrpError("attribute(): pass interventions= with a model, not with a prepared Subject")
         subject = model
     else:
-        subject = make_subject(intervened(model, interventions, feeds), wrt, output, patch, dtype, batch_size)
+        subject = make_subject(intervened(model, interventions, feeds, dtype), wrt, output, patch, dtype, batch_size)
     settings = baselines.settings(method, steps=steps, baseline=baseline, samples=samples, noise=noise, seed=seed,
                                   epsilon=epsilon)
     x = value_of(subject, feeds)

@@ -250,7 +250,7 @@ def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mod
         extras = {k: v[:n] for k, v in extras.items()}
     if n == 0:
         raise FeedError("the dataset has no samples")
-    subject = make_subject(intervened(model, interventions, feeds), wrt, output, patch, dtype, batch_size)
+    subject = make_subject(intervened(model, interventions, feeds, dtype), wrt, output, patch, dtype, batch_size)
     x = value_of(subject, feeds)
     units = subject.units(x)
     classes, target_used = _classes(subject, feeds, extras.get(labels), target, labels)

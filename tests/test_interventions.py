@@ -197,3 +197,13 @@ def test_evaluate_with_interventions_equals_the_edited_graph():
     assert zoo.rel_err(got.clean, plain.clean) > 1e-3
     with pytest.raises(InterventionError, match="no tensor 'nope'"):
         reflrp.evaluate(SENT, rows, interventions={"nope": {"add": 1.0}}, **kw)
+
+
+def test_a_float64_run_uses_the_values_unrounded():
+    """1 + 1e-9 is 1.0 in float32: a float64 run must still see the scale (and a float32 run must not)."""
+    m, f = zoo.model("llama"), zoo.feeds("llama")
+    (t,), _ = inner_tensors("llama", 1, 7)
+    spec = {t: {"units": [0, 1, 2], "scale": 1 + 1e-9}}
+    plain64, scaled64 = m.run(f, dtype="float64")["logits"], m.run(f, dtype="float64", interventions=spec)["logits"]
+    assert 0 < np.abs(scaled64 - plain64).max() < 1e-6
+    assert np.array_equal(m.run(f, interventions=spec)["logits"], m.run(f)["logits"])
