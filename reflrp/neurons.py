@@ -225,7 +225,7 @@ td,th{border:1px solid #ccc;padding:2px 8px;text-align:right} th{background:#f4f
 .scalelabel{font-size:11px;color:#555;margin-top:4px}"""
 
 
-def _heatmap(tokens, ref: Reference, clean) -> str:
+def _heatmap(tokens, ref: Reference, clean, label: str = "") -> str:
     """One reference sample as tokens coloured by the unit's value / its largest |value| in the sample."""
     from .viz import _rgb
     prof = ref.profile
@@ -236,15 +236,18 @@ def _heatmap(tokens, ref: Reference, clean) -> str:
         r, g, b = _rgb(prof[j] / m)
         spans.append(f'<span class="tok{" peak" if j == ref.position else ""}" style="background:rgb({r},{g},{b})" '
                      f'title="{prof[j]:+.4g}">{html.escape(clean(str(tok)))}</span>')
-    return (f'<div class="ref"><span class="meta">#{ref.sample} peak {ref.value:+.3g} at {ref.position} '
+    said = f" {html.escape(label)}," if label else ""
+    return (f'<div class="ref"><span class="meta">#{ref.sample}{said} peak {ref.value:+.3g} at {ref.position} '
             f'(scale ±{m:.3g})</span>{"".join(spans)}</div>')
 
 
 def neurons_html(scan_: Scan, stats: UnitStats, units: Sequence[int], tokens_of, n: int = 5,
-                 title: str = "reflrp: neurons", subtitle: str = "") -> str:
+                 title: str = "reflrp: neurons", subtitle: str = "", label_of=None) -> str:
     """The page of ``reflrp neurons``: the units' statistics, then per unit its RelMax and ActMax
     reference samples side by side as token heatmaps (``tokens_of(i)``: sample i's token strings, or
-    None for positions). Each sample is coloured on its own scale (shown beside it), so the peak is red."""
+    None for positions; ``label_of(i)``: a note on sample i, e.g. its explained target). Each sample is
+    coloured on its own scale (shown beside it), so the peak is red."""
+    label_of = label_of or (lambda i: "")
     from .viz import clean_token, colour_scale
     rel = scan_.references(units, n, "relevance")
     act = scan_.references(units, n, "activation") if scan_.activation else {}
@@ -261,10 +264,12 @@ def neurons_html(scan_: Scan, stats: UnitStats, units: Sequence[int], tokens_of,
              f"<table>{head}{body}</table>"]
     for u in units:
         cols = [f'<div class="col"><h4>RelMax (relevance)</h4>'
-                + "".join(_heatmap(tokens_of(r.sample), r, clean_token) for r in rel[int(u)]) + "</div>"]
+                + "".join(_heatmap(tokens_of(r.sample), r, clean_token, label_of(r.sample)) for r in rel[int(u)])
+                + "</div>"]
         if act:
             cols.append(f'<div class="col"><h4>ActMax (activation)</h4>'
-                        + "".join(_heatmap(tokens_of(r.sample), r, clean_token) for r in act[int(u)]) + "</div>")
+                        + "".join(_heatmap(tokens_of(r.sample), r, clean_token, label_of(r.sample))
+                                  for r in act[int(u)]) + "</div>")
         parts.append(f'<div class="unit"><h3>unit {int(u)}</h3><div class="cols">{"".join(cols)}</div></div>')
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")

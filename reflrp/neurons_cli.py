@@ -21,8 +21,9 @@ def add_parser(sub) -> None:
     nr.add_argument("--k", type=_positive_int, default=10, help="units shown, and the k of the top-k rate "
                                                                 "(default 10)")
     nr.add_argument("--n", type=_positive_int, default=5, help="reference samples per unit (default 5)")
-    nr.add_argument("--target", help="class index or token name explained for every sample (default: each "
-                                     "sample's argmax, at the last position of a language model)")
+    nr.add_argument("--target", help="class index or token name explained for every sample, or 'labels' (the "
+                                     "inputs' labels array, one per sample); default: each sample's argmax, at the "
+                                     "last position of a language model")
     nr.add_argument("--by", default="relevance", choices=tuple(RANKINGS),
                     help="rank units by mean relevance (default), mean |relevance|, top-k rate, or mean peak "
                          "activation")
@@ -34,8 +35,9 @@ def add_parser(sub) -> None:
     nr.set_defaults(func=cmd_neurons)
 
 
-def _rows(args, model, tok) -> list:
-    """The inputs as one feed dict per sample (text lines unpadded; .npz rows cut to their mask)."""
+def _rows(args, model, tok) -> tuple[list, np.ndarray | None]:
+    """The inputs as one feed dict per sample (text lines unpadded; .npz rows cut to their mask), and the
+    inputs' ``labels`` when they have them."""
     from .cli import UserError
     from .evaluate import load_dataset
     from .neurons import samples
@@ -48,13 +50,13 @@ def _rows(args, model, tok) -> list:
         lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
         if not lines:
             raise UserError(f"--inputs {args.inputs!r} has no text")
-        return [_text_row(model, tok.encode(line).ids) for line in lines]
+        return [_text_row(model, tok.encode(line).ids) for line in lines], None
     data = load_dataset(path)
     feeds = {k: v for k, v in data.items() if k in model.input_names}
     missing = [n for n in model.input_names if n not in feeds and "past_key_values" not in n]
     if missing:
         raise UserError(f"--inputs {args.inputs}: no array for model input(s) {missing}; it holds {sorted(data)}")
-    return [_unpadded(model, row) for row in samples(feeds)]
+    return [_unpadded(model, row) for row in samples(feeds)], data.get("labels")
 
 
 def _ids_input(model):
@@ -80,22 +82,27 @@ def _text_row(model, ids) -> dict:
 
 
 def _unpadded(model, row: dict) -> dict:
-    """A (1, seq) row with an attention mask of ones then zeros, cut to its ones (so a language model's
-    last position is its last token)."""
+    """A (1, seq) row whose attention mask is one block of ones (padding on the left or the right), cut
+    to that block: a language model's last position is then its last token, and no [PAD] is shown."""
     mask = next((v for k, v in row.items() if "attention_mask" in k), None)
     if mask is None or mask.ndim != 2 or mask.all():
         return row
-    n = int(mask[0].sum())
-    if not mask[0, :n].all():
-        return row  # left padding or holes: keep the row as it is
-    seq = mask.shape[1]
-    return {k: (v[:, :n] if v.ndim == 2 and v.shape[1] == seq and v.dtype.kind in "iu" else v) for k, v in row.items()}
+    on = np.flatnonzero(mask[0])
+    if on.size == 0 or on[-1] - on[0] + 1 != on.size:
+        return row  # holes in the mask: keep the row as it is
+    seq, lo, hi = mask.shape[1], int(on[0]), int(on[-1]) + 1
+    return {k: (v[:, lo:hi] if v.ndim == 2 and v.shape[1] == seq and v.dtype.kind in "iu" else v)
+            for k, v in row.items()}
 
 
-def _target(args, tok):
+def _target(args, tok, labels):
     from .cli import UserError
     if args.target is None:
         return None
+    if args.target == "labels":
+        if labels is None:
+            raise UserError("--target labels: the inputs have no 'labels' array")
+        return [int(v) for v in labels]
     if args.target.lstrip("-").isdigit():
         return int(args.target)
     if tok is None:
@@ -111,7 +118,7 @@ def cmd_neurons(args) -> int:
     from .neurons import neurons_html, scan
     model = _load(args.model)
     tok = _tokenizer(args.tokenizer) if args.tokenizer else None
-    rows = _rows(args, model, tok)
+    rows, labels = _rows(args, model, tok)
     ids_name = _ids_input(model)
 
     def tokens_of(i):
@@ -123,7 +130,7 @@ def cmd_neurons(args) -> int:
     for path in (args.html, args.json):
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-    result = scan(model, rows, args.tensor, target=_target(args, tok), preset=args.preset, dtype=args.dtype,
+    result = scan(model, rows, args.tensor, target=_target(args, tok, labels), preset=args.preset, dtype=args.dtype,
                   interventions=_steering(args.steer) or None)
     stats = result.stats(args.k)
     units = [int(u) for u in stats.top(RANKINGS[args.by], args.k)]
@@ -142,9 +149,19 @@ def cmd_neurons(args) -> int:
         Path(args.html).write_text(neurons_html(result, stats, units, tokens_of, n=args.n,
                                                 title=f"reflrp neurons: {args.tensor}",
                                                 subtitle=f"{Path(args.model).name}, preset {args.preset}, units "
-                                                         f"ranked by {args.by}, {stats.n} samples"))
+                                                         f"ranked by {args.by}, {stats.n} samples",
+                                                label_of=lambda i: _explained(result.target[i], tok)))
         print(f"wrote HTML: {args.html}")
     return 0
+
+
+def _explained(target, tok) -> str:
+    """"explained: <class or token>" for a sample's target (one class per row, batch 1)."""
+    t = target[0] if isinstance(target, list) and len(target) == 1 else target
+    if not isinstance(t, int):
+        return ""
+    name = tok.id_to_token(t) if tok is not None else None
+    return f"explained: {name or t}"
 
 
 def _json(args, result, stats, units, tokens_of) -> dict:

@@ -154,3 +154,27 @@ def test_cli_input_errors(tmp_path, capsys):
     np.savez(tmp_path / "other.npz", pixels=np.zeros((2, 3)))
     assert main(["neurons", str(SENT), "--inputs", str(tmp_path / "other.npz"), "--tensor", TENSOR]) == 2
     assert "no array for model input(s) ['input_ids']" in capsys.readouterr().err
+
+
+def test_rows_are_cut_to_their_attention_mask():
+    from reflrp.neurons_cli import _unpadded
+    ids = np.array([[0, 0, 5, 6, 7]])
+    left = _unpadded(None, {"input_ids": ids, "attention_mask": np.array([[0, 0, 1, 1, 1]])})
+    assert left["input_ids"].tolist() == [[5, 6, 7]] and left["attention_mask"].tolist() == [[1, 1, 1]]
+    right = _unpadded(None, {"input_ids": np.array([[5, 6, 0]]), "attention_mask": np.array([[1, 1, 0]])})
+    assert right["input_ids"].tolist() == [[5, 6]]
+    holes = {"input_ids": ids, "attention_mask": np.array([[1, 0, 1, 1, 1]])}
+    assert _unpadded(None, holes) is holes
+
+
+def test_cli_target_labels(tmp_path, capsys):
+    labels = np.array([1, 0, 1, 0])
+    np.savez(tmp_path / "inputs.npz", input_ids=ids()[:4], labels=labels)
+    out = tmp_path / "n.json"
+    assert main(["neurons", str(SENT), "--inputs", str(tmp_path / "inputs.npz"), "--tensor", TENSOR, "--k", "3",
+                 "--target", "labels", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["targets"] == [[1], [0], [1], [0]]
+    np.savez(tmp_path / "plain.npz", input_ids=ids()[:2])
+    assert main(["neurons", str(SENT), "--inputs", str(tmp_path / "plain.npz"), "--tensor", TENSOR,
+                 "--target", "labels"]) == 2
+    assert "no 'labels' array" in capsys.readouterr().err
