@@ -47,7 +47,7 @@ from reflrp.perturbation import bootstrap_ci  # noqa: E402
 KS = (1, 5, 20)
 SCALES = (2.0, 5.0, 10.0, 20.0)
 STEER_KS = (5, 20)
-METHODS = ("relevance", "random", "activation", "|activation|", "grad x act")
+METHODS = ("relevance", "random", "activation", "abs activation", "grad x act")
 GROUPS = ("target", "paraphrase", "same relation", "other relation", "agreement")
 STEERED = ("same relation", "other relation", "agreement")
 SEED = 0
@@ -132,7 +132,7 @@ def unit_scores(model, feeds, answers, tensors: dict) -> dict:
         a = np.asarray(acts[name], np.float64)
         out[name, "relevance"] = np.asarray(att.relevance[name]).sum(axis=1)
         out[name, "activation"] = a[:, -1]
-        out[name, "|activation|"] = np.abs(a).sum(axis=1)
+        out[name, "abs activation"] = np.abs(a).sum(axis=1)
         out[name, "grad x act"] = (np.asarray(grad.relevance[name]) * a).sum(axis=1)
     assert att.conservation.ok, att.conservation.text(top=3)
     return out
@@ -195,7 +195,7 @@ def knockout(model, feeds, answers, facts, items, tensors, draws: int, log) -> d
                     for g in per_fact:
                         per_fact[g].append(acc[g])
                 per_method[method] = {g: summary(v) for g, v in per_fact.items()}
-            table[f"{set_name} k={k}"] = {"tensors": names, "k": k, "methods": per_method}
+            table[f"{set_name} k={k}"] = {"set": set_name, "tensors": names, "k": k, "methods": per_method}
             log(f"knockout {set_name:12s} k={k:2d}: " + ", ".join(
                 f"{m} {per_method[m]['target']['mean']:.3f}" for m in METHODS))
     return {"baseline_probability": summary([base[f.rows].mean() for f in facts]), "table": table}
@@ -226,11 +226,51 @@ def steering(model, feeds, answers, facts, items, tensors, draws: int, log) -> d
                         for g in per_fact:
                             per_fact[g].append(acc[g])
                     per_method[method] = {g: summary(v) for g, v in per_fact.items()}
-                table[f"{set_name} k={k} scale={s:g}"] = {"tensors": names, "k": k, "scale": s, "methods": per_method}
+                table[f"{set_name} k={k} scale={s:g}"] = {"set": set_name, "tensors": names, "k": k, "scale": s,
+                                                          "methods": per_method}
                 log(f"steering {set_name:10s} k={k:2d} s={s:4g}: " + ", ".join(
                     f"{m} " + " / ".join(f"{per_method[m][g]['mean']:.3f}" for g in STEERED) for m in per_method))
     before = {g: summary([np.mean(plain[groups(facts, items, f)[g]] == f.answer) for f in facts]) for g in STEERED}
     return {"unsteered": before, "table": table}
+
+
+def label(row: dict) -> str:
+    """"MLP 0 (mul_366)", "residual 1 (add_751)", "MLP 0 + 1"."""
+    name = row["set"]
+    if name == "mlp layers":
+        return "MLP " + " + ".join(str(i) for i in range(len(row["tensors"])))
+    kind = "MLP" if name.startswith("mlp") else "residual"
+    return f"{kind} {name[-1]} (`{row['tensors'][0]}`)"
+
+
+def cell(v: dict, digits: int = 3) -> str:
+    return f"{v['mean']:.{digits}f} [{v['ci'][0]:.{digits}f}, {v['ci'][1]:.{digits}f}]"
+
+
+def markdown(ko: dict, st: dict | None) -> str:
+    """The tables of docs/latent-features.md from the two JSON files."""
+    out = ["Knockout: drop of p(answer) on the fact's own prompts, mean over facts [95 % CI]", "",
+           "| units zeroed | k | " + " | ".join(METHODS) + " |", "|---|---|" + "---|" * len(METHODS)]
+    for row in ko["table"].values():
+        out.append(f"| {label(row)} | {row['k']} | " + " | ".join(cell(row["methods"][m]["target"]) for m in METHODS) + " |")
+    out += ["", "Specificity of the relevance-chosen units (random units in brackets): drop of p(right token)",
+            "", "| units zeroed | k | own prompts | paraphrase | same relation | other relation | agreement "
+            "| answer lost |", "|---|---|---|---|---|---|---|---|"]
+    for row in ko["table"].values():
+        rel, rnd = row["methods"]["relevance"], row["methods"]["random"]
+        out.append(f"| {label(row)} | {row['k']} | "
+                   + " | ".join(f"{rel[g]['mean']:.3f} ({rnd[g]['mean']:.3f})" for g in GROUPS + ("lost",)) + " |")
+    if st:
+        out += ["", "Steering: fraction of prompts that do not ask for the fact whose greedy next token becomes its "
+                "answer, mean over facts [95 % CI]", "",
+                "| units scaled | k | scale | relevance: same relation | other relation | agreement "
+                "| random: same relation | other relation | agreement |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in st["table"].values():
+            rel, rnd = row["methods"]["relevance"], row["methods"]["random"]
+            out.append(f"| {label(row)} | {row['k']} | {row['scale']:g} | "
+                       + " | ".join(cell(rel[g], 2) for g in STEERED) + " | "
+                       + " | ".join(cell(rnd[g], 2) for g in STEERED) + " |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
@@ -240,7 +280,13 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=8, help="random unit draws per fact (default 8)")
     ap.add_argument("--facts", type=int, help="only the first N facts (a quick run)")
     ap.add_argument("--skip-steering", action="store_true")
+    ap.add_argument("--tables", action="store_true", help="print the Markdown tables of the JSON in --out and stop")
     args = ap.parse_args(argv)
+    if args.tables:
+        steer = args.out / "steering.json"
+        print(markdown(json.loads((args.out / "knockout.json").read_text()),
+                       json.loads(steer.read_text()) if steer.exists() else None))
+        return 0
     t0 = time.time()
 
     def log(msg):
