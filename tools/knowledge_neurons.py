@@ -304,7 +304,8 @@ def main(argv=None) -> int:
     predicted = model.run(feeds)["logits"][:, -1].argmax(-1)
     correct = np.array([predicted[r] in ids for r, ids in enumerate(good_tokens(items))])
     log(f"{len(facts)} facts, {len(items)} prompts, greedy accuracy {correct.mean():.3f}; tensors {tensors}")
-    common = {"model": "demo/tiny_lm.onnx", "sha256": model.sha256, "facts": len(facts), "prompts": len(items),
+    path = (args.demo / "tiny_lm.onnx").resolve()
+    common = {"model": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path), "sha256": model.sha256, "facts": len(facts), "prompts": len(items),
               "accuracy": float(correct.mean()), "tensors": tensors, "random_draws": args.draws,
               "steering_random_draws": max(2, args.draws // 2),
               "ci": "percentile bootstrap over facts, 2000 resamples, seed 0", "preset": "attnlrp",
