@@ -160,6 +160,13 @@ def make_subject(model, wrt=None, output=None, patch=None, dtype="float64", batc
                    rows if batched else 1)
 
 
+def intervened(model, interventions, feeds, dtype=None):
+    """``model`` (a Model or a path) with ``interventions`` inserted (reflrp.interventions); itself without."""
+    from .model import Model, load
+    model = model if isinstance(model, Model) else load(model)
+    return model.intervened(interventions, feeds, dtype) if interventions else model
+
+
 def fed_at(model, name: str):
     """``model`` with tensor ``name`` as a graph input: the node that computed it is dropped, every other
     node and input stays (so the ids still reach their other readers, e.g. a Shape)."""
@@ -296,7 +303,8 @@ def classes_for(subject: Subject, feeds: Mapping, target) -> tuple[np.ndarray, n
 
 def attribute(model, feeds: Mapping[str, Any], method: str = "attnlrp", target: Any = None, *, wrt=None,
               output=None, dtype="float64", epsilon=None, steps: int = 32, baseline: Any = "zero",
-              samples: int = 32, noise: float = 0.15, seed: int = 0, patch=None, batch_size=None) -> Attributions:
+              samples: int = 32, noise: float = 0.15, seed: int = 0, patch=None, batch_size=None,
+              interventions=None) -> Attributions:
     """Relevance per input token or pixel by ``method`` (one of :data:`METHODS`).
 
     Parameters
@@ -317,6 +325,8 @@ def attribute(model, feeds: Mapping[str, Any], method: str = "attnlrp", target: 
         each row; ``seed`` also seeds ``random``.
     patch : image units of ``patch x patch`` pixels (default 1: pixels).
     batch_size : rows per ``model.run`` (default 1024; 1 for a model without a batch axis).
+    interventions : ``{tensor: spec}`` as for ``Model.run``: every method runs on the intervened model
+        (an intervention on ``wrt`` itself fixes the value the methods start from).
     """
     from . import baselines
     from .options import did_you_mean
@@ -325,7 +335,12 @@ def attribute(model, feeds: Mapping[str, Any], method: str = "attnlrp", target: 
                           + (did_you_mean(method, METHODS) if isinstance(method, str) else ""))
     if not isinstance(feeds, Mapping):
         raise FeedError(f"feeds must be a mapping of graph input name to array, not {type(feeds).__name__}")
-    subject = model if isinstance(model, Subject) else make_subject(model, wrt, output, patch, dtype, batch_size)
+    if isinstance(model, Subject):
+        if interventions:
+            raise ReflrpError("attribute(): pass interventions= with a model, not with a prepared Subject")
+        subject = model
+    else:
+        subject = make_subject(intervened(model, interventions, feeds, dtype), wrt, output, patch, dtype, batch_size)
     settings = baselines.settings(method, steps=steps, baseline=baseline, samples=samples, noise=noise, seed=seed,
                                   epsilon=epsilon)
     x = value_of(subject, feeds)

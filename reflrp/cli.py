@@ -1,5 +1,5 @@
-"""The ``reflrp`` command line: explain, plan, verify, golden, check, ops, conformance, evaluate. Its flags
-mirror the Python arguments of :func:`reflrp.explain` one to one."""
+"""The ``reflrp`` command line: explain, generate, plan, verify, golden, check, ops, conformance, evaluate,
+neurons. Its flags mirror the Python arguments of :func:`reflrp.explain` one to one."""
 from __future__ import annotations
 
 import argparse
@@ -626,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.set_defaults(func=cmd_conformance_run)
     from .evaluate_cli import add_parser
     add_parser(sub)
+    from .neurons_cli import add_parser as add_neurons
+    add_neurons(sub)
     return p
 
 

@@ -24,7 +24,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .attribute import MEASURES, METHODS, Subject, attribute, batch_size_of, make_subject, run_at, value_of
+from .attribute import (MEASURES, METHODS, Subject, attribute, batch_size_of, intervened, make_subject, run_at,
+                        value_of)
 from .baselines import baseline_value, check_baseline, check_seed
 from .errors import FeedError, ReflrpError, TargetError
 from .perturbation import bootstrap_ci, curves, precision_at_k
@@ -199,7 +200,7 @@ def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mod
              measure: str = "logit", target: str = "auto", samples: int | None = None, ignore_ids=None,
              labels: str = "labels", ground_truth: str = "decisive", wrt=None, output=None, patch=None,
              dtype="float64", batch_size=None, method_options=None, scores=None, seed: int = 0,
-             bootstrap: int = 2000, progress: bool = True) -> Evaluation:
+             bootstrap: int = 2000, progress: bool = True, interventions=None) -> Evaluation:
     """MoRF / LeRF perturbation curves, ABC with bootstrap 95 % CIs and precision@k for each method.
 
     Parameters
@@ -224,6 +225,8 @@ def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mod
         beside ``methods`` (``methods=()`` evaluates only these).
     seed : seeds the tie-breaking order, the bootstrap, and (unless overridden) random and SmoothGrad.
     bootstrap : bootstrap resamples for the intervals.
+    interventions : ``{tensor: spec}`` as for ``Model.run``: the curves and every method run on the
+        intervened model (e.g. with chosen neurons zeroed).
     """
     from .model import Model, load
     if isinstance(dataset, (str, Path)):
@@ -247,7 +250,7 @@ def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mod
         extras = {k: v[:n] for k, v in extras.items()}
     if n == 0:
         raise FeedError("the dataset has no samples")
-    subject = make_subject(model, wrt, output, patch, dtype, batch_size)
+    subject = make_subject(intervened(model, interventions, feeds, dtype), wrt, output, patch, dtype, batch_size)
     x = value_of(subject, feeds)
     units = subject.units(x)
     classes, target_used = _classes(subject, feeds, extras.get(labels), target, labels)

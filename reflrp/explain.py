@@ -120,7 +120,7 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     if isinstance(feeds, Mapping):
         model = model.for_feeds(feeds)
         if interventions:
-            model = model.intervened(interventions, feeds)
+            model = model.intervened(interventions, feeds, dtype)
     graph = model.graph
     chosen = checks.preset(preset)
     output = checks.output(graph, output)

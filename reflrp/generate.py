@@ -158,6 +158,7 @@ def generate(model, input_ids, max_new_tokens: int, do_sample: bool = False, tem
         raise ReflrpError(f"temperature must be > 0, not {temperature!r}")
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ReflrpError(f"top_k must be a positive integer or None, not {top_k!r}")
+    _check_steps(interventions)
     cached = layout.cached if use_cache is None else bool(use_cache)
     if cached and not layout.cached:
         raise ReflrpError("use_cache=True but the export has no past_key_values inputs / present outputs")
@@ -179,6 +180,16 @@ def generate(model, input_ids, max_new_tokens: int, do_sample: bool = False, tem
     new = tokens[:, ids.shape[1]:]
     return Generation(model, tokens, new, np.stack(chosen_logits, axis=1), ids.shape[1],
                       None if attention_mask is None else mask, interventions)
+
+
+def _check_steps(interventions) -> None:
+    """Every step has another sequence length: an ``add`` vector may span only the unit axis."""
+    from .interventions import InterventionError
+    for name, spec in (interventions or {}).items():
+        if isinstance(spec, dict) and "add" in spec and any(d != 1 for d in np.shape(spec["add"])[:-1]):
+            raise InterventionError(f"interventions[{name!r}]: generate runs other sequence lengths at every step; "
+                                    f"'add' must be one vector over the units (shape (units,)), not "
+                                    f"{np.shape(spec['add'])}")
 
 
 def _next_feeds(model, layout: Layout, cached: bool, tokens, mask, out) -> dict:

@@ -16,8 +16,9 @@ spec                                        inserted node                    rel
 a function ``f(x) -> x'`` (same shape)      ``Apply(t)`` running ``f``       identity
 =========================================== ================================ =========================
 
-Units index the tensor's last axis (``"axis": a`` picks another). Unknown tensors, units out of range,
-vectors that do not broadcast and functions that change the shape are errors naming the tensor.
+Units index the tensor's last axis (``"axis": a`` picks another); ``scale`` and ``set`` take one number or
+one per unit. Unknown tensors, empty or out-of-range units, values that are not numbers, vectors that do
+not broadcast and functions that change the shape are errors naming the tensor.
 """
 from __future__ import annotations
 
@@ -66,6 +67,12 @@ def check_specs(graph: Graph, interventions) -> None:
             raise InterventionError(f"interventions[{name!r}]: give exactly one of scale / set / zero / add, not {actions}")
         if actions[0] != "add" and "units" not in spec:
             raise InterventionError(f"interventions[{name!r}]: {actions[0]!r} needs 'units' (indices on the last axis)")
+        if actions[0] == "add" and "units" in spec:
+            raise InterventionError(f"interventions[{name!r}]: 'add' takes a vector broadcast to the tensor, not 'units' "
+                                    "(put zeros where nothing is added)")
+        if actions[0] == "zero" and spec["zero"] is not True:
+            raise InterventionError(f"interventions[{name!r}]: 'zero' must be True, not {spec['zero']!r} "
+                                    "(leave the intervention out to keep the units)")
 
 
 def edited(graph: Graph, interventions: Mapping, shapes: Mapping[str, tuple], dtypes: Mapping[str, np.dtype]) -> Graph:
@@ -95,7 +102,7 @@ def _inserted(name: str, source: str, spec, shape: tuple, dtype) -> tuple[list[N
     if callable(spec):
         return [Node(tag, "Apply", "reflrp", (source,), (name,), {"fn": spec, "tensor": name})], {}
     if "add" in spec:
-        vector = np.asarray(spec["add"], dtype=dtype)
+        vector = _numbers(name, "add", spec["add"], dtype)
         try:
             np.broadcast_shapes(tuple(shape), vector.shape)
         except ValueError:
@@ -105,12 +112,13 @@ def _inserted(name: str, source: str, spec, shape: tuple, dtype) -> tuple[list[N
     mask_shape, index = _unit_mask(name, spec, shape)
     if "scale" in spec:
         m = np.ones(mask_shape, dtype=dtype)
-        m[index] = spec["scale"]
+        m[index] = _per_unit(name, "scale", spec["scale"], len(index[axis_of(index)]), dtype)
         return [Node(tag, "Mul", "", (source, f"{tag}/scale"), (name,), {})], {f"{tag}/scale": m}
     chosen = np.zeros(mask_shape, dtype=bool)
     chosen[index] = True
     value = np.zeros(mask_shape, dtype=dtype)
-    value[index] = 0 if "zero" in spec else spec["set"]
+    if "set" in spec:
+        value[index] = _per_unit(name, "set", spec["set"], len(index[axis_of(index)]), dtype)
     return ([Node(tag, "Where", "", (f"{tag}/units", f"{tag}/value", source), (name,), {})],
             {f"{tag}/units": chosen, f"{tag}/value": value})
 
@@ -124,12 +132,36 @@ def _unit_mask(name: str, spec, shape: tuple):
     axis %= rank
     n = shape[axis]
     units = np.asarray(spec["units"]).reshape(-1)
-    if units.dtype.kind not in "iu" or (units.size and (units.min() < -n or units.max() >= n)):
+    if units.size == 0:
+        raise InterventionError(f"interventions[{name!r}]: 'units' is empty (axis {axis} has {n} units)")
+    if units.dtype.kind not in "iu" or units.min() < -n or units.max() >= n:
         raise InterventionError(f"interventions[{name!r}]: units {units.tolist()} must be integers in -{n}..{n - 1} "
                                 f"(axis {axis} has {n} units)")
     mask_shape = tuple(n if i == axis else 1 for i in range(rank))
     index = tuple(units % n if i == axis else 0 for i in range(rank))
     return mask_shape, index
+
+
+def axis_of(index: tuple) -> int:
+    """The axis of a unit index from :func:`_unit_mask` (the one entry that is an array)."""
+    return next(i for i, part in enumerate(index) if isinstance(part, np.ndarray))
+
+
+def _numbers(name: str, key: str, value, dtype) -> np.ndarray:
+    try:
+        out = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError):
+        raise InterventionError(f"interventions[{name!r}]: {key!r} must be numbers, not {value!r}") from None
+    return out
+
+
+def _per_unit(name: str, key: str, value, count: int, dtype) -> np.ndarray:
+    """A number, or one number per chosen unit."""
+    out = _numbers(name, key, value, dtype)
+    if out.ndim > 1 or (out.ndim == 1 and out.size != count):
+        raise InterventionError(f"interventions[{name!r}]: {key!r} is one number or one per unit ({count} units), "
+                                f"not shape {out.shape}")
+    return out
 
 
 def _renamed_output(node: Node, old: str, new: str) -> Node:

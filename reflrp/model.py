@@ -30,17 +30,21 @@ class Model:
         self._intervened: dict[tuple, "Model"] = {}
         self._facts: dict[str, tuple] = {}  # tensor -> (shape, dtype) seen in a run, for intervention masks
 
-    def intervened(self, interventions, feeds) -> "Model":
-        """This model with ``interventions`` (reflrp.interventions) inserted; built once per spec set."""
+    def intervened(self, interventions, feeds, dtype: Any = None) -> "Model":
+        """This model with ``interventions`` (reflrp.interventions) inserted; built once per spec set and
+        float policy ``dtype`` (the inserted constants of a float tensor take it, so a float64 run uses the
+        given scales and values unrounded)."""
         from . import interventions as iv
         if not interventions:
             return self
         iv.check_specs(self.graph, interventions)
-        key = iv.key_of(interventions)
+        policy = float_policy(dtype)
+        key = (iv.key_of(interventions), None if policy is None else policy.str)
         if key not in self._intervened:
             self._learn_facts([n for n in interventions if n not in self._facts], feeds)
             shapes = {n: self._facts[n][0] for n in interventions}
-            dtypes = {n: self._facts[n][1] for n in interventions}
+            dtypes = {n: policy if policy is not None and self._facts[n][1].kind == "f" else self._facts[n][1]
+                      for n in interventions}
             graph = iv.edited(self.graph, interventions, shapes, dtypes)
             self._intervened[key] = Model(graph, self.source, self.sha256)
         return self._intervened[key]
@@ -107,7 +111,7 @@ class Model:
             raise FeedError(_run_usage(feeds, dtype))
         model = self.for_feeds(feeds)
         if interventions:
-            model = model.intervened(interventions, feeds)
+            model = model.intervened(interventions, feeds, dtype)
         return model._run(feeds, dtype, intermediates, device, fast)
 
     def _run(self, feeds, dtype, intermediates, device, fast) -> dict:

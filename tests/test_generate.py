@@ -75,3 +75,30 @@ def test_sampling_is_seeded_and_arguments_are_checked(kv):
         reflrp.generate(kv, np.ones((2,)), 3)
     with pytest.raises(reflrp.ReflrpError, match="no past_key_values"):
         reflrp.generate(zoo.MODELS / "llama_ids.onnx", IDS, 2, use_cache=True)
+
+
+def test_interventions_apply_at_every_step(kv):
+    """Steering a generation equals generating with a model whose tensor is scaled by an inserted Mul
+    (onnx.helper), with and without the cache; an 'add' over positions is refused."""
+    import onnx
+    from onnx import helper, numpy_helper
+    proto = onnx.load(str(zoo.MODELS / "llama_past.onnx"))
+    kv_out = kv.run(full_feeds(kv, layout_of(kv), IDS), intermediates=[o for n in kv.graph.nodes for o in n.outputs if o])
+    tensor = next(n.inputs[0] for n in kv.graph.nodes if n.op_type == "MatMul" and n.inputs[1] in kv.graph.initializers
+                  and kv.graph.initializers[n.inputs[1]].shape[0] > kv.graph.initializers[n.inputs[1]].shape[1])
+    width = kv_out[tensor].shape[-1]
+    scale = np.ones(width, np.float32)
+    scale[[0, 3, 5]] = 6.0
+    for node in proto.graph.node:
+        node.output[:] = [tensor + "__raw" if o == tensor else o for o in node.output]
+    proto.graph.initializer.append(numpy_helper.from_array(scale, "steer"))
+    proto.graph.node.append(helper.make_node("Mul", [tensor + "__raw", "steer"], [tensor], name="steer"))
+    edited = reflrp.load(proto.SerializeToString())
+    want = reflrp.generate(edited, IDS, 5)
+    spec = {tensor: {"units": [0, 3, 5], "scale": 6.0}}
+    for use_cache in (True, False):
+        got = reflrp.generate(kv, IDS, 5, interventions=spec, use_cache=use_cache)
+        assert np.array_equal(got.new, want.new) and np.abs(got.logits - want.logits).max() <= 1e-5
+    assert not np.array_equal(want.new, reflrp.generate(kv, IDS, 5).new)  # the steering changes the text
+    with pytest.raises(reflrp.ReflrpError, match="one vector over the units"):
+        reflrp.generate(kv, IDS, 2, interventions={tensor: {"add": np.ones((1, 5, width))}})
