@@ -15,13 +15,14 @@ retrieval  in-context retrieval: "ann has a red ball . tom has a blue cup . what
            -> "a blue cup" (2-4 supporting sentences, names / colours / objects drawn per prompt,
            distinct within a prompt). The supporting fact is "tom has a blue cup". In training,
            each name has a *habit* (a colour and object it usually has): early in training half
-           the facts follow it, later none (HABIT_SCHEDULE). The test stories never ask a habitual
-           fact. Why: binding a name to the words three and four tokens after it is a two-head
-           circuit (gather the owner's name into the colour/object positions, match it against the
-           question's name) that SGD did not find in 6000+ steps from uniform stories (accuracy
-           stayed at "copy any colour of the story"); the habits make each gather useful on its
-           own (the owner's name predicts the colour and object), after which the match head forms
-           within ~1500 steps, and the habits are then trained away.
+           the facts follow it, later none (TRAIN["habit_schedule"]). The test stories never ask a
+           habitual fact. Why: binding a name to the words three and four tokens after it is a
+           two-head circuit (gather the owner's name into the colour/object positions, match it
+           against the question's name) that SGD does not find from uniform stories (measured with
+           this recipe: retrieval 0.03 after 2000 steps without habits, 0.99 at step 1000 with
+           them); the habits make each gather useful on its own (the owner's name predicts the
+           colour and object), after which the match head forms, and the habits are then trained
+           away (habit rate 0 from 70 % of the steps on).
 agreement  subject-verb number agreement across a distractor clause whose noun has the other
            number: "the dog near the cats" -> a singular verb ("runs", "sleeps", ...).
 """
@@ -362,15 +363,16 @@ def evaluate(forward, test_set: dict, pad: int, batch: int = 100) -> dict:
 SEED = 0
 MODEL_CONFIG = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
-                    initializer_range=0.1, rms_norm_eps=1e-6, rope_theta=10000.0, attention_bias=False,
+                    initializer_range=0.02, rms_norm_eps=1e-6, rope_theta=10000.0, attention_bias=False,
                     mlp_bias=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-TRAIN = dict(steps=4000, batch_size=32, lr=3e-3, warmup_steps=200, weight_decay=0.01, betas=[0.9, 0.98],
+TRAIN = dict(steps=4000, batch_size=32, lr=1e-3, warmup_steps=200, weight_decay=0.01, betas=[0.9, 0.98],
              optimizer="AdamW", schedule="linear warmup, cosine decay",
-             mix={"facts": 0.25, "retrieval": 0.5, "agreement": 0.25}, max_questions=6, answer_weight=2.0,
+             mix={"facts": 0.1, "retrieval": 0.8, "agreement": 0.1}, max_questions=8, answer_weight=2.0,
              habit_schedule=[0.5, 0.45, 0.7],
              loss="next-token cross entropy on every token after [BOS] (answers weighted answer_weight)")
-# initializer_range 0.1 (~1/sqrt(hidden)) instead of HF's 0.02: with 0.02 the attention logits start
-# near zero and every head learns slower. habit_schedule [r, a, b]: habit rate r until a fraction a of
+# lr 1e-3 and HF's initializer_range 0.02, retrieval in 80 % of the sequences: with lr 3e-3, init 0.1
+# and 50 % retrieval the model stayed at "copy any colour and any object of the story" (chance) for
+# 4000 steps; with these retrieval jumps to ~100 % near step 750. habit_schedule [r, a, b]: habit rate r until a fraction a of
 # the steps, then linearly down to 0 at b, 0 after.
 
 
@@ -723,7 +725,7 @@ def main(argv=None) -> int:
     tok.save(str(tok_path), pretty=True)
     gt_path.write_text(json.dumps(ground_truth(vocab, test_set), indent=None, separators=(",", ":")) + "\n")
     arrays = {}
-    for task in ("facts", "retrieval", "agreement"):
+    for task in ("facts", "paraphrase", "retrieval", "agreement"):
         path = out / f"tiny_lm_{task}.npz"
         save_npz(path, task_arrays(task, test_set[task], ids["[PAD]"]))
         arrays[task] = path.name
