@@ -53,6 +53,7 @@ function show(k){{const row = D.matrix[k]; const m = Math.max(...row.map(Math.ab
     toks[D.prompt + k].textContent + ')';}}
 toks.filter(t => t.dataset.k !== undefined).forEach(t => {{
   t.addEventListener('mouseenter', () => show(+t.dataset.k)); t.addEventListener('click', () => show(+t.dataset.k)); }});
-if (D.matrix.length) show(D.matrix.length - 1);
+const pick = location.hash.match(/k=(\\d+)/);  // page.html#k=0 opens on the first generated token
+if (D.matrix.length) show(pick && +pick[1] < D.matrix.length ? +pick[1] : D.matrix.length - 1);
 </script></body></html>
 """
