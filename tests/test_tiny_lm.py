@@ -213,4 +213,4 @@ def test_cli_generates_the_answer_and_writes_the_html(tmp_path, capsys):
     line = next(s for s in out.splitlines() if ">>" in s)
     assert line.split(">>")[1].split() == ["a", "blue", "cup"]
     page = html.read_text()
-    assert "blue" in page and "cup" in page and '"matrix"' in page
+    assert "blue" in page and "cup" in page and '"matrix"' in page and 'id="sep"' in page  # where generation begins
