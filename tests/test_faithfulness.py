@@ -23,6 +23,8 @@ DEMO = Path(__file__).resolve().parent.parent / "demo"
 SENT, DIGITS, TOK = DEMO / "sentiment.onnx", DEMO / "digits_vit.onnx", DEMO / "sentiment_tokenizer.json"
 PAD, CLS = 0, 2
 N_CI = 48   # sentences for the AttnLRP-vs-random interval test
+TINY_LM = DEMO / "tiny_lm.onnx"
+N_LM = 24   # retrieval prompts for the tiny LM's interval test
 
 
 @lru_cache(maxsize=None)
@@ -65,6 +67,27 @@ def test_attnlrp_area_exceeds_random_with_separate_intervals():
     # negative control: the reversed attribution scores below zero
     rev = reflrp.evaluate(model(SENT), sentiment(), methods=(), scores={"reversed": -a.scores}, samples=N_CI,
                           ignore_ids=[PAD, CLS], progress=False).methods["reversed"]
+    assert rev.ci[1] < 0
+
+
+@pytest.mark.skipif(not TINY_LM.exists(), reason="demo/tiny_lm.onnx is not on this branch")
+def test_tiny_lm_retrieval_attnlrp_beats_random():
+    """The trained tiny LM's retrieval prompts (target: the answer's colour after "a"; ground truth: the
+    supporting sentence): AttnLRP's ABC and precision@k exceed random's with separate intervals."""
+    with np.load(DEMO / "tiny_lm_retrieval.npz") as z:
+        data = {k: z[k] for k in z.files}
+    ev = reflrp.evaluate(model(TINY_LM), data, methods=["attnlrp", "random"], samples=N_LM,
+                         ignore_ids=[0, 1, 2, 3], progress=False)
+    a, r = ev.methods["attnlrp"], ev.methods["random"]
+    print(f"n={ev.samples}: attnlrp {a.abc:.3f} {a.ci} p@k {a.precision_at_k:.3f}, random {r.abc:.3f} {r.ci} "
+          f"p@k {r.precision_at_k:.3f}")
+    assert ev.target == "labels" and ev.ground_truth == "decisive"
+    assert not ev.allowed[data["input_ids"][:N_LM] <= 3].any()   # [PAD], [BOS] never removed
+    assert a.ci[0] > r.ci[1]
+    assert a.precision_ci[0] > r.precision_ci[1]
+    # negative control: the reversed attribution scores below zero
+    rev = reflrp.evaluate(model(TINY_LM), data, methods=(), scores={"reversed": -a.scores}, samples=N_LM,
+                          ignore_ids=[0, 1, 2, 3], progress=False).methods["reversed"]
     assert rev.ci[1] < 0
 
 
