@@ -108,7 +108,9 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     fast : the speed layer (reflrp.fast); None: on unless ``REFLRP_FAST=0``. Same numbers.
     max_memory : with ``targets=``, the relevance of K targets takes K times the memory of one; above this
         many bytes (2 GiB by default; None: no limit) the targets are explained in chunks, one relevance
-        pass per chunk over the same forward (the same numbers).
+        pass per chunk over the same forward (the same numbers). Only with ``keep`` or ``checkpoint``:
+        when every tensor's relevance is returned, chunks cannot lower the peak (the result is that
+        large) and joining them would copy it once more.
     interventions : ``{tensor: spec}`` as for ``Model.run``: the intervened model is explained (its
         inserted nodes get their rules: scaling passes relevance, set units absorb it).
     options : rule parameters for every rule that takes them (``epsilon``, ``stabilizer``, ``gamma``,
@@ -162,7 +164,7 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
         inner = {w: state.values[w] for w in plan.wrt if chosen.times_input and state.values and w in state.values}
         seed, reported = seeds_for(outputs)
         k = seed.shape[0]
-        step = _chunk(k, max_memory, state, prep)
+        step = _chunk(k, max_memory, state, prep) if run.keep is not None else k
         parts, ledgers = [], []
         for lo in range(0, k, step):
             relevance, ledger = _relevance(run, prep, plan, state, seed[lo:lo + step], output, lo + step >= k)

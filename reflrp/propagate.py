@@ -1,6 +1,7 @@
 """The relevance pass: reverse topological order, one rule per node, fan-out sums, the books."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -82,11 +83,11 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
     if p.layer is not None and outputs[0] is None:  # a checkpointed layer split over two segments
         outputs[0] = ctx.kernel(ctx.xp, *inputs, **ctx.attrs)
     pieces, shares, books = _apply(ctx, p, inputs, outputs, R_out, inflow)
-    if not np.isfinite(books[0]) and not ctx.f.EXACT:  # the speed layer's unmasked arithmetic: redo it plainly
+    if not math.isfinite(books[0]) and not ctx.f.EXACT:  # the speed layer's unmasked arithmetic: redo it plainly
         ctx = replace(ctx, f=plain_formulas)
         pieces, shares, books = _apply(ctx, p, inputs, outputs, R_out, inflow)
     check, given, absorbed, result = books
-    if not np.isfinite(check):
+    if not math.isfinite(check):
         where = next((name for (name, _, _), s in zip(pieces, shares) if not np.isfinite(s).all()), "its books")
         raise _non_finite(run, p, where)
     for (name, dyn, r), share in zip(pieces, shares):
@@ -119,17 +120,26 @@ def _apply(ctx, p, inputs, outputs, R_out, inflow):
     absorbed = sum((s for (_, dyn, _), s in zip(pieces, shares) if not dyn), np.asarray(result.absorbed, float))
     if result.rest_absorbed:  # fill values: what arrived and went to no input
         absorbed = inflow - given
-    check = float(np.sum(given) + np.sum(absorbed) + np.sum(result.loss) + np.sum(result.deficit))
+    check = float((given + absorbed + result.loss + result.deficit).sum())  # finite iff every term is
     return pieces, shares, (check, given, absorbed, result)
 
 
 def _scale(ctx, R_out, inflow, residual):
     """0 where the residual is rounding-small against the inflow; else the relevance that arrived in
     absolute terms, ``sum |R_y|``, the yardstick of rounding when the inflow cancels (measured only then)."""
-    tol = TOLERANCE.get(str(next(r.dtype for r in R_out if r is not None)), 1e-4)
-    if np.all(np.abs(residual) <= tol * np.abs(inflow)):
+    tol = _tolerance(next(r.dtype for r in R_out if r is not None))
+    if all(abs(r) <= tol * abs(i) for r, i in zip(residual.tolist(), inflow.tolist())):  # K host floats
         return 0.0
     return sum(ctx.totals(ctx.xp.abs(r)) for r in R_out if r is not None)
+
+
+# the books' tolerances by dtype object (``dtype.name`` costs microseconds, paid at every node)
+_TOLERANCE_OF = {np.dtype(name): tol for name, tol in TOLERANCE.items() if name in ("float64", "float32", "float16")}
+
+
+def _tolerance(dtype) -> float:
+    tol = _TOLERANCE_OF.get(dtype)
+    return tol if tol is not None else TOLERANCE.get(str(dtype), 1e-4)
 
 
 def _non_finite(run: Pass, p, where: str) -> RuleError:

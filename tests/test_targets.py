@@ -75,7 +75,7 @@ def test_targets_with_checkpoint_keep_and_chunks(name):
     m, f = zoo.model(name), zoo.feeds(name)
     seeds = _seeds(name, 4)
     full = reflrp.explain(m, f, targets=seeds)
-    for kw in ({"checkpoint": "sqrt"}, {"keep": []}, {"max_memory": 1}):
+    for kw in ({"checkpoint": "sqrt"}, {"keep": []}, {"max_memory": 1, "keep": []}, {"max_memory": 1}):
         other = reflrp.explain(m, f, targets=seeds, **kw)
         for w in full.wrt:
             assert rel_err(other.relevance[w], full.relevance[w]) <= 1e-12, kw
