@@ -1,7 +1,8 @@
 """The trained tiny language model in demo/ (made by tools/train_tiny_lm.py): per-task accuracy by
 reflrp's own forward against the committed ground truth, the exports equal onnxruntime, generation with
 and without the KV cache equals onnxruntime step by step, the relevance of a retrieval answer lands on
-the supporting sentence, and ``reflrp generate --explain --html`` answers right. No torch."""
+the supporting sentence, the agreement contrast on the subject, and ``reflrp generate --explain --html``
+answers right. No torch."""
 from __future__ import annotations
 
 import json
@@ -214,3 +215,27 @@ def test_cli_generates_the_answer_and_writes_the_html(tmp_path, capsys):
     assert line.split(">>")[1].split() == ["a", "blue", "cup"]
     page = html.read_text()
     assert "blue" in page and "cup" in page and '"matrix"' in page and 'id="sep"' in page  # where generation begins
+
+
+def test_agreement_contrast_relevance_is_largest_on_the_subject():
+    """The contrast "right verb form - wrong form" (seed +logit on e.g. "runs", -logit on "run"), AttnLRP:
+    leaving out [BOS] and the last token (where the verb is predicted, whose own embedding holds most of
+    a plain logit's relevance), the subject is the most relevant token in >= 90 % of the test prompts
+    (measured: 96.7 %; 49 % for the plain verb logit)."""
+    a, items = arrays("agreement"), truth()["test_set"]["agreement"]
+    feeds = {"input_ids": a["input_ids"], "attention_mask": a["attention_mask"]}
+    logits = model(FULL).run(feeds, dtype="float64")["logits"][:, -1]
+    rows = np.arange(len(items))
+    wrong = [next(w for w, c in zip(it["wrong_ids"], it["correct_ids"]) if c == it["answer_ids"][0]) for it in items]
+    seed = np.zeros(logits.shape[:1] + (a["input_ids"].shape[1],) + logits.shape[1:])
+    seed[rows, -1, a["labels"]] = logits[rows, a["labels"]]
+    seed[rows, -1, wrong] = -logits[rows, wrong]
+    att = reflrp.explain(model(FULL), feeds, target=seed, preset="attnlrp", dtype="float64")
+    assert att.conservation.ok
+    rel = att.relevance[att.wrt[0]].sum(-1)
+    hits = []
+    for r, mask, it in zip(rel, a["attention_mask"], items):
+        offset = int(np.argmax(mask))
+        inner = np.arange(offset + 1, len(r) - 1)       # not [BOS], not the last token
+        hits.append(inner[np.argmax(r[inner])] == offset + it["subject_positions"][0])
+    assert np.mean(hits) >= RELEVANCE_BAR, f"{np.mean(hits):.3f}"
