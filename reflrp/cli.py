@@ -317,10 +317,10 @@ def cmd_generate(args) -> int:
     feeds, tokens = _text_feeds(args, model)
     ids = next(v for k, v in feeds.items() if "mask" not in k)
     interventions = _steering(args.steer)
-    gen = generate(model, ids, args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-                   top_k=args.top_k, seed=args.seed, interventions=interventions)
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(args.tokenizer)
+    gen = generate(model, ids, args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                   top_k=args.top_k, seed=args.seed, interventions=interventions, eos_token_id=_eos_id(args.eos, tok))
     words = [tok.id_to_token(int(i)) or f"#{int(i)}" for i in gen.tokens[0]]
     print(" ".join(words[:gen.prompt_length]) + " >> " + " ".join(words[gen.prompt_length:]))
     if args.explain or args.html:
@@ -335,6 +335,23 @@ def cmd_generate(args) -> int:
                                                        subtitle=f"{Path(args.model).name}, preset {args.preset}"))
             print(f"wrote HTML: {args.html}")
     return 0
+
+
+END_TOKENS = ("[EOS]", "</s>", "<|endoftext|>", "<eos>", "<|eot_id|>")
+
+
+def _eos_id(spec: str, tok) -> int | None:
+    """``--eos``: "auto" (the tokenizer's end token, if it has one of END_TOKENS), "none", or a token / id."""
+    if spec == "none":
+        return None
+    if spec == "auto":
+        return next((tok.token_to_id(t) for t in END_TOKENS if tok.token_to_id(t) is not None), None)
+    if spec.isdigit():
+        return int(spec)
+    found = tok.token_to_id(spec)
+    if found is None:
+        raise UserError(f"--eos {spec!r} is not a token of the tokenizer (give a token, an id, 'auto' or 'none')")
+    return found
 
 
 def _steering(specs):
@@ -564,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
     gn.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     gn.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gn.add_argument("--eos", default="auto",
+                    help="stop at this token (or id); 'auto' (default): the tokenizer's end token, 'none': never")
     gn.add_argument("--steer", action="append", help="intervention TENSOR:UNITS:SCALE at every step (repeatable)")
     gn.add_argument("--explain", action="store_true", help="explain every generated token (one relevance pass)")
     gn.add_argument("--preset", default="attnlrp", help="rule preset for --explain (default attnlrp)")

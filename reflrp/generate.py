@@ -145,7 +145,7 @@ def generate(model, input_ids, max_new_tokens: int, do_sample: bool = False, tem
     """Decode ``max_new_tokens`` after ``input_ids`` (batch, seq): greedy, or sampled with ``temperature``
     and ``top_k`` from a seeded generator. ``use_cache``: None uses the export's KV cache when it has one;
     False recomputes the whole sequence each step (same tokens). ``interventions`` apply at every step.
-    Rows that produced ``eos_token_id`` keep producing it."""
+    Rows that produced ``eos_token_id`` keep producing it; decoding stops once every row has."""
     from .model import Model, load
     model = model if isinstance(model, Model) else load(model)
     layout = layout_of(model)
@@ -176,6 +176,8 @@ def generate(model, input_ids, max_new_tokens: int, do_sample: bool = False, tem
         chosen_logits.append(last)
         tokens = np.concatenate([tokens, nxt[:, None].astype(np.int64)], axis=1)
         mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
+        if done.all():
+            break
         feeds = _next_feeds(model, layout, cached, tokens, mask, out)
     new = tokens[:, ids.shape[1]:]
     return Generation(model, tokens, new, np.stack(chosen_logits, axis=1), ids.shape[1],

@@ -217,6 +217,23 @@ def test_cli_generates_the_answer_and_writes_the_html(tmp_path, capsys):
     assert "blue" in page and "cup" in page and '"matrix"' in page and 'id="sep"' in page  # where generation begins
 
 
+def test_generation_stops_at_the_end_token(capsys):
+    """Decoding stops once every row produced eos_token_id (here "."): the answer and its full stop, not
+    the next question the model goes on with; --eos on the command line does the same, --eos none never stops."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(TOKENIZER))
+    ids = np.asarray([tok.encode(RETRIEVAL_PROMPT).ids])
+    gen = reflrp.generate(model(FULL), ids, 8, eos_token_id=tok.token_to_id("."))
+    assert [tok.id_to_token(int(i)) for i in gen.new[0]] == ["a", "blue", "cup", "."]
+    assert gen.logits.shape[1] == 4
+    argv = ["generate", str(FULL), "--text", RETRIEVAL_PROMPT, "--tokenizer", str(TOKENIZER), "--max-new-tokens", "8"]
+    assert main(argv + ["--eos", "."]) == 0
+    assert capsys.readouterr().out.split(">>")[1].split() == ["a", "blue", "cup", "."]
+    assert main(argv + ["--eos", "none"]) == 0
+    assert len(capsys.readouterr().out.split(">>")[1].split()) == 8
+    assert main(argv + ["--eos", "nope"]) == 2
+
+
 def test_agreement_contrast_relevance_is_largest_on_the_subject():
     """The contrast "right verb form - wrong form" (seed +logit on e.g. "runs", -logit on "run"), AttnLRP:
     leaving out [BOS] and the last token (where the verb is predicted, whose own embedding holds most of
