@@ -56,7 +56,13 @@ def client(workers: int | None = None, scheduler: str | None = None):
         raise ScaleError(f"--workers {workers}: give at least 1 worker")
     with dd.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             dd.Client(cluster) as c:
+        c.run(import_engine)  # part of starting the cluster: the first shard does not pay the imports
         yield c
+
+
+def import_engine() -> None:
+    """Import what a golden task runs (reflrp's interpreter, rules and golden writer) in this process."""
+    from . import explain, golden, model  # noqa: F401
 
 
 def worker_count(c) -> int:
