@@ -262,12 +262,7 @@ FILLER = NEU_ADJ + list(NEU_VERB) + list(NEU_VERB.values()) + ["the", "this", "a
 def vocabulary() -> list[str]:
     words = SPECIALS + NEGATORS + POS_ADJ + NEG_ADJ + list(POS_VERB) + list(POS_VERB.values()) \
         + list(NEG_VERB) + list(NEG_VERB.values()) + FILLER
-    seen, out = set(), []
-    for w in words:
-        if w not in seen:
-            seen.add(w)
-            out.append(w)
-    return out
+    return list(dict.fromkeys(words))  # first occurrences, in order
 
 
 def make_sentence(rng: random.Random, neutral_frac: float = 0.0) -> tuple[list[str], int, list[int]]:

@@ -113,12 +113,7 @@ def vocabulary() -> list[str]:
     words += [w for pair in NOUNS for w in pair] + [w for pair in VERBS for w in pair] + ADJECTIVES
     for d in DISTRACTORS:
         words += d.format(n="dog").split()
-    seen, out = set(), []
-    for w in words:
-        if w not in seen:
-            seen.add(w)
-            out.append(w)
-    return out
+    return list(dict.fromkeys(words))  # first occurrences, in order
 
 
 # ------------------------------------------------------------------ facts
