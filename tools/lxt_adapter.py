@@ -247,20 +247,27 @@ def lxt_vit_gamma_case(case) -> dict:
         raise Unsupported("LXT documents the gamma recipe for vision transformers (the zoo's vit)")
     o = case.rule["options"]
     setting = f"{o['conv.gamma']!r},{o['dense.gamma']!r},{o['stabilizer']!r}"
+    got = _worker_result(case, "make_zennit_goldens.py", lambda feeds, out: ["--vit-case", setting, feeds, out])
+    (rel,) = [v for k, v in got.items() if k.endswith(":relevance")]
+    return {case.relevance_of[0]: rel}
+
+
+def _worker_result(case, tool: str, argv) -> dict:
+    """Run ``tools/<tool>`` with ``argv(feeds_path, out_path)`` in a subprocess on the case's inputs (LXT's
+    patching is process-global) and return its arrays, checking it explained the case's target."""
     with tempfile.TemporaryDirectory() as tmp:
         feeds, out = Path(tmp) / "feeds.npz", Path(tmp) / "out.npz"
         np.savez(feeds, **case.inputs)
-        tool = Path(__file__).resolve().parent / "make_zennit_goldens.py"
-        r = subprocess.run([sys.executable, str(tool), "--vit-case", setting, str(feeds), str(out)],
+        script = Path(__file__).resolve().parent / tool
+        r = subprocess.run([sys.executable, str(script), *argv(str(feeds), str(out))],
                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if r.returncode != 0:
-            raise RuntimeError(f"LXT ViT worker failed: {r.stderr[-1500:]}")
+            raise RuntimeError(f"LXT worker {tool} failed: {r.stderr[-1500:]}")
         with np.load(out) as z:
             got = {k: z[k] for k in z.files}
     if got["target"].tolist() != case.meta["target"]:
         raise AssertionError(f"LXT's target {got['target'].tolist()} differs from the case's {case.meta['target']}")
-    (rel,) = [v for k, v in got.items() if k.endswith(":relevance")]
-    return {case.relevance_of[0]: rel}
+    return got
 
 
 def lxt_model_case(case) -> dict:
@@ -271,19 +278,7 @@ def lxt_model_case(case) -> dict:
     zoo, preset = case.meta["zoo"], case.meta["reflrp"]["preset"]
     if preset == "cp-lrp-gamma":
         return lxt_vit_gamma_case(case)
-    with tempfile.TemporaryDirectory() as tmp:
-        feeds = Path(tmp) / "feeds.npz"
-        np.savez(feeds, **case.inputs)
-        out = Path(tmp) / "out.npz"
-        tool = Path(__file__).resolve().parent / "make_lxt_goldens.py"
-        r = subprocess.run([sys.executable, str(tool), "--worker", zoo, preset, str(out), "--feeds", str(feeds)],
-                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if r.returncode != 0:
-            raise RuntimeError(f"LXT worker failed: {r.stderr[-1500:]}")
-        with np.load(out) as z:
-            got = {k: z[k] for k in z.files}
-    if got["target"].tolist() != case.meta["target"]:
-        raise AssertionError(f"LXT's target {got['target'].tolist()} differs from the case's {case.meta['target']}")
+    got = _worker_result(case, "make_lxt_goldens.py", lambda feeds, out: ["--worker", zoo, preset, out, "--feeds", feeds])
     names = case.relevance_of
     return {w: got[f"{preset}:relevance" + ("" if i == 0 else f":{w}")] for i, w in enumerate(names)}
 
