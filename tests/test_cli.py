@@ -260,3 +260,12 @@ def test_golden_takes_rule_options_and_fingerprints_them(tmp_path, capsys):
     assert list(ga) == ["x"] and not np.allclose(ga["x"], gb["x"])
     assert run("golden", model, "--inputs", d, "--out", tmp_path / "b", "--preset", "epsilon-plus") == 2
     assert "options" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_ends_the_command_quietly():
+    """``reflrp ops | head -1``: the reader leaves early; no 'Broken pipe' error, exit 0."""
+    p = subprocess.Popen([sys.executable, "-m", "reflrp", "ops"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait() == 0 and "Broken pipe" not in err and "Traceback" not in err
