@@ -247,6 +247,8 @@ def _device_of(providers) -> str:
     """The device of onnxruntime's ``providers`` list: its first entry (a name or a (name, options) pair)."""
     if providers is None or len(providers) == 0:
         return "cpu"
+    if isinstance(providers, str):  # one name, where onnxruntime wants a list of them
+        providers = [providers]
     names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
     if any(isinstance(p, (tuple, list)) and len(p) > 1 and p[1] for p in providers):
         raise ReflrpError("InferenceSession: provider options are not supported by reflrp (give the names only)")

@@ -160,6 +160,7 @@ def test_inference_session_arguments_are_checked_not_ignored():
     path = str(MODELS / "llama.onnx")
     session = reflrp.InferenceSession(path, ort.SessionOptions(), providers=["CPUExecutionProvider"])
     assert session.get_providers() == ["CPUExecutionProvider"]
+    assert reflrp.InferenceSession(path, providers="CPUExecutionProvider").get_providers() == ["CPUExecutionProvider"]
     with pytest.raises(reflrp.ReflrpError, match="TensorrtExecutionProvider"):
         reflrp.InferenceSession(path, providers=["TensorrtExecutionProvider"])
     with pytest.raises(reflrp.ReflrpError, match="unknown argument.*sess_opts"):
