@@ -113,7 +113,8 @@ class Ledger:
         self.mass[name] = self.mass.get(name, 0.0) + amount
 
     def inflow(self, names) -> np.ndarray:
-        return sum((self.mass[n] for n in names if n in self.mass), np.zeros(self.k))
+        arrived = [self.mass[n] for n in names if n in self.mass]
+        return arrived[0] if len(arrived) == 1 else sum(arrived, np.zeros(self.k))
 
     def book(self, node, rule: str, inflow, outflow, absorbed, loss, deficit, scale=0.0) -> None:
         """One node's account: each value a per-target vector (or a scalar for every target)."""

@@ -18,6 +18,7 @@ from .errors import FeedError, ReflrpError, TargetError
 from .memory import reuse_during_call
 from .interpreter import check_feeds, execute, execute_segments, run_segment
 from .propagate import Pass, propagate
+from .rules import RULES
 from .rules import formulas as plain_formulas
 from .targets import expand, one_seed, stacked_seeds
 
@@ -141,8 +142,15 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     _check_attributed_feeds(xp, checked, plan.wrt)
     kept = None if keep is None and checkpoint is None else frozenset(plan.wrt) | set(keep or ())
     run = Pass(xp, eps, {s.node.name: s for s in prep.steps}, fast_layer.formulas if fast else plain_formulas,
-               frozenset(plan.wrt), kept, _hint(prep))
+               frozenset(plan.wrt), kept, _hint(prep), fast_layer.rule_table(RULES) if fast else None)
 
+    with reuse_during_call() if fast else nullcontext():  # every temporary is freed inside the scope
+        return _attribution(run, prep, plan, graph, checked, chosen, output, target, targets, checkpoint,
+                            max_memory, xp)
+
+
+def _attribution(run, prep, plan, graph, checked, chosen, output, target, targets, checkpoint, max_memory, xp):
+    """The forward, the seeds and the relevance pass(es) of one explain call, and its Attribution."""
     def seeds_for(outputs):
         logits = outputs[output]
         _check_logits(xp, logits, output)
@@ -157,19 +165,18 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
                               "dtype='float64')")
         return seed, reported
 
-    with reuse_during_call() if fast else nullcontext():
-        outputs, state = _forward(prep, graph, plan, checked, checkpoint)
-        # grad-x-input multiplies by the attributed values: an inner tensor's (an embedding output) is read
-        # before the relevance pass uses the forward state up
-        inner = {w: state.values[w] for w in plan.wrt if chosen.times_input and state.values and w in state.values}
-        seed, reported = seeds_for(outputs)
-        k = seed.shape[0]
-        step = _chunk(k, max_memory, state, prep) if run.keep is not None else k
-        parts, ledgers = [], []
-        for lo in range(0, k, step):
-            relevance, ledger = _relevance(run, prep, plan, state, seed[lo:lo + step], output, lo + step >= k)
-            parts.append(relevance)
-            ledgers.append(ledger)
+    outputs, state = _forward(prep, graph, plan, checked, checkpoint)
+    # grad-x-input multiplies by the attributed values: an inner tensor's (an embedding output) is read
+    # before the relevance pass uses the forward state up
+    inner = {w: state.values[w] for w in plan.wrt if chosen.times_input and state.values and w in state.values}
+    seed, reported = seeds_for(outputs)
+    k = seed.shape[0]
+    step = _chunk(k, max_memory, state, prep) if run.keep is not None else k
+    parts, ledgers = [], []
+    for lo in range(0, k, step):
+        relevance, ledger = _relevance(run, prep, plan, state, seed[lo:lo + step], output, lo + step >= k)
+        parts.append(relevance)
+        ledgers.append(ledger)
     relevance = _joined(parts) if len(parts) > 1 else parts[0]
     dt = outputs[output].dtype
     for w in plan.wrt:

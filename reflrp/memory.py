@@ -5,9 +5,12 @@ attention scores). glibc's default policy serves blocks above ~128 KiB with ``mm
 back on ``free``, and trims the top of the heap as soon as a few hundred KiB there are free; every
 new array then costs page faults (the kernel zeroes each 4 KiB page). onnxruntime avoids the same cost
 with its memory arena. reflrp's speed layer asks glibc to behave like one *for the duration of a call*:
-arrays up to 32 MiB come from the heap and up to 1 GiB of free heap is kept; when the call returns,
-glibc's default thresholds (128 KiB) are set again, so the process is left as it was (except that
-glibc's own dynamic adjustment of those thresholds stays off once they were set explicitly).
+every array comes from the heap (no ``mmap``, whatever its size: a batch's attention scores are often
+larger than the 32 MiB glibc's mmap threshold can be raised to) and up to 1 GiB of free heap is kept;
+when the call returns, glibc's defaults (mmap above 128 KiB, trim above 128 KiB) are set again and
+the free heap is handed back to the OS (``malloc_trim``: also the free memory below arrays the call
+returned, which glibc's own trimming of the heap's top would keep), so the process is left as it was (except that glibc's own dynamic adjustment of those thresholds stays off
+once they were set explicitly).
 
 Policies (``set_allocator_policy`` or ``REFLRP_MALLOC`` in the environment):
 
@@ -26,10 +29,11 @@ import functools
 import os
 from contextlib import contextmanager
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 2**30
 GLIBC_DEFAULT = 128 * 1024
+GLIBC_MMAP_MAX = 65536  # glibc's default number of mmapped blocks (0: none, every block from the heap)
 POLICIES = ("call", "reuse", "system")
 
 
@@ -60,11 +64,20 @@ def allocator_policy() -> str:
     return _Settings.policy
 
 
-def _set(mmap_threshold: int, trim_threshold: int) -> bool:
+def _set(mmap_threshold: int, trim_threshold: int, mmap_max: int) -> bool:
     libc = _libc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    return all(bool(libc.mallopt(param, value)) for param, value in
+               ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_MMAP_MAX, mmap_max)))
+
+
+def _keep_buffers() -> bool:
+    return _set(MMAP_THRESHOLD, TRIM_THRESHOLD, 0)
+
+
+def _glibc_defaults() -> bool:
+    return _set(GLIBC_DEFAULT, GLIBC_DEFAULT, GLIBC_MMAP_MAX)
 
 
 def set_allocator_policy(policy: str) -> None:
@@ -75,10 +88,10 @@ def set_allocator_policy(policy: str) -> None:
         raise ReflrpError(f"allocator policy must be one of {list(POLICIES)}, not {policy!r}")
     _Settings.policy = policy
     if policy == "reuse":
-        _Settings.reuse_applied = _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+        _Settings.reuse_applied = _keep_buffers()
     else:
         _Settings.reuse_applied = False
-        _set(GLIBC_DEFAULT, GLIBC_DEFAULT)
+        _glibc_defaults()
         release_memory()
 
 
@@ -88,16 +101,17 @@ def reuse_during_call():
     (``"reuse"`` asked for in the environment is applied here once, for the process)."""
     policy = allocator_policy()
     if policy == "reuse" and not _Settings.reuse_applied:
-        _Settings.reuse_applied = _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+        _Settings.reuse_applied = _keep_buffers()
     if policy != "call":
         yield
         return
-    applied = _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+    applied = _keep_buffers()
     try:
         yield
     finally:
         if applied:
-            _set(GLIBC_DEFAULT, GLIBC_DEFAULT)
+            _glibc_defaults()
+            release_memory()  # the freed heap, wherever it lies (arrays handed out may sit above it)
 
 
 def release_memory() -> None:

@@ -28,6 +28,7 @@ class Pass:
     stop: frozenset
     keep: frozenset | None = None
     hint: str = ""  # appended to a non-finite error (what to try)
+    rules: dict = None  # rule name -> function (None: reflrp.rules.RULES; the speed layer's faster ones)
 
 
 def propagate(run: Pass, plan_nodes, values: dict, relevance: dict, ledger) -> None:
@@ -82,12 +83,12 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
     ctx = _context(run, p, inflow)
     if p.layer is not None and outputs[0] is None:  # a checkpointed layer split over two segments
         outputs[0] = ctx.kernel(ctx.xp, *inputs, **ctx.attrs)
-    pieces, shares, books = _apply(ctx, p, inputs, outputs, R_out, inflow)
-    if not math.isfinite(books[0]) and not ctx.f.EXACT:  # the speed layer's unmasked arithmetic: redo it plainly
+    pieces, shares, books = _apply(ctx, p, (run.rules or RULES)[p.rule], inputs, outputs, R_out, inflow)
+    if not _finite(books[0]) and (not ctx.f.EXACT or run.rules is not None):  # the speed layer: redo it plainly
         ctx = replace(ctx, f=plain_formulas)
-        pieces, shares, books = _apply(ctx, p, inputs, outputs, R_out, inflow)
-    check, given, absorbed, result = books
-    if not math.isfinite(check):
+        pieces, shares, books = _apply(ctx, p, RULES[p.rule], inputs, outputs, R_out, inflow)
+    accounted, given, absorbed, result = books
+    if not _finite(accounted):
         where = next((name for (name, _, _), s in zip(pieces, shares) if not np.isfinite(s).all()), "its books")
         raise _non_finite(run, p, where)
     for (name, dyn, r), share in zip(pieces, shares):
@@ -95,19 +96,19 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
             _accumulate(relevance, name, r)
             ledger.arrive(name, share)
     ledger.book(node, p.rule, inflow, given, absorbed, result.loss, result.deficit,
-                _scale(ctx, R_out, inflow, inflow - given - absorbed - result.loss - result.deficit))
+                _scale(ctx, R_out, inflow, inflow - accounted))
     if run.keep is not None:
         for o in node.outputs:
             if o not in run.keep:
                 relevance.pop(o, None)
 
 
-def _apply(ctx, p, inputs, outputs, R_out, inflow):
-    """Run the rule; its pieces (input name, dynamic?, relevance), their per-target totals, and the books:
-    (a finiteness witness, given, absorbed, the result)."""
+def _apply(ctx, p, rule, inputs, outputs, R_out, inflow):
+    """Run ``rule``; its pieces (input name, dynamic?, relevance), their per-target totals, and the books:
+    (what they account for, ``given + absorbed + loss + deficit`` per target; given; absorbed; the result)."""
     node = p.node
     try:
-        result = RULES[p.rule](ctx, inputs, outputs, R_out)
+        result = rule(ctx, inputs, outputs, R_out)
     except ReflrpError as exc:  # a limitation of the rule or adjoint at this node
         raise RuleError(f"{node.label()}: {exc}" if node.name not in str(exc) else str(exc)) from None
     except Exception as exc:
@@ -115,30 +116,41 @@ def _apply(ctx, p, inputs, outputs, R_out, inflow):
     pieces = [(name, dyn, r) for name, dyn, r in zip(p.reads, p.dynamic, result.inputs) if r is not None]
     pieces += [(name, True, r) for name, r in result.extra.items()]
     shares = [ctx.totals(r) for _, _, r in pieces]
-    k = len(inflow)
-    given = sum((s for (_, dyn, _), s in zip(pieces, shares) if dyn), np.zeros(k))
-    absorbed = sum((s for (_, dyn, _), s in zip(pieces, shares) if not dyn), np.asarray(result.absorbed, float))
+    given = _sum([s for (_, dyn, _), s in zip(pieces, shares) if dyn], np.zeros(len(inflow)))
+    absorbed = _sum([s for (_, dyn, _), s in zip(pieces, shares) if not dyn], result.absorbed)
     if result.rest_absorbed:  # fill values: what arrived and went to no input
         absorbed = inflow - given
-    check = float((given + absorbed + result.loss + result.deficit).sum())  # finite iff every term is
-    return pieces, shares, (check, given, absorbed, result)
+    return pieces, shares, (_sum([absorbed, result.loss, result.deficit], given), given, absorbed, result)
+
+
+def _sum(terms, start):
+    """``start`` plus the per-target vectors (or scalars) in ``terms``; exact zeros are skipped."""
+    for t in terms:
+        if not (isinstance(t, float) and t == 0.0):
+            start = start + t if not (isinstance(start, float) and start == 0.0) else t
+    return start
+
+
+def _finite(v) -> bool:
+    """Every entry of a per-target vector is finite (a NaN or inf anywhere makes the sum non-finite)."""
+    return math.isfinite(sum(v.tolist()))
 
 
 def _scale(ctx, R_out, inflow, residual):
     """0 where the residual is rounding-small against the inflow; else the relevance that arrived in
     absolute terms, ``sum |R_y|``, the yardstick of rounding when the inflow cancels (measured only then)."""
-    tol = _tolerance(next(r.dtype for r in R_out if r is not None))
+    tol = _tolerance(next(r for r in R_out if r is not None).dtype)
     if all(abs(r) <= tol * abs(i) for r, i in zip(residual.tolist(), inflow.tolist())):  # K host floats
         return 0.0
     return sum(ctx.totals(ctx.xp.abs(r)) for r in R_out if r is not None)
 
 
-# the books' tolerances by dtype object (``dtype.name`` costs microseconds, paid at every node)
-_TOLERANCE_OF = {np.dtype(name): tol for name, tol in TOLERANCE.items() if name in ("float64", "float32", "float16")}
+# the books' tolerances by the dtype's one-letter code (``dtype.name`` costs microseconds, paid at every node)
+_TOLERANCE_OF = {np.dtype(name).char: tol for name, tol in TOLERANCE.items() if name in ("float64", "float32", "float16")}
 
 
 def _tolerance(dtype) -> float:
-    tol = _TOLERANCE_OF.get(dtype)
+    tol = _TOLERANCE_OF.get(dtype.char) if dtype.kind == "f" else None
     return tol if tol is not None else TOLERANCE.get(str(dtype), 1e-4)
 
 

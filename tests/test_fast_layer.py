@@ -146,3 +146,58 @@ def test_allocator_policy_is_scoped_to_the_call(policy):
 def test_set_allocator_policy_validates():
     with pytest.raises(reflrp.ReflrpError, match="reuse"):
         reflrp.set_allocator_policy("jemalloc")
+
+
+def _attention(mask: np.ndarray):
+    """softmax(x @ x^T + mask) @ x (the mask a constant of the graph)."""
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["x", "xt"], ["s"]),
+             helper.make_node("Add", ["s", "mask"], ["sm"]),
+             helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "x"], ["y"])]
+    g = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 3])],
+                          [numpy_helper.from_array(mask.astype(np.float32), "mask")])
+    return reflrp.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+_LO = float(np.finfo(np.float32).min)
+_MASKS = {  # logits: none masked; causal -inf / finfo.min; one row made only of masks; a huge finite logit
+    "none": np.zeros((5, 5)),
+    "causal-inf": np.triu(np.full((5, 5), -np.inf), 1),
+    "causal-min": np.triu(np.full((5, 5), _LO), 1),
+    "dead-row": np.where(np.arange(5)[:, None] == 2, _LO, np.triu(np.full((5, 5), -np.inf), 1)),
+    "at-the-threshold": np.triu(np.full((5, 5), -65504.0), 1),
+}
+
+
+@pytest.mark.parametrize("mask", sorted(_MASKS))
+@pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fast_softmax_and_product_rules_equal_the_plain_ones(mask, preset, dtype):
+    """reflrp.fast.rules (softmax with one temporary, products written in place) against the plain rules:
+    the same relevance, the same absorbed mass and deficit at the softmax."""
+    m = _attention(_MASKS[mask])
+    x = np.random.default_rng(3).normal(size=(2, 5, 3)).astype(np.float32)
+    seed = np.random.default_rng(4).normal(size=(2, 5, 3))
+    fast = reflrp.explain(m, {"x": x}, target=seed, preset=preset, dtype=dtype, fast=True)
+    plain = reflrp.explain(m, {"x": x}, target=seed, preset=preset, dtype=dtype, fast=False)
+    assert rel_err(fast.relevance["x"], plain.relevance["x"]) <= (1e-6 if dtype == "float32" else 1e-12)
+    for a, b in zip(fast.conservation.nodes, plain.conservation.nodes):
+        assert (a.node, a.rule) == (b.node, b.rule)
+        scale = max(abs(b.inflow), 1e-30)
+        for term in ("absorbed", "deficit", "outflow"):
+            assert abs(getattr(a, term) - getattr(b, term)) <= 1e-5 * scale, (a.node, term)
+    assert fast.conservation.ok == plain.conservation.ok
+
+
+def test_the_fast_rule_table_keeps_a_rule_registered_over_a_plain_one():
+    from reflrp import fast as fast_layer
+    import reflrp.fast.rules as fast_rules
+    from reflrp.rules import RULES
+    table = fast_layer.rule_table(RULES)
+    assert table["softmax"] is fast_rules.softmax_rule and table["epsilon"] is fast_rules.epsilon_rule
+    assert table["identity"] is RULES["identity"]
+    mine = lambda ctx, inputs, outputs, R_out: None  # noqa: E731
+    assert fast_layer.rule_table({**RULES, "softmax": mine})["softmax"] is mine

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..ops.grad import unbroadcast
 from . import formulas
 
 
@@ -121,7 +122,6 @@ def parameters() -> dict[str, tuple[str, ...]]:
 
 def to_shape(xp, R, x):
     """``R`` (leading target axis) summed over the axes along which ``x`` was broadcast."""
-    from ..ops.grad import unbroadcast
     return unbroadcast(xp, R, x.shape)
 
 
