@@ -110,7 +110,7 @@ class Ledger:
         self.rows: list[tuple] = []
 
     def arrive(self, name: str, amount: np.ndarray) -> None:
-        self.mass[name] = self.mass.get(name, 0.0) + amount
+        self.mass[name] = self.mass[name] + amount if name in self.mass else amount
 
     def inflow(self, names) -> np.ndarray:
         arrived = [self.mass[n] for n in names if n in self.mass]

@@ -75,7 +75,7 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
     """Apply one node's rule, check it stayed finite, send the pieces on and book it."""
     node = p.node
     R_out = [relevance.get(o) if o else None for o in node.outputs]
-    if p.rule is None or all(r is None for r in R_out) or set(node.outputs) & run.stop:
+    if p.rule is None or all(r is None for r in R_out) or any(o in run.stop for o in node.outputs):
         return
     inflow = ledger.inflow([o for o, r in zip(node.outputs, R_out) if r is not None])
     inputs = [values[i] if i else None for i in p.reads]
@@ -139,7 +139,7 @@ def _finite(v) -> bool:
 def _scale(ctx, R_out, inflow, residual):
     """0 where the residual is rounding-small against the inflow; else the relevance that arrived in
     absolute terms, ``sum |R_y|``, the yardstick of rounding when the inflow cancels (measured only then)."""
-    tol = _tolerance(next(r for r in R_out if r is not None).dtype)
+    tol = _tolerance((R_out[0] if R_out[0] is not None else next(r for r in R_out if r is not None)).dtype)
     if all(abs(r) <= tol * abs(i) for r, i in zip(residual.tolist(), inflow.tolist())):  # K host floats
         return 0.0
     return sum(ctx.totals(ctx.xp.abs(r)) for r in R_out if r is not None)

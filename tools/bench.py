@@ -583,6 +583,7 @@ class Engines:
             "fwd": lambda: self.model.run(feeds, dtype="float32"),
             "fwd-plain": lambda: self.model.run(feeds, dtype="float32", fast=False),
             "explain32": lambda: r.explain(self.model, feeds, dtype="float32"),
+            "explain32-reuse": lambda: r.explain(self.model, feeds, dtype="float32"),  # see measure()
             "explain32-plain": lambda: r.explain(self.model, feeds, dtype="float32", fast=False),
             "explain64": lambda: r.explain(self.model, feeds, dtype="float64"),
             "refeval": lambda: self.ref.run(None, feeds),
@@ -617,12 +618,18 @@ class Engines:
                     continue
                 time.sleep(0.2)  # let spinning worker threads of the previous engine go idle
                 waited = IDLE()
+                policy = self.reflrp.memory.allocator_policy()
+                if name == "explain32-reuse":  # the opt-in policy: freed heap kept between calls
+                    self.reflrp.set_allocator_policy("reuse")
                 try:
                     res[name] = timed(calls[name], rr, rb, min_reps=2 if name == "refeval" else 3)
                     res[name]["idle_wait_s"] = round(waited, 1)
                     self.cost[name] = res[name]["median_wall"] / flops
                 except Exception as e:  # recorded, not fatal
                     res[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                finally:
+                    if name == "explain32-reuse":
+                        self.reflrp.set_allocator_policy(policy)
                 log(f"    {name:10s} {_fmt_res(res[name])}")
         return res
 
@@ -836,17 +843,20 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
         w("## Summary: the optimisation targets\n")
         w("Targets: reflrp forward / onnxruntime ≤ 1.3; explain / forward ≤ 2.0; explain / LXT ≤ 1.0 "
           "(explain in float32, the dtype LXT runs in; explain64 shown for reference). Ratios of medians; "
-          "*plain* = the same call with `fast=False`.\n")
-        w("| pass | shape (L, b, s) | fwd / ort | explain32 / fwd | explain32 / LXT | plain fwd / ort | "
-          "plain explain32 / plain fwd | plain explain32 / LXT | explain64 / fwd | explain64 / LXT | others' CPU |")
-        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "*plain* = the same call with `fast=False`; *explain32 reuse* = explain32 under the opt-in allocator "
+          "policy \"reuse\" (`reflrp.set_allocator_policy(\"reuse\")`: freed heap kept between calls).\n")
+        w("| pass | shape (L, b, s) | fwd / ort | explain32 / fwd | explain32 / LXT | explain32 reuse / LXT | "
+          "plain fwd / ort | plain explain32 / plain fwd | plain explain32 / LXT | explain64 / fwd | explain64 / LXT "
+          "| others' CPU |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for label, rows in (("single-thread CPU time", data.get("cpu_main") or []),
                             (f"wall, {info['threads']} threads", data["main"])):
             for row in rows:
                 t = row["times"]
                 f, fp, lx = t.get("fwd"), t.get("fwd-plain"), row.get("lxt")
                 w(f"| {label} | {row['layers']}, {row['batch']}, {row['seq']} | {ratio(f, t.get('ort'))} | "
-                  f"{ratio(t.get('explain32'), f)} | {ratio(t.get('explain32'), lx)} | {ratio(fp, t.get('ort'))} | "
+                  f"{ratio(t.get('explain32'), f)} | {ratio(t.get('explain32'), lx)} | "
+                  f"{ratio(t.get('explain32-reuse'), lx)} | {ratio(fp, t.get('ort'))} | "
                   f"{ratio(t.get('explain32-plain'), fp)} | {ratio(t.get('explain32-plain'), lx)} | "
                   f"{ratio(t.get('explain64'), f)} | {ratio(t.get('explain64'), lx)} | "
                   f"{others(*t.values(), lx)} |")
@@ -1112,9 +1122,12 @@ def baseline_section(w, data: dict) -> None:
     w("The old numbers were measured in an earlier run on this machine (same script, same model and shapes, "
       "old engine); the machine is shared and its speed drifts by 10-20 % between runs, so compare the "
       "single-thread CPU-time rows first. Ratios of medians; *new / old* ≤ 1.10 is issue 10's bar.\n")
+    w("*explain32 reuse* is the same call under the opt-in allocator policy \"reuse\" (freed heap kept between "
+      "calls, what the old engine did for the whole process without being asked); *new* runs under the "
+      "default \"call\" policy, which hands the call's memory back when it returns.\n")
     w("| pass | shape (L, b, s) | fwd / ort old | new | new / old | explain32 / LXT old | new | new / old | "
-      "plain fwd / ort new | plain explain32 / LXT new |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "explain32 reuse / LXT new | reuse new / old | plain fwd / ort new | plain explain32 / LXT new |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def r(row, a, b):
         t = row["times"]
@@ -1131,8 +1144,10 @@ def baseline_section(w, data: dict) -> None:
                 continue
             fo, fn = r(prev, "fwd", "ort"), r(row, "fwd", "ort")
             eo, en = r(prev, "explain32", "lxt"), r(row, "explain32", "lxt")
+            er = r(row, "explain32-reuse", "lxt")
             w(f"| {label} | {row['layers']}, {row['batch']}, {row['seq']} | {f(fo)} | {f(fn)} | "
               f"{f(fn / fo) if fo and fn else '—'} | {f(eo)} | {f(en)} | {f(en / eo) if eo and en else '—'} | "
+              f"{f(er)} | {f(er / eo) if eo and er else '—'} | "
               f"{f(r(row, 'fwd-plain', 'ort'))} | {f(r(row, 'explain32-plain', 'lxt'))} |")
     w("")
 
@@ -1550,7 +1565,7 @@ def main(argv=None) -> int:
             feeds = {"inputs_embeds": embeds(b, s)}
             row = {"layers": L, "batch": b, "seq": s, "flops": llama_flops(L, b, s)}
             first = (b, s) == shapes[0]
-            which = FAST + ("refeval",) if first and first_pass else FAST
+            which = (FAST + ("refeval",) if first and first_pass else FAST) + ("explain32-reuse",)
             row["times"] = eng.measure(feeds, row["flops"], args.reps, args.budget, deadline, which, reserve=60)
             row["times"].update(plain(b, s, nthreads, eng))
             save = CACHE / f"lxt_rel_L{L}_b{b}_s{s}.npz" if first and first_pass else None
