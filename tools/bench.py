@@ -819,9 +819,10 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
       "raw data). Cells that would not fit "
       f"`--max-minutes {args.max_minutes:g}` are skipped (ReferenceEvaluator and MiniLM first).")
     w(f"- Allocator: reflrp's policy `{info.get('allocator', '?')}` (`reflrp.memory`). Under the default "
-      "\"call\", glibc serves arrays up to 32 MiB from the heap and keeps up to 1 GiB of freed heap only "
+      "\"call\", glibc serves every array from the heap (no mmap) and keeps up to 1 GiB of freed heap only "
       "*during* each run / explain call with the speed layer on (onnxruntime's counterpart is its memory "
-      "arena, on by default) and is set back to its default thresholds (128 KiB) when the call returns; "
+      "arena, on by default), is set back to its defaults (128 KiB thresholds) when the call returns and "
+      "hands the free heap back (`malloc_trim`); *explain32 reuse* keeps it between calls (opt-in); "
       "glibc stops adapting its mmap threshold once one was set, so onnxruntime and ReferenceEvaluator run "
       "with fixed default thresholds in this process. The plain path's worker and LXT run with glibc's "
       "defaults (adaptive).")
