@@ -197,7 +197,8 @@ def test_the_fast_rule_table_keeps_a_rule_registered_over_a_plain_one():
     import reflrp.fast.rules as fast_rules
     from reflrp.rules import RULES
     table = fast_layer.rule_table(RULES)
-    assert table["softmax"] is fast_rules.softmax_rule and table["epsilon"] is fast_rules.epsilon_rule
-    assert table["identity"] is RULES["identity"]
+    assert table["softmax"] is fast_rules.softmax_rule
+    assert table["bilinear-uniform"] is fast_rules.bilinear_uniform_rule
+    assert table["identity"] is RULES["identity"] and table["epsilon"] is RULES["epsilon"]
     mine = lambda ctx, inputs, outputs, R_out: None  # noqa: E731
     assert fast_layer.rule_table({**RULES, "softmax": mine})["softmax"] is mine

@@ -1,4 +1,5 @@
-"""Faster versions of the relevance rules in reflrp.rules.lrp: the same formulas, with fewer full-size
+"""Faster versions of two relevance rules of reflrp.rules.lrp, the ones that work on attention-sized
+arrays (the uniform rule on Q·Kᵀ and A·V, the softmax rule): the same formulas, with fewer full-size
 temporaries (products written into arrays the rule itself just made, masks built once).
 
 Each returns the numbers of the rule it replaces (tests/test_fast_layer.py compares them on the zoo and
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..rules import Result, lrp
-from ..rules.lrp import MASKED_LOGIT, _dynamic_or_addend, without_addends
+from ..rules.lrp import MASKED_LOGIT
 
 
 def _fresh(g, *others) -> bool:
@@ -37,19 +38,6 @@ def _parts(ctx, xs, grads, G, *values):
     written into, nor one that shares memory with ``G`` or the node's ``values``."""
     return [None if g is None else _times_into(ctx, x, g, G, *values) if sum(h is g for h in grads) == 1
             else ctx.times(x, g) for x, g in zip(xs, grads)]
-
-
-def epsilon_rule(ctx, inputs, outputs, R_out):
-    """reflrp.rules.lrp.epsilon_rule, its products written into the adjoint's fresh arrays."""
-    R = R_out[0]
-    if ctx.params.get("zero_bias"):
-        inputs, outputs = without_addends(ctx, inputs)
-    xs, ys = ctx.operands(inputs, outputs, R.dtype)
-    y = ys[0]
-    G = ctx.ratio(R, y)
-    grads = ctx.vjp(inputs, outputs, [G], _dynamic_or_addend(ctx))
-    loss = ctx.inflow - ctx.passed(y, G)
-    return Result(_parts(ctx, xs, grads, G, R, *inputs, *outputs, *xs), loss=loss)
 
 
 def bilinear_uniform_rule(ctx, inputs, outputs, R_out):
@@ -102,4 +90,4 @@ def softmax_rule(ctx, inputs, outputs, R_out):
 
 
 # the plain rule -> its faster version
-FASTER = {lrp.epsilon_rule: epsilon_rule, lrp.bilinear_uniform_rule: bilinear_uniform_rule, lrp.softmax_rule: softmax_rule}
+FASTER = {lrp.bilinear_uniform_rule: bilinear_uniform_rule, lrp.softmax_rule: softmax_rule}
