@@ -116,7 +116,8 @@ def _apply(ctx, p, rule, inputs, outputs, R_out, inflow):
     pieces = [(name, dyn, r) for name, dyn, r in zip(p.reads, p.dynamic, result.inputs) if r is not None]
     pieces += [(name, True, r) for name, r in result.extra.items()]
     shares = [ctx.totals(r) for _, _, r in pieces]
-    given = _sum([s for (_, dyn, _), s in zip(pieces, shares) if dyn], np.zeros(len(inflow)))
+    given = _sum([s for (_, dyn, _), s in zip(pieces, shares) if dyn], 0.0)
+    given = np.zeros(len(inflow)) if isinstance(given, float) else given
     absorbed = _sum([s for (_, dyn, _), s in zip(pieces, shares) if not dyn], result.absorbed)
     if result.rest_absorbed:  # fill values: what arrived and went to no input
         absorbed = inflow - given
