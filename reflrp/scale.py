@@ -54,10 +54,24 @@ def client(workers: int | None = None, scheduler: str | None = None):
         return
     if workers < 1:
         raise ScaleError(f"--workers {workers}: give at least 1 worker")
-    with dd.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+    import dask
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), \
+            dd.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             dd.Client(cluster) as c:
         c.run(import_engine)  # part of starting the cluster: the first shard does not pay the imports
         yield c
+
+
+# The cluster reflrp starts for --workers runs compute-bound tasks on one thread per worker: Dask's sampling
+# profiler (a stack walk of every worker thread each 10 ms, holding the GIL) and its 20 ms event-loop tick
+# cost such a task 10-20 % of its wall time (an explain took 1.11-1.21x its CPU time in a worker, 1.02-1.03x
+# with these settings; tools/bench_scale.py). A cluster given by --scheduler keeps its own configuration.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "200ms",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
 
 
 def import_engine() -> None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import reflrp
-from reflrp import golden
+from reflrp import golden, scale
 from reflrp.cli import main
 from reflrp.errors import FeedError
 from zoo import MODELS, feeds
@@ -233,3 +233,19 @@ def test_bad_tables(tmp_path):
     pq.write_table(pa.table({"input_ids": [[1.5, 2.0]]}), tmp_path / "floats.parquet")
     result = golden.run(LLAMA_IDS, tmp_path / "floats.parquet", tmp_path / "g")
     assert "holds float64 values; input input_ids: int64" in result.failed["floats.parquet[0]"]
+
+
+def _worker_settings():
+    import dask
+    return {k: dask.config.get(k) for k in scale.LOCAL_CLUSTER_CONFIG}
+
+
+def test_local_workers_run_without_dask_profiler():
+    """--workers N starts workers with Dask's sampling profiler off and slower monitors (they cost a
+    compute-bound one-thread task 10-20 % of its wall time); this process's configuration is left as it was."""
+    import dask
+    before = _worker_settings()
+    with scale.client(workers=1) as c:
+        seen = c.run(_worker_settings)
+    assert seen and all(v == scale.LOCAL_CLUSTER_CONFIG for v in seen.values())
+    assert _worker_settings() == before and dask.config.get("distributed.worker.profile.enabled") is True
