@@ -4,6 +4,7 @@ hidden 256, seq 128; tools/bench.py builds and caches it in .cache/bench/), floa
 
 Usage:
     python tools/bench_scale.py [--inputs 64] [--workers 2] [--layers 4] [--seq 128]
+    python tools/bench_scale.py --worker-overhead   # an explain's wall / CPU time inside a Dask worker
 
 * The inputs: ``--inputs`` .npz files of ``inputs_embeds`` (1, seq, 256), float32, seeded per file, in
   .cache/bench_scale/inputs/.
@@ -121,6 +122,38 @@ def dask_run(model: Path, inputs: Path, out: Path, workers: int, quiet_s: float)
             "others": others, "load1": load1(), "waited_s": waited}
 
 
+def _explains_in_task(model: str, calls: int) -> tuple[float, float]:
+    """On a worker: ``calls`` float64 explains of one (1, 128, 256) input after a warm-up; (wall, CPU) ms each."""
+    import numpy as np
+    import reflrp
+    from threadpoolctl import threadpool_limits
+    m = reflrp.load(model)
+    x = {"inputs_embeds": np.random.default_rng(0).standard_normal((1, 128, 256)).astype(np.float32)}
+    with threadpool_limits(1):
+        reflrp.explain(m, x)
+        t, c = time.perf_counter(), time.thread_time()
+        for _ in range(calls):
+            reflrp.explain(m, x)
+        return (time.perf_counter() - t) / calls * 1e3, (time.thread_time() - c) / calls * 1e3
+
+
+def worker_overhead(model: Path, workers: int, calls: int = 16) -> None:
+    """Wall / CPU time of an explain inside a Dask worker, one task per worker at once: on a LocalCluster with
+    Dask's default configuration and on the one ``reflrp.scale.client`` starts (profiler off, slower monitors)."""
+    import dask
+    import distributed
+    from reflrp import scale
+    print("\n| workers' configuration | wall ms | CPU ms | wall / CPU |\n|---|---:|---:|---:|")
+    for label, config in (("Dask's defaults", {}), ("reflrp.scale.LOCAL_CLUSTER_CONFIG", scale.LOCAL_CLUSTER_CONFIG)):
+        with dask.config.set(config), distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                                                processes=True, dashboard_address=":0") as cluster, \
+                distributed.Client(cluster) as c:
+            c.wait_for_workers(workers)
+            futures = [c.submit(_explains_in_task, str(model), calls, pure=False, key=f"probe-{i}") for i in range(workers)]
+            for wall, cpu in (f.result() for f in futures):
+                print(f"| {label} | {wall:.1f} | {cpu:.1f} | {wall / cpu:.2f} |")
+
+
 def same_bytes(a: Path, b: Path) -> bool:
     names = sorted(p.name for p in a.glob("*.golden.npz"))
     return names == sorted(p.name for p in b.glob("*.golden.npz")) and all(
@@ -134,9 +167,14 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait for a quiet machine before each run")
+    ap.add_argument("--worker-overhead", action="store_true",
+                    help="only measure an explain's wall / CPU time inside Dask workers (default and reflrp's configuration)")
     args = ap.parse_args(argv)
     from bench import HIDDEN, model_path
     model = model_path(args.layers, 2)[0]
+    if args.worker_overhead:
+        worker_overhead(model, args.workers)
+        return 0
     inputs = make_inputs(args.inputs, args.seq, HIDDEN)
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         tmp = Path(tmp)
