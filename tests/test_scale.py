@@ -235,17 +235,14 @@ def test_bad_tables(tmp_path):
     assert "holds float64 values; input input_ids: int64" in result.failed["floats.parquet[0]"]
 
 
-def _worker_settings():
-    import dask
-    return {k: dask.config.get(k) for k in scale.LOCAL_CLUSTER_CONFIG}
-
-
 def test_local_workers_run_without_dask_profiler():
     """--workers N starts workers with Dask's sampling profiler off and slower monitors (they cost a
     compute-bound one-thread task 10-20 % of its wall time); this process's configuration is left as it was."""
     import dask
-    before = _worker_settings()
+    before = {k: dask.config.get(k) for k in scale.LOCAL_CLUSTER_CONFIG}
     with scale.client(workers=1) as c:
-        seen = c.run(_worker_settings)
-    assert seen and all(v == scale.LOCAL_CLUSTER_CONFIG for v in seen.values())
-    assert _worker_settings() == before and dask.config.get("distributed.worker.profile.enabled") is True
+        seen = {k: set(c.run(dask.config.get, k).values()) for k in scale.LOCAL_CLUSTER_CONFIG}  # a function
+        # workers import by name (a test-module function would make them import this module)
+    assert seen == {k: {v} for k, v in scale.LOCAL_CLUSTER_CONFIG.items()}
+    assert {k: dask.config.get(k) for k in scale.LOCAL_CLUSTER_CONFIG} == before
+    assert dask.config.get("distributed.worker.profile.enabled") is True
