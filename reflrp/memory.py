@@ -14,7 +14,8 @@ once they were set explicitly).
 
 Policies (``set_allocator_policy`` or ``REFLRP_MALLOC`` in the environment):
 
-- ``"call"`` (default): as above, only inside ``run`` / ``explain`` calls with the speed layer on;
+- ``"call"`` (default): as above, only inside ``run`` / ``explain`` calls with the speed layer on
+  (calls that overlap, in threads or nested, share the scope: the first applies it, the last restores);
 - ``"reuse"``: the same thresholds for the whole process, from now on (what onnxruntime's arena does);
 - ``"system"``: glibc is never touched.
 
@@ -27,6 +28,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import threading
 from contextlib import contextmanager
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -95,6 +97,14 @@ def set_allocator_policy(policy: str) -> None:
         release_memory()
 
 
+class _Calls:
+    """The calls inside the "call" policy's scope right now (process-wide, like glibc's settings)."""
+
+    lock = threading.Lock()
+    active = 0
+    applied = False
+
+
 @contextmanager
 def reuse_during_call():
     """The ``"call"`` policy: reuse freed buffers inside the block, glibc's defaults again after it
@@ -105,13 +115,18 @@ def reuse_during_call():
     if policy != "call":
         yield
         return
-    applied = _keep_buffers()
+    with _Calls.lock:  # calls may overlap (threads, a call inside a call): the first applies, the last restores
+        _Calls.active += 1
+        if _Calls.active == 1:
+            _Calls.applied = _keep_buffers()
     try:
         yield
     finally:
-        if applied:
-            _glibc_defaults()
-            release_memory()  # the freed heap, wherever it lies (arrays handed out may sit above it)
+        with _Calls.lock:
+            _Calls.active -= 1
+            if _Calls.active == 0 and _Calls.applied:
+                _glibc_defaults()
+                release_memory()  # the freed heap, wherever it lies (arrays handed out may sit above it)
 
 
 def release_memory() -> None:

@@ -143,6 +143,25 @@ def test_allocator_policy_is_scoped_to_the_call(policy):
     assert info["during"] == 0 if policy == "call" else info["during"] >= 8 * 2**20
 
 
+_NESTED = _PROBE.split("out = {")[0] + r"""
+out = {}
+with reuse_during_call():
+    with reuse_during_call():  # a call inside a call (or another thread's call)
+        out["inner"] = mmapped_by_new_array(8)
+    out["after_inner"] = mmapped_by_new_array(8)  # the outer call still runs: still from the heap
+out["after_outer"] = mmapped_by_new_array(16)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
+def test_overlapping_calls_keep_the_policy_until_the_last_returns():
+    env = dict(os.environ, REFLRP_MALLOC="call")
+    out = subprocess.run([sys.executable, "-c", _NESTED], env=env, capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["inner"] == 0 and info["after_inner"] == 0 and info["after_outer"] >= 16 * 2**20
+
+
 def test_set_allocator_policy_validates():
     with pytest.raises(reflrp.ReflrpError, match="reuse"):
         reflrp.set_allocator_policy("jemalloc")
