@@ -17,6 +17,7 @@ import numpy as np
 from .backend import to_numpy
 from .errors import ReflrpError
 from .golden_index import failed_row, index_path, index_row, write_index
+from .memory import job_scope
 from .samples import Sample, Sources, input_files, list_samples, read_npz  # noqa: F401  (input_files: public here too)
 from .version import __version__
 
@@ -192,7 +193,7 @@ def golden_shard(samples: list[Sample], model_name: str, job: Job, blas_threads:
     """The Dask task: the golden files of a shard of samples, on the model this worker loaded."""
     from .scale import blas_threads as limit_blas, worker_model
     model = worker_model(model_name)
-    with limit_blas(blas_threads):
+    with limit_blas(blas_threads), job_scope():
         sources = Sources(model)
         return [golden_sample(model, s, sources, job) for s in samples]
 
@@ -232,10 +233,10 @@ def run(model, inputs, out, preset: str = "attnlrp", dtype: Any = "float64", eps
     _check_unique(samples, job.out)
     remove_partial(job.out)  # temp files of a run that was killed
     if client is None:
-        outcomes = _serial(model, samples, job, progress)
+        with job_scope():  # the whole job is one call: its explains reuse each other's memory
+            result = _collect(samples, _serial(model, samples, job, progress), unlisted)
     else:
-        outcomes = _on_dask(client, model, samples, job, shard_size, progress, blas_threads)
-    result = _collect(samples, outcomes, unlisted)
+        result = _collect(samples, _on_dask(client, model, samples, job, shard_size, progress, blas_threads), unlisted)
     if index is not None:
         rows = [((label, -1), failed_row(label, why)) for label, why in unlisted.items()]
         rows += [((o.sample.source.name, -1 if o.sample.row is None else o.sample.row), o.row) for o in result.outcomes]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from .errors import ReflrpError
@@ -112,6 +112,7 @@ class ModelOnWorker(WorkerPlugin):
         self.path, self.sha256, self.version = path, sha256, version
         self.name = f"reflrp-model-{secrets.token_hex(6)}"  # one per job: a shared cluster may run several
         self.model = None
+        self.scope = None  # the allocator's job scope on the worker, from setup to teardown
 
     def setup(self, worker=None):
         from .model import load
@@ -124,6 +125,15 @@ class ModelOnWorker(WorkerPlugin):
             raise ScaleError(f"worker {getattr(worker, 'address', '?')} reads another model at {self.path} "
                              f"(sha256 {model.sha256} != the client's {self.sha256})")
         self.model = model
+        if self.scope is None:  # the worker's tasks of this job reuse each other's memory (reflrp.memory)
+            from .memory import job_scope
+            self.scope = ExitStack()
+            self.scope.enter_context(job_scope())
+
+    def teardown(self, worker=None):
+        if self.scope is not None:
+            self.scope.close()
+            self.scope = None
 
 
 def model_source(model) -> str:
