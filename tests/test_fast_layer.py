@@ -221,3 +221,20 @@ def test_the_fast_rule_table_keeps_a_rule_registered_over_a_plain_one():
     assert table["identity"] is RULES["identity"] and table["epsilon"] is RULES["epsilon"]
     mine = lambda ctx, inputs, outputs, R_out: None  # noqa: E731
     assert fast_layer.rule_table({**RULES, "softmax": mine})["softmax"] is mine
+
+
+def test_a_golden_run_is_one_allocator_scope(tmp_path, monkeypatch):
+    """The explains of one serial golden run share one call scope: glibc is set up once for the job, not
+    once per input (each would fault its memory in again)."""
+    from reflrp import golden, memory
+    applied = []
+    monkeypatch.setattr(memory, "_keep_buffers", lambda: applied.append(1) or False)
+    monkeypatch.setattr(memory._Settings, "policy", "call")
+    x = zoo.feeds("llama")
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        np.savez(tmp_path / "in" / f"x{i}.npz", **x)
+    run = golden.run(zoo.MODELS / "llama.onnx", tmp_path / "in", tmp_path / "out")
+    assert len(run.written) == 3 and len(applied) == 1
+    reflrp.explain(zoo.model("llama"), x)
+    assert len(applied) == 2  # a call on its own is a scope of its own
