@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import FeedError, GraphError, ReflrpError, TargetError
+from .memory import one_job
 
 LRP_METHODS = ("attnlrp", "cp-lrp", "epsilon")
 METHODS = LRP_METHODS + ("gradient", "grad-x-input", "integrated-gradients", "smoothgrad", "random", "rollout",
@@ -301,6 +302,7 @@ def classes_for(subject: Subject, feeds: Mapping, target) -> tuple[np.ndarray, n
     return classes, target_values(logits, classes)
 
 
+@one_job
 def attribute(model, feeds: Mapping[str, Any], method: str = "attnlrp", target: Any = None, *, wrt=None,
               output=None, dtype="float64", epsilon=None, steps: int = 32, baseline: Any = "zero",
               samples: int = 32, noise: float = 0.15, seed: int = 0, patch=None, batch_size=None,

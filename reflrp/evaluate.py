@@ -28,6 +28,7 @@ from .attribute import (MEASURES, METHODS, Subject, attribute, batch_size_of, in
                         value_of)
 from .baselines import baseline_value, check_baseline, check_seed
 from .errors import FeedError, ReflrpError, TargetError
+from .memory import one_job
 from .perturbation import bootstrap_ci, curves, precision_at_k
 
 TARGETS = ("auto", "labels", "predicted")
@@ -196,6 +197,7 @@ def split_dataset(model, dataset: Mapping, labels: str, truth: str) -> tuple[dic
     return feeds, extras, ignored
 
 
+@one_job
 def evaluate(model, dataset, methods=("attnlrp", "random"), steps: int = 10, mode: str = "zero",
              measure: str = "logit", target: str = "auto", samples: int | None = None, ignore_ids=None,
              labels: str = "labels", ground_truth: str = "decisive", wrt=None, output=None, patch=None,

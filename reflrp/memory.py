@@ -137,6 +137,16 @@ def job_scope():
     return reuse_during_call() if fast_layer.enabled(None) else nullcontext()
 
 
+def one_job(fn):
+    """``fn`` (a library call that runs many forward and relevance passes: evaluate, attribute) as one
+    :func:`job_scope`."""
+    @functools.wraps(fn)
+    def in_one_scope(*args, **kwargs):
+        with job_scope():
+            return fn(*args, **kwargs)
+    return in_one_scope
+
+
 def release_memory() -> None:
     """Give the free memory glibc keeps back to the operating system (``malloc_trim``)."""
     libc = _libc()

@@ -238,3 +238,17 @@ def test_a_golden_run_is_one_allocator_scope(tmp_path, monkeypatch):
     assert len(run.written) == 3 and len(applied) == 1
     reflrp.explain(zoo.model("llama"), x)
     assert len(applied) == 2  # a call on its own is a scope of its own
+
+
+def test_evaluate_and_attribute_are_one_allocator_scope_each(monkeypatch):
+    """reflrp.evaluate and reflrp.attribute run many passes per call; each call is one scope."""
+    from reflrp import memory
+    applied = []
+    monkeypatch.setattr(memory, "_keep_buffers", lambda: applied.append(1) or False)
+    monkeypatch.setattr(memory._Settings, "policy", "call")
+    m, x = zoo.model("llama"), zoo.feeds("llama")
+    reflrp.attribute(m, x, method="integrated-gradients", steps=4)
+    assert len(applied) == 1
+    data = {k: np.concatenate([v, v]) for k, v in x.items()}
+    reflrp.evaluate(m, data, methods=["attnlrp", "random"], steps=2, bootstrap=10, progress=False)
+    assert len(applied) == 2
