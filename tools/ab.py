@@ -13,12 +13,17 @@
   processes, alternating;
 - ``--knob engine --other DIR``: this tree's reflrp against the one in the checkout ``DIR`` (an older
   commit, e.g. a ``git worktree add DIR cb7d23e``), each with its defaults, in fresh processes,
-  alternating (the order rotates every round): the direct old-versus-new A/B behind issue 10's bar.
+  alternating (the order rotates every round): the direct old-versus-new A/B behind issue 10's bar;
+- ``--knob job-scope``: ``reflrp.evaluate`` (AttnLRP and random, 5 steps, float32, one call over a batch of the
+  shape) as one allocator scope (the default, ``reflrp.memory.one_job``) against a scope per inner call
+  (``reflrp.evaluate.__wrapped__``), in one process, alternating call by call; wall and CPU the same here
+  (one thread).
 
     python tools/ab.py --knob fast [--layers 4] [--shapes 1x128 1x512 8x128] [--calls 5]
     python tools/ab.py [--knob allocator] [--rounds 3] [--calls 5]
     python tools/ab.py --knob plain-after-fast --shapes 1x512 8x128
     python tools/ab.py --knob engine --other ../old [--targets 16] [--rounds 5]
+    python tools/ab.py --knob job-scope --shapes 8x128 --calls 4
 
 Uses the benchmark LLaMA that ``python tools/bench.py`` caches in .cache/bench/.
 """
@@ -38,6 +43,7 @@ KNOBS = {  # knob -> its arms, the default first
     "allocator": ("call", "reuse", "system"),
     "plain-after-fast": ("fresh", "after-fast"),
     "engine": ("this", "other"),
+    "job-scope": ("one scope", "per call"),
 }
 
 
@@ -57,7 +63,7 @@ def worker(path: str, shapes: list[str], calls: int, knob: str, arm: str | None 
     import reflrp
     model = reflrp.load(path)
     hidden = model.graph.inputs[0].shape[-1]
-    arms = {"fast": (True, False), "plain-after-fast": (False,)}.get(knob, (None,))
+    arms = {"fast": (True, False), "plain-after-fast": (False,), "job-scope": KNOBS["job-scope"]}.get(knob, (None,))
     fast_kw = (lambda fast: {}) if knob == "engine" else (lambda fast: {"fast": fast})
     if arm == "after-fast":
         tiny = {"inputs_embeds": np.zeros((1, 8, hidden), np.float32)}
@@ -68,6 +74,11 @@ def worker(path: str, shapes: list[str], calls: int, knob: str, arm: str | None 
         feeds = {"inputs_embeds": np.random.default_rng(0).standard_normal((b, s, hidden)).astype(np.float32)}
         calls_here = [("forward", lambda fast: model.run(feeds, dtype="float32", **fast_kw(fast))),
                       ("explain32", lambda fast: reflrp.explain(model, feeds, dtype="float32", **fast_kw(fast)))]
+        if knob == "job-scope":
+            def evaluate(arm, feeds=feeds):
+                fn = reflrp.evaluate if arm == "one scope" else reflrp.evaluate.__wrapped__
+                fn(model, feeds, methods=["attnlrp", "random"], steps=5, bootstrap=50, progress=False, dtype="float32")
+            calls_here = [("evaluate", evaluate)]
         if targets and "targets" in inspect.signature(reflrp.explain).parameters:
             logits = model.run(feeds, dtype="float32")["logits"]
             top = [int(c) for c in np.argsort(-logits[0, -1], kind="stable")[:targets]]
@@ -80,7 +91,7 @@ def worker(path: str, shapes: list[str], calls: int, knob: str, arm: str | None 
                 for fast in (arms if i % 2 == 0 else arms[::-1]):
                     t = time.thread_time()
                     fn(fast)
-                    key = f"{name} {shape}" + (f" [fast={fast}]" if knob == "fast" else "")
+                    key = f"{name} {shape}" + (f" [fast={fast}]" if knob == "fast" else f" [{fast}]" if knob == "job-scope" else "")
                     out[key] = min(out.get(key, float("inf")), (time.thread_time() - t) * 1e3)
     return out
 
@@ -119,8 +130,8 @@ def main(argv=None) -> int:
         return 0
     arms = KNOBS[args.knob]
     results: dict[str, dict] = {arm: {} for arm in arms}
-    if args.knob == "fast":
-        for key, v in worker(path, args.shapes, args.calls, "fast").items():
+    if args.knob in ("fast", "job-scope"):
+        for key, v in worker(path, args.shapes, args.calls, args.knob).items():
             call, arm = key.rsplit(" [", 1)
             results[arm[:-1]][call] = v
         label = "in one process, alternating call by call"
