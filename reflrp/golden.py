@@ -193,7 +193,7 @@ def golden_shard(samples: list[Sample], model_name: str, job: Job, blas_threads:
     """The Dask task: the golden files of a shard of samples, on the model this worker loaded."""
     from .scale import blas_threads as limit_blas, worker_model
     model = worker_model(model_name)
-    with limit_blas(blas_threads), job_scope():
+    with limit_blas(blas_threads):  # the job's allocator scope is the model plugin's (reflrp.scale)
         sources = Sources(model)
         return [golden_sample(model, s, sources, job) for s in samples]
 

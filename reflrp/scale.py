@@ -13,6 +13,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from .errors import ReflrpError
+from .memory import job_scope
 from .samples import EXTRA
 
 try:
@@ -64,8 +65,8 @@ def client(workers: int | None = None, scheduler: str | None = None):
 
 # The cluster reflrp starts for --workers runs compute-bound tasks on one thread per worker: Dask's sampling
 # profiler (a stack walk of every worker thread each 10 ms, holding the GIL) and its 20 ms event-loop tick
-# cost such a task 10-20 % of its wall time (an explain took 1.11-1.21x its CPU time in a worker, 1.02-1.03x
-# with these settings; tools/bench_scale.py). A cluster given by --scheduler keeps its own configuration.
+# cost such a task 10-14 % of its wall time (an explain took 1.10-1.14x its CPU time in a worker, 1.02x
+# with these settings: python tools/bench_scale.py --worker-overhead). A cluster given by --scheduler keeps its own configuration.
 LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "200ms",
@@ -126,7 +127,6 @@ class ModelOnWorker(WorkerPlugin):
                              f"(sha256 {model.sha256} != the client's {self.sha256})")
         self.model = model
         if self.scope is None:  # the worker's tasks of this job reuse each other's memory (reflrp.memory)
-            from .memory import job_scope
             self.scope = ExitStack()
             self.scope.enter_context(job_scope())
 
