@@ -246,3 +246,25 @@ def test_local_workers_run_without_dask_profiler():
     assert seen == {k: {v} for k, v in scale.LOCAL_CLUSTER_CONFIG.items()}
     assert {k: dask.config.get(k) for k in scale.LOCAL_CLUSTER_CONFIG} == before
     assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
+def test_index_table_equals_pyarrows_own_conversion():
+    """The index is built through Arrow's JSON reader (no pandas import); pyarrow's from_pylist is the oracle:
+    NaN, infinities, -0.0, subnormals, None, unicode, long and empty targets, no rows at all."""
+    from reflrp.golden_index import index_schema, table_of
+    schema = index_schema()
+    base = {name: None for name in schema.names}
+    rows = [base | {"input": "x.npz", "file": "x.golden.npz", "fingerprint": "ab" * 32, "target": [0, 2**62, -1],
+                    "total_target": 0.1 + 0.2, "total_at_wrt": float("nan"), "total_absorbed": float("inf"),
+                    "total_loss": -0.0, "total_deficit": 5e-324, "ok": True},
+            base | {"input": 'ünï "quoted" \\ \n', "target": [], "total_target": -float("inf"), "ok": False,
+                    "error": "row 1: column 'input_ids' is null"},
+            base | {"input": "batch.npz[7]", "target": list(range(300)), "total_loss": 1.7976931348623157e308, "ok": True}]
+    for some in (rows, rows[:1], []):
+        ours, theirs = table_of(some, schema), pa.Table.from_pylist(some, schema=schema)
+        assert ours.schema == schema
+        floats = [n for n in schema.names if pa.types.is_floating(schema.field(n).type)]
+        assert ours.drop_columns(floats).equals(theirs.drop_columns(floats))
+        for name in floats:  # bit for bit (equals() calls NaN unequal to itself and -0.0 equal to 0.0)
+            bits = [np.array(t.column(name).to_pylist(), dtype=float).tobytes() for t in (ours, theirs)]
+            assert bits[0] == bits[1], name
