@@ -175,7 +175,7 @@ def load(source: Any, fold_batchnorm: bool = False) -> Model:
     for ops reflrp cannot run (naming node, op, domain and opset) and :class:`reflrp.GraphError`
     for cycles, missing initializers and undefined tensors.
     """
-    proto, base = onnx_import.read_model(source)
+    proto, base, sha256 = onnx_import.read_model(source)
     graph = canonicalize(onnx_import.to_graph(proto, base))
     if not isinstance(fold_batchnorm, bool):
         raise ReflrpError(f"fold_batchnorm must be True or False, not {fold_batchnorm!r}")
@@ -183,7 +183,7 @@ def load(source: Any, fold_batchnorm: bool = False) -> Model:
         graph = batchnorm.fold_batchnorm(graph)
     refuse_unsupported_nodes(graph)  # at load, not at the first run
     name = str(source) if isinstance(source, (str,)) or hasattr(source, "__fspath__") else "<model>"
-    return Model(graph, name, onnx_import.digest(source, proto))
+    return Model(graph, name, sha256)
 
 
 class _ValueInfo:
