@@ -538,7 +538,7 @@ def _scale_flags(sp) -> None:
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="run on an existing Dask cluster, e.g. tcp://host:8786 (workers see the same paths)")
     sp.add_argument("--shard-size", type=int, metavar="K",
-                    help="samples per Dask task (default: about 8 tasks per worker)")
+                    help="samples per Dask task (default: about 8 tasks per worker, the last samples one per task)")
 
 
 class _Parser(argparse.ArgumentParser):

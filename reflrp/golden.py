@@ -210,7 +210,7 @@ def run(model, inputs, out, preset: str = "attnlrp", dtype: Any = "float64", eps
     is called before each file (as shards finish on Dask; ``"dask"``: Dask's progress bar).
 
     ``client``: a ``dask.distributed.Client``; one task per shard of ``shard_size`` samples (default
-    :func:`reflrp.scale.shard_size`), BLAS limited to ``blas_threads`` in each task; the files are the
+    :func:`reflrp.scale.default_shards`), BLAS limited to ``blas_threads`` in each task; the files are the
     same bytes as a serial run's. ``options``: rule parameters, as for :func:`reflrp.explain` (fingerprinted
     when given). ``index``: write ``out/index.parquet`` (or the path given), one row per
     sample; by default only on Dask."""
@@ -269,9 +269,9 @@ def _serial(model, samples, job, progress):
 
 def _on_dask(client, model, samples, job, size, progress, blas_threads):
     from . import scale
-    size = size or scale.shard_size(len(samples), scale.worker_count(client))
+    parts = scale.shards(samples, size) if size else scale.default_shards(samples, scale.worker_count(client))
     with scale.model_on_workers(client, model) as name:
-        for _, outcomes in scale.map_shards(client, golden_shard, scale.shards(samples, size), name, job,
+        for _, outcomes in scale.map_shards(client, golden_shard, parts, name, job,
                                             blas_threads, key="reflrp-golden", progress=progress):
             yield from outcomes
 

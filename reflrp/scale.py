@@ -93,6 +93,15 @@ def shards(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def default_shards(items: list, workers: int) -> list[list]:
+    """Shards of :func:`shard_size` items, the last ``workers x size`` items one per shard: the workers run out
+    of work within about one item of each other, not one shard (tasks run in the order submitted)."""
+    size = shard_size(len(items), workers)
+    tail = min(len(items), workers * size) if size > 1 else 0
+    head = len(items) - tail
+    return shards(items[:head], size) + shards(items[head:], 1)
+
+
 def blas_threads(n: int | None):
     """Limit BLAS / OpenMP threads in this process for the ``with`` block (threadpoolctl, when installed;
     Dask's nanny already starts workers with one thread)."""

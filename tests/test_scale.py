@@ -268,3 +268,14 @@ def test_index_table_equals_pyarrows_own_conversion():
         for name in floats:  # bit for bit (equals() calls NaN unequal to itself and -0.0 equal to 0.0)
             bits = [np.array(t.column(name).to_pylist(), dtype=float).tobytes() for t in (ours, theirs)]
             assert bits[0] == bits[1], name
+
+
+@pytest.mark.parametrize("n, workers", [(64, 2), (1, 2), (5, 2), (7, 3), (1000, 4), (3, 8)])
+def test_default_shards_cover_every_sample_once_in_order_and_end_in_singles(n, workers):
+    items = list(range(n))
+    parts = scale.default_shards(items, workers)
+    assert [i for p in parts for i in p] == items
+    size = scale.shard_size(n, workers)
+    assert all(1 <= len(p) <= size <= 16 for p in parts)
+    singles = min(n, workers * size) if size > 1 else n
+    assert [len(p) for p in parts[len(parts) - singles:]] == [1] * singles
