@@ -1,26 +1,29 @@
-"""The host allocator policy: keep freed buffers for reuse during a call instead of handing them back.
+"""The host allocator policy: keep freed buffers for reuse during calls instead of handing them back.
 
 A forward or relevance pass allocates and frees many arrays of the same few sizes (activations,
 attention scores). glibc's default policy serves blocks above ~128 KiB with ``mmap`` and gives them
 back on ``free``, and trims the top of the heap as soon as a few hundred KiB there are free; every
 new array then costs page faults (the kernel zeroes each 4 KiB page). onnxruntime avoids the same cost
-with its memory arena. reflrp's speed layer asks glibc to behave like one *for the duration of a call*:
-every array comes from the heap (no ``mmap``, whatever its size: a batch's attention scores are often
-larger than the 32 MiB glibc's mmap threshold can be raised to) and up to 1 GiB of free heap is kept;
-when the call returns, glibc's defaults (mmap above 128 KiB, trim above 128 KiB) are set again and
-the free heap is handed back to the OS (``malloc_trim``: also the free memory below arrays the call
-returned, which glibc's own trimming of the heap's top would keep), so the process is left as it was (except that glibc's own dynamic adjustment of those thresholds stays off
-once they were set explicitly).
+with its memory arena. reflrp's speed layer asks glibc to behave like one *for the duration of its
+calls*: every array comes from the heap (no ``mmap``, whatever its size: a batch's attention scores are
+often larger than the 32 MiB glibc's mmap threshold can be raised to) and up to 1 GiB of free heap is
+kept. When the last call returns, the settings linger for ``REFLRP_MALLOC_LINGER`` seconds (1 by
+default; 0: none), so that back-to-back calls (a loop over inputs) reuse each other's memory, the way
+jemalloc purges freed pages only after they stayed unused a while; a call in that time cancels the
+restore. Then glibc's defaults (mmap above 128 KiB, trim above 128 KiB) are set again and the free heap
+is handed back to the OS (``malloc_trim``: also the free memory below arrays the calls returned, which
+glibc's own trimming of the heap's top would keep), so the process is left as it was (except that
+glibc's own dynamic adjustment of those thresholds stays off once they were set explicitly).
 
 Policies (``set_allocator_policy`` or ``REFLRP_MALLOC`` in the environment):
 
-- ``"call"`` (default): as above, only inside ``run`` / ``explain`` calls with the speed layer on
-  (calls that overlap, in threads or nested, share the scope: the first applies it, the last restores);
+- ``"call"`` (default): as above, only inside ``run`` / ``explain`` calls with the speed layer on and
+  for the linger after them (calls that overlap, in threads or nested, share the scope);
 - ``"reuse"``: the same thresholds for the whole process, from now on (what onnxruntime's arena does);
 - ``"system"``: glibc is never touched.
 
 Only under glibc (elsewhere a no-op); numbers are identical either way: only where buffers come from
-changes. :func:`release_memory` hands the kept free memory back to the OS.
+changes. :func:`release_memory` hands the kept free memory back to the OS now (and ends a linger).
 """
 from __future__ import annotations
 
@@ -88,27 +91,39 @@ def set_allocator_policy(policy: str) -> None:
     if policy not in POLICIES:
         from .errors import ReflrpError
         raise ReflrpError(f"allocator policy must be one of {list(POLICIES)}, not {policy!r}")
+    _settle()
     _Settings.policy = policy
     if policy == "reuse":
         _Settings.reuse_applied = _keep_buffers()
     else:
         _Settings.reuse_applied = False
         _glibc_defaults()
-        release_memory()
+        _trim()
 
 
 class _Calls:
-    """The calls inside the "call" policy's scope right now (process-wide, like glibc's settings)."""
+    """The calls inside the "call" policy's scope right now and the pending restore (process-wide, like
+    glibc's settings)."""
 
     lock = threading.Lock()
     active = 0
-    applied = False
+    applied = False  # glibc set up by the scope and not restored yet
+    restore: threading.Timer | None = None
+
+
+def linger_seconds() -> float:
+    """How long the "call" scope's settings outlive the last call (``REFLRP_MALLOC_LINGER``, default 1 s)."""
+    try:
+        return max(0.0, float(os.environ.get("REFLRP_MALLOC_LINGER", "1")))
+    except ValueError:
+        return 1.0
 
 
 @contextmanager
 def reuse_during_call():
-    """The ``"call"`` policy: reuse freed buffers inside the block, glibc's defaults again after it
-    (``"reuse"`` asked for in the environment is applied here once, for the process)."""
+    """The ``"call"`` policy: reuse freed buffers inside the block and for the linger after the last
+    such block, glibc's defaults again then (``"reuse"`` asked for in the environment is applied here
+    once, for the process)."""
     policy = allocator_policy()
     if policy == "reuse" and not _Settings.reuse_applied:
         _Settings.reuse_applied = _keep_buffers()
@@ -117,7 +132,10 @@ def reuse_during_call():
         return
     with _Calls.lock:  # calls may overlap (threads, a call inside a call): the first applies, the last restores
         _Calls.active += 1
-        if _Calls.active == 1:
+        if _Calls.restore is not None:  # a call within the linger: the settings are still in place
+            _Calls.restore.cancel()
+            _Calls.restore = None
+        if _Calls.active == 1 and not _Calls.applied:
             _Calls.applied = _keep_buffers()
     try:
         yield
@@ -125,8 +143,50 @@ def reuse_during_call():
         with _Calls.lock:
             _Calls.active -= 1
             if _Calls.active == 0 and _Calls.applied:
-                _glibc_defaults()
-                release_memory()  # the freed heap, wherever it lies (arrays handed out may sit above it)
+                linger = linger_seconds()
+                if linger > 0:
+                    _Calls.restore = threading.Timer(linger, _restore_when_idle)
+                    _Calls.restore.daemon = True
+                    _Calls.restore.start()
+                else:
+                    _restore()
+
+
+def _restore() -> None:
+    """glibc's defaults again and the free heap handed back (under ``_Calls.lock``)."""
+    _glibc_defaults()
+    _trim()  # the freed heap, wherever it lies (arrays handed out may sit above it)
+    _Calls.applied = False
+
+
+def _restore_when_idle() -> None:
+    with _Calls.lock:
+        if _Calls.active == 0 and _Calls.applied:
+            _restore()
+        _Calls.restore = None
+
+
+def _settle() -> None:
+    """End the "call" scope's linger now (glibc's defaults set again unless a call is running)."""
+    with _Calls.lock:
+        if _Calls.restore is not None:
+            _Calls.restore.cancel()
+            _Calls.restore = None
+        if _Calls.active == 0 and _Calls.applied:
+            _restore()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has no restore thread: it restores glibc's defaults at once, unless the forking
+    thread is inside a call (which then restores when it returns)."""
+    _Calls.lock = threading.Lock()
+    _Calls.restore = None
+    if _Calls.active == 0 and _Calls.applied:
+        _restore()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def job_scope():
@@ -148,7 +208,13 @@ def one_job(fn):
 
 
 def release_memory() -> None:
-    """Give the free memory glibc keeps back to the operating system (``malloc_trim``)."""
+    """Give the free memory glibc keeps back to the operating system now (``malloc_trim``), ending the
+    "call" scope's linger (glibc's defaults set again, unless a call is running)."""
+    _settle()
+    _trim()
+
+
+def _trim() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -134,9 +134,9 @@ def _glibc_with_mallinfo2() -> bool:
 @pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
 @pytest.mark.parametrize("policy", ["call", "system"])
 def test_allocator_policy_is_scoped_to_the_call(policy):
-    """'call': large arrays come from the heap inside a call and are mmapped again after it (the process
-    is left with glibc's default thresholds); 'system': never touched."""
-    env = dict(os.environ, REFLRP_MALLOC=policy)
+    """'call' without a linger: large arrays come from the heap inside a call and are mmapped again after
+    it (the process is left with glibc's default thresholds); 'system': never touched."""
+    env = dict(os.environ, REFLRP_MALLOC=policy, REFLRP_MALLOC_LINGER="0")
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["before"] >= 4 * 2**20 and info["after"] >= 16 * 2**20
@@ -156,10 +156,50 @@ print(json.dumps(out))
 
 @pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
 def test_overlapping_calls_keep_the_policy_until_the_last_returns():
-    env = dict(os.environ, REFLRP_MALLOC="call")
+    env = dict(os.environ, REFLRP_MALLOC="call", REFLRP_MALLOC_LINGER="0")
     out = subprocess.run([sys.executable, "-c", _NESTED], env=env, capture_output=True, text=True, check=True)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["inner"] == 0 and info["after_inner"] == 0 and info["after_outer"] >= 16 * 2**20
+
+
+_LINGER = _PROBE.split("out = {")[0] + r"""
+import os
+from reflrp import memory
+out = {}
+with reuse_during_call():
+    pass
+out["lingering"] = mmapped_by_new_array(8)  # after the call, within its linger (30 s): still from the heap
+first = memory._Calls.restore
+with reuse_during_call():  # a call within the linger cancels the pending restore and starts its own
+    pass
+out["new_timer"] = first.finished.is_set() and memory._Calls.restore not in (None, first)
+pid = os.fork()
+if pid == 0:  # a forked child has no restore thread: glibc's defaults at once
+    os._exit(0 if mmapped_by_new_array(16) >= 16 * 2**20 else 1)
+out["child_restored"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+out["parent_still_lingering"] = mmapped_by_new_array(16)
+reflrp.release_memory()  # ends the linger now
+out["after_release"] = mmapped_by_new_array(32)
+os.environ["REFLRP_MALLOC_LINGER"] = "0.05"
+with reuse_during_call():
+    pass
+memory._Calls.restore.join()  # the linger's end, by its own timer
+out["after_linger"] = mmapped_by_new_array(64)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
+def test_the_call_scope_lingers_after_the_last_call_then_restores():
+    """Back-to-back calls reuse each other's memory: glibc stays set up for REFLRP_MALLOC_LINGER seconds
+    after the last call returns (a call in that time restarts the wait); then, on release_memory(), and
+    at once in a forked child, glibc's defaults again."""
+    env = dict(os.environ, REFLRP_MALLOC="call", REFLRP_MALLOC_LINGER="30")
+    out = subprocess.run([sys.executable, "-c", _LINGER], env=env, capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["lingering"] == 0 and info["parent_still_lingering"] == 0 and info["new_timer"]
+    assert info["child_restored"]
+    assert info["after_release"] >= 32 * 2**20 and info["after_linger"] >= 64 * 2**20
 
 
 def test_set_allocator_policy_validates():
@@ -230,6 +270,8 @@ def test_a_golden_run_is_one_allocator_scope(tmp_path, monkeypatch):
     applied = []
     monkeypatch.setattr(memory, "_keep_buffers", lambda: applied.append(1) or False)
     monkeypatch.setattr(memory._Settings, "policy", "call")
+    monkeypatch.setenv("REFLRP_MALLOC_LINGER", "0")
+    memory.release_memory()  # an earlier test's call may still linger
     x = zoo.feeds("llama")
     (tmp_path / "in").mkdir()
     for i in range(3):
@@ -246,6 +288,8 @@ def test_evaluate_and_attribute_are_one_allocator_scope_each(monkeypatch):
     applied = []
     monkeypatch.setattr(memory, "_keep_buffers", lambda: applied.append(1) or False)
     monkeypatch.setattr(memory._Settings, "policy", "call")
+    monkeypatch.setenv("REFLRP_MALLOC_LINGER", "0")
+    memory.release_memory()  # an earlier test's call may still linger
     m, x = zoo.model("llama"), zoo.feeds("llama")
     reflrp.attribute(m, x, method="integrated-gradients", steps=4)
     assert len(applied) == 1

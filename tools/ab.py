@@ -4,8 +4,9 @@
 - ``--knob fast``: the speed layer (``reflrp.fast``) off against on (the default): ``fast=False`` and
   ``fast=True`` in one process, alternating call by call (the order flips every call);
 - ``--knob allocator``: ``REFLRP_MALLOC=call`` (the default: glibc keeps freed buffers for reuse
-  during each fast call only) against ``reuse`` (the same, process-wide) and ``system`` (glibc left
-  alone), in fresh processes, alternating (the order rotates every round), since the policy is
+  during fast calls and for ``REFLRP_MALLOC_LINGER`` = 1 s after the last) against ``call-nolinger``
+  (the same with ``REFLRP_MALLOC_LINGER=0``: glibc restored as each call returns), ``reuse`` (the same,
+  process-wide) and ``system`` (glibc left alone), in fresh processes, alternating (the order rotates every round), since the policy is
   per process;
 - ``--knob plain-after-fast``: the plain path (``fast=False``) in a fresh process where the speed layer
   never ran against one where a fast call ran first (whose "call" policy sets glibc's thresholds back
@@ -40,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KNOBS = {  # knob -> its arms, the default first
     "fast": ("fast=True", "fast=False"),
-    "allocator": ("call", "reuse", "system"),
+    "allocator": ("call", "call-nolinger", "reuse", "system"),
     "plain-after-fast": ("fresh", "after-fast"),
     "engine": ("this", "other"),
     "job-scope": ("one scope", "per call"),
@@ -101,7 +102,9 @@ def _fresh(args, arm: str) -> dict:
            "--shapes", *args.shapes, "--knob", args.knob, "--worker", arm, "--targets", str(args.targets)]
     if args.knob == "engine" and arm == "other":
         cmd += ["--other", args.other]
-    env = dict(os.environ, REFLRP_MALLOC=arm) if args.knob == "allocator" else dict(os.environ)
+    env = dict(os.environ)
+    if args.knob == "allocator":
+        env.update(REFLRP_MALLOC=arm.split("-")[0], REFLRP_MALLOC_LINGER="0" if arm == "call-nolinger" else "1")
     run = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     return json.loads(run.stdout.splitlines()[-1])
 
