@@ -4,6 +4,7 @@ Only :mod:`reflrp.onnx_import` builds it from ONNX; everything else reads it.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -70,6 +71,12 @@ class Graph:
     # a subgraph (If / Loop / Scan body): the enclosing scope's values it reads, listed last among its
     # inputs; the node holding it takes them as extra trailing inputs, in this order
     outer: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def tensor_names(self) -> frozenset:
+        """Every tensor of the graph: its inputs, its initializers and every node output."""
+        return frozenset(self.input_names) | frozenset(self.initializers) | {
+            o for n in self.nodes for o in n.outputs if o}
 
     @classmethod
     def build(cls, nodes, inputs, outputs, initializers, opset, metadata=None, opsets=None,

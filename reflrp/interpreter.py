@@ -46,12 +46,22 @@ class Prepared:
 def _call(step: Step, xp, args: list):
     try:
         out = step.fn(xp, *args, **step.attrs)
-    except ReflrpError as exc:
-        raise type(exc)(f"{step.node.label()}: {exc}") from None
     except Exception as exc:
-        shapes = ", ".join(f"{n or '-'}: {getattr(a, 'shape', None)} {getattr(a, 'dtype', '')}"
-                           for n, a in zip(step.inputs, args))
-        raise KernelError(f"{step.node.label()} failed on inputs ({shapes}): {type(exc).__name__}: {exc}") from None
+        raise _failure(step, args, exc) from None
+    return _outputs(step, out)
+
+
+def _failure(step: Step, args: list, exc: Exception) -> ReflrpError:
+    """The error of a kernel that raised: the node named, and for a non-reflrp error the inputs' shapes."""
+    if isinstance(exc, ReflrpError):
+        return type(exc)(f"{step.node.label()}: {exc}")
+    shapes = ", ".join(f"{n or '-'}: {getattr(a, 'shape', None)} {getattr(a, 'dtype', '')}"
+                       for n, a in zip(step.inputs, args))
+    return KernelError(f"{step.node.label()} failed on inputs ({shapes}): {type(exc).__name__}: {exc}")
+
+
+def _outputs(step: Step, out) -> tuple:
+    """A kernel's result as a tuple; an output the node names but the kernel does not compute is refused."""
     out = out if isinstance(out, tuple) else (out,)
     if len(out) < len(step.outputs) and any(step.outputs[len(out):]):
         raise UnsupportedOpError(f"{step.node.label()}: output(s) {[n for n in step.outputs[len(out):] if n]} "
@@ -145,9 +155,14 @@ def run_steps(prep: Prepared, env: dict, indices, free: bool = True, kept=frozen
     by tensor names) receives the shapes of those tensors as they are computed."""
     xp, steps, frees = prep.xp, prep.steps, prep.frees
     with quiet(xp):
-        for i in indices:
+        for i in indices:  # _call, inlined: this loop runs every node of every forward
             step = steps[i]
-            out = _call(step, xp, [env[n] if n else None for n in step.inputs])
+            args = [env[n] if n else None for n in step.inputs]
+            try:
+                out = step.fn(xp, *args, **step.attrs)
+            except Exception as exc:
+                raise _failure(step, args, exc) from None
+            out = _outputs(step, out)
             for n, v in zip(step.outputs, out):
                 if n:
                     env[n] = v

@@ -32,6 +32,7 @@ import ctypes.util
 import functools
 import os
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -103,12 +104,13 @@ def set_allocator_policy(policy: str) -> None:
 
 class _Calls:
     """The calls inside the "call" policy's scope right now and the pending restore (process-wide, like
-    glibc's settings)."""
+    glibc's settings). ``changed`` guards the state; the restorer thread waits on it for ``deadline``."""
 
-    lock = threading.Lock()
+    changed = threading.Condition()
     active = 0
     applied = False  # glibc set up by the scope and not restored yet
-    restore: threading.Timer | None = None
+    deadline: float | None = None  # time.monotonic() at which an idle scope restores
+    restorer: threading.Thread | None = None
 
 
 def linger_seconds() -> float:
@@ -130,57 +132,76 @@ def reuse_during_call():
     if policy != "call":
         yield
         return
-    with _Calls.lock:  # calls may overlap (threads, a call inside a call): the first applies, the last restores
+    with _Calls.changed:  # calls may overlap (threads, a call inside a call): the first applies, the last restores
         _Calls.active += 1
-        if _Calls.restore is not None:  # a call within the linger: the settings are still in place
-            _Calls.restore.cancel()
-            _Calls.restore = None
         if _Calls.active == 1 and not _Calls.applied:
             _Calls.applied = _keep_buffers()
     try:
         yield
     finally:
-        with _Calls.lock:
+        with _Calls.changed:
             _Calls.active -= 1
             if _Calls.active == 0 and _Calls.applied:
-                linger = linger_seconds()
-                if linger > 0:
-                    _Calls.restore = threading.Timer(linger, _restore_when_idle)
-                    _Calls.restore.daemon = True
-                    _Calls.restore.start()
-                else:
-                    _restore()
+                _restore_later(linger_seconds())
+
+
+def _restore_later(linger: float) -> None:
+    """Restore once the scope stayed idle for ``linger`` s (under ``_Calls.changed``; at once for 0)."""
+    if linger <= 0:
+        _restore()
+        return
+    waiting = _Calls.deadline is None
+    _Calls.deadline = time.monotonic() + linger  # a call in the meantime moves it later
+    if _Calls.restorer is None:
+        _Calls.restorer = threading.Thread(target=_restorer, name="reflrp-allocator-restore", daemon=True)
+        _Calls.restorer.start()
+    elif waiting:
+        _Calls.changed.notify_all()
+
+
+def _restorer() -> None:
+    """The thread that restores glibc when a deadline passes with no call running (one per process)."""
+    with _Calls.changed:
+        while True:
+            if _Calls.deadline is None:
+                _Calls.changed.wait()
+                continue
+            left = _Calls.deadline - time.monotonic()
+            if left > 0:
+                _Calls.changed.wait(left)
+                continue
+            _Calls.deadline = None
+            if _Calls.active == 0 and _Calls.applied:
+                _restore()
+            _Calls.changed.notify_all()
 
 
 def _restore() -> None:
-    """glibc's defaults again and the free heap handed back (under ``_Calls.lock``)."""
+    """glibc's defaults again and the free heap handed back (under ``_Calls.changed``)."""
     _glibc_defaults()
     _trim()  # the freed heap, wherever it lies (arrays handed out may sit above it)
     _Calls.applied = False
 
 
-def _restore_when_idle() -> None:
-    with _Calls.lock:
-        if _Calls.active == 0 and _Calls.applied:
-            _restore()
-        _Calls.restore = None
-
-
 def _settle() -> None:
     """End the "call" scope's linger now (glibc's defaults set again unless a call is running)."""
-    with _Calls.lock:
-        if _Calls.restore is not None:
-            _Calls.restore.cancel()
-            _Calls.restore = None
+    with _Calls.changed:
+        _Calls.deadline = None
         if _Calls.active == 0 and _Calls.applied:
             _restore()
+
+
+def _wait_restored(timeout: float) -> bool:
+    """Wait (at most ``timeout`` s) until the scope has restored glibc; whether it has (for tests)."""
+    with _Calls.changed:
+        return _Calls.changed.wait_for(lambda: not _Calls.applied, timeout)
 
 
 def _after_fork_in_child() -> None:
-    """A forked child has no restore thread: it restores glibc's defaults at once, unless the forking
-    thread is inside a call (which then restores when it returns)."""
-    _Calls.lock = threading.Lock()
-    _Calls.restore = None
+    """A forked child has no restorer thread: it restores glibc's defaults at once, unless the forking
+    thread is inside a call (whose return then starts the child's own restorer)."""
+    _Calls.changed = threading.Condition()
+    _Calls.restorer, _Calls.deadline = None, None
     if _Calls.active == 0 and _Calls.applied:
         _restore()
 

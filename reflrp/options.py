@@ -59,7 +59,7 @@ def names(graph, value, what: str) -> tuple[str, ...] | None:
         value = tuple(value)
     except TypeError:
         raise ReflrpError(f"{what}={value!r} must be a tensor name or a list of tensor names") from None
-    known = set(graph.input_names) | {o for n in graph.nodes for o in n.outputs if o} | set(graph.initializers)
+    known = graph.tensor_names
     for v in value:
         if not isinstance(v, str):
             raise ReflrpError(f"{what}: {v!r} is not a tensor name (a string)")

@@ -819,10 +819,11 @@ def write_report(path: Path, args, info: dict, data: dict, elapsed: float) -> No
       "raw data). Cells that would not fit "
       f"`--max-minutes {args.max_minutes:g}` are skipped (ReferenceEvaluator and MiniLM first).")
     w(f"- Allocator: reflrp's policy `{info.get('allocator', '?')}` (`reflrp.memory`). Under the default "
-      "\"call\", glibc serves every array from the heap (no mmap) and keeps up to 1 GiB of freed heap only "
-      "*during* each run / explain call with the speed layer on (onnxruntime's counterpart is its memory "
-      "arena, on by default), is set back to its defaults (128 KiB thresholds) when the call returns and "
-      "hands the free heap back (`malloc_trim`); *explain32 reuse* keeps it between calls (opt-in); "
+      "\"call\", glibc serves every array from the heap (no mmap) and keeps up to 1 GiB of freed heap "
+      "during each run / explain call with the speed layer on and for `REFLRP_MALLOC_LINGER` (1 s) after "
+      "the last one (onnxruntime's counterpart is its memory arena, on by default), then is set back to its "
+      "defaults (128 KiB thresholds) and hands the free heap back (`malloc_trim`), so a cell's back-to-back "
+      "calls reuse each other's memory; *explain32 reuse* keeps it for the whole process (opt-in); "
       "glibc stops adapting its mmap threshold once one was set, so onnxruntime and ReferenceEvaluator run "
       "with fixed default thresholds in this process. The plain path's worker and LXT run with glibc's "
       "defaults (adaptive).")
@@ -1125,7 +1126,7 @@ def baseline_section(w, data: dict) -> None:
       "single-thread CPU-time rows first. Ratios of medians; *new / old* ≤ 1.10 is issue 10's bar.\n")
     w("*explain32 reuse* is the same call under the opt-in allocator policy \"reuse\" (freed heap kept between "
       "calls, what the old engine did for the whole process without being asked); *new* runs under the "
-      "default \"call\" policy, which hands the call's memory back when it returns.\n")
+      "default \"call\" policy, which hands the calls' memory back 1 s after the last one returns.\n")
     w("| pass | shape (L, b, s) | fwd / ort old | new | new / old | explain32 / LXT old | new | new / old | "
       "explain32 reuse / LXT new | reuse new / old | plain fwd / ort new | plain explain32 / LXT new |")
     w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
