@@ -108,6 +108,7 @@ class Ledger:
         self.k = k
         self.mass: dict[str, np.ndarray] = {}
         self.rows: list[tuple] = []
+        self._zero = None
 
     def arrive(self, name: str, amount: np.ndarray) -> None:
         self.mass[name] = self.mass[name] + amount if name in self.mass else amount
@@ -118,18 +119,27 @@ class Ledger:
 
     def book(self, node, rule: str, inflow, outflow, absorbed, loss, deficit, scale=0.0) -> None:
         """One node's account: each value a per-target vector (or a scalar for every target)."""
-        values = np.empty((6, self.k))
-        values[0], values[1], values[2], values[3], values[4], values[5] = inflow, outflow, absorbed, loss, deficit, scale
-        self.rows.append((node.name, node.op_type, rule, values))
+        self.rows.append((node.name, node.op_type, rule,
+                          tuple(map(self._column, (inflow, outflow, absorbed, loss, deficit, scale)))))
+
+    def _column(self, v) -> np.ndarray:
+        """``v`` as a (K,) float64 vector (a zero scalar: one shared zero vector)."""
+        if isinstance(v, np.ndarray) and v.shape == (self.k,):
+            return v
+        if isinstance(v, float) and v == 0.0:
+            if self._zero is None:
+                self._zero = np.zeros(self.k)
+            return self._zero
+        return np.broadcast_to(np.asarray(v, dtype=np.float64), (self.k,))
 
     def reports(self, targets: np.ndarray, at_each: dict, dtype: str) -> list[ConservationReport]:
         """One report per target column."""
         tol = TOLERANCE.get(dtype, 1e-4)
-        table = np.stack([v for *_, v in self.rows]) if self.rows else np.zeros((0, 6, self.k))
+        table = np.array([v for *_, v in self.rows], dtype=np.float64) if self.rows else np.zeros((0, 6, self.k))
         out = []
         for j in range(self.k):
-            nodes = [NodeAccount(n, op, rule, *map(float, table[i, :, j]))
-                     for i, (n, op, rule, _) in enumerate(self.rows)]
+            column = table[:, :, j].tolist()  # host floats, one list per node
+            nodes = [NodeAccount(n, op, rule, *values) for (n, op, rule, _), values in zip(self.rows, column)]
             each = {name: float(v[j]) for name, v in at_each.items()}
             out.append(ConservationReport(float(targets[j]), sum(each.values()), sum(a.absorbed for a in nodes),
                                           sum(a.loss for a in nodes), sum(a.deficit for a in nodes), nodes, each, tol))

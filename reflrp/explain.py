@@ -11,7 +11,7 @@ import numpy as np
 from . import fast as fast_layer
 from . import options as checks
 from .analysis import Plan
-from .backend import namespace, quiet, to_numpy
+from .backend import namespace, to_numpy
 from .conservation import Ledger
 from .dtypes import is_float
 from .errors import FeedError, ReflrpError, TargetError
@@ -141,7 +141,7 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     checked = check_feeds(graph, feeds, prep.policy, xp)
     _check_attributed_feeds(xp, checked, plan.wrt)
     kept = None if keep is None and checkpoint is None else frozenset(plan.wrt) | set(keep or ())
-    run = Pass(xp, eps, {s.node.name: s for s in prep.steps}, fast_layer.formulas if fast else plain_formulas,
+    run = Pass(xp, eps, prep.by_node, fast_layer.formulas if fast else plain_formulas,
                frozenset(plan.wrt), kept, _hint(prep), fast_layer.rule_table(RULES) if fast else None)
 
     with reuse_during_call() if fast else nullcontext():  # every temporary is freed inside the scope
@@ -232,8 +232,7 @@ def _relevance(run, prep, plan, state: _Forward, seed, output, last: bool):
     ledger.arrive(output, run.formulas.totals(run.xp, seed))
     relevance = {output: seed}
     if state.values is not None:
-        with quiet(run.xp):
-            propagate(run, plan.nodes, state.values if last else dict(state.values), relevance, ledger)
+        propagate(run, plan.nodes, state.values if last else dict(state.values), relevance, ledger)
         return relevance, ledger
     position = {s.node.name: i for i, s in enumerate(prep.steps)}
     bounds = state.bounds
@@ -243,8 +242,7 @@ def _relevance(run, prep, plan, state: _Forward, seed, output, last: bool):
         nodes = [p for p in plan.nodes if lo <= position.get(p.start.name, 0) < hi]
         if nodes:
             values = run_segment(prep, state.snapshots[seg], lo, hi)
-            with quiet(run.xp):
-                propagate(run, nodes, values, relevance, ledger)
+            propagate(run, nodes, values, relevance, ledger)
             del values
         if last:
             state.snapshots[seg] = None

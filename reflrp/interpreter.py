@@ -42,6 +42,9 @@ class Prepared:
     frees: tuple = ()  # per step: the intermediates whose last reader it is
     shape_cache: Any = None  # reflrp.fast.ShapeCache when the fast layer is on
 
+    def __post_init__(self):
+        self.by_node = {s.node.name: s for s in self.steps}  # the relevance pass looks steps up by node
+
 
 def _call(step: Step, xp, args: list):
     try:

@@ -29,6 +29,7 @@ class Model:
         self._variants: dict[frozenset, "Model"] = {}
         self._intervened: dict[tuple, "Model"] = {}
         self._facts: dict[str, tuple] = {}  # tensor -> (shape, dtype) seen in a run, for intervention masks
+        self._wrt: tuple[str, ...] | None = None  # the default wrt, once worked out
 
     def intervened(self, interventions, feeds, dtype: Any = None) -> "Model":
         """This model with ``interventions`` (reflrp.interventions) inserted; built once per spec set and
@@ -131,7 +132,7 @@ class Model:
         """The rule of every node under ``preset`` (a :class:`reflrp.analysis.Plan`; print it for a table).
         ``options``: rule parameters (see :func:`reflrp.explain`)."""
         from . import options as checks
-        from .analysis import build_plan, default_wrt
+        from .analysis import build_plan
         chosen = checks.preset(preset)
         opts = checks.rule_options(options)
         if "epsilon" in opts:  # the same epsilon as the argument
@@ -142,7 +143,7 @@ class Model:
         wrt = checks.names(self.graph, wrt, "wrt")
         if wrt is not None and not wrt:
             raise ReflrpError("wrt= is empty: name the tensors to attribute to, or pass None for the default")
-        wrt = wrt or default_wrt(self.graph)
+        wrt = wrt or self._default_wrt()
         if not wrt:
             raise ReflrpError(f"the model has no float input or embedding output to attribute to; pass wrt=[...] "
                               f"(inputs: {[v.describe() for v in self.graph.inputs]})")
@@ -153,6 +154,14 @@ class Model:
         if key not in self._plans:
             self._plans[key] = build_plan(self.graph, chosen, eps, wrt, overrides, opts)
         return self._plans[key]
+
+
+    def _default_wrt(self) -> tuple[str, ...]:
+        """:func:`reflrp.analysis.default_wrt` of the graph, worked out once (it walks every node)."""
+        if self._wrt is None:
+            from .analysis import default_wrt
+            self._wrt = default_wrt(self.graph)
+        return self._wrt
 
 
 def _run_usage(feeds, second) -> str:

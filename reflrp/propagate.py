@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import quiet
 from .conservation import TOLERANCE
 from .errors import ReflrpError, RuleError
 from .ops import record
@@ -34,11 +35,13 @@ class Pass:
 def propagate(run: Pass, plan_nodes, values: dict, relevance: dict, ledger) -> None:
     """Walk ``plan_nodes`` backward, updating ``relevance`` (tensor -> array with a leading target axis)
     and the ``ledger`` in place. A node's output values are dropped from ``values`` once its rule ran:
-    every rule that reads them comes before that in reverse order."""
-    for p in reversed(plan_nodes):
-        _node(run, p, values, relevance, ledger)
-        for o in p.node.outputs:
-            values.pop(o, None)
+    every rule that reads them comes before that in reverse order. numpy's floating-point warnings are
+    off throughout (non-finite values are checked in the books)."""
+    with quiet(run.xp):
+        for p in reversed(plan_nodes):
+            _node(run, p, values, relevance, ledger)
+            for o in p.node.outputs:
+                values.pop(o, None)
 
 
 def _context(run: Pass, p, inflow) -> Context:
@@ -84,11 +87,13 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
     if p.layer is not None and outputs[0] is None:  # a checkpointed layer split over two segments
         outputs[0] = ctx.kernel(ctx.xp, *inputs, **ctx.attrs)
     pieces, shares, books = _apply(ctx, p, (run.rules or RULES)[p.rule], inputs, outputs, R_out, inflow)
-    if not _finite(books[0]) and (not ctx.f.EXACT or run.rules is not None):  # the speed layer: redo it plainly
+    finite = _finite(books[0])
+    if not finite and (not ctx.f.EXACT or run.rules is not None):  # the speed layer: redo it plainly
         ctx = replace(ctx, f=plain_formulas)
         pieces, shares, books = _apply(ctx, p, RULES[p.rule], inputs, outputs, R_out, inflow)
+        finite = _finite(books[0])
     accounted, given, absorbed, result = books
-    if not _finite(accounted):
+    if not finite:
         where = next((name for (name, _, _), s in zip(pieces, shares) if not np.isfinite(s).all()), "its books")
         raise _non_finite(run, p, where)
     for (name, dyn, r), share in zip(pieces, shares):
