@@ -108,7 +108,6 @@ class Ledger:
         self.k = k
         self.mass: dict[str, np.ndarray] = {}
         self.rows: list[tuple] = []
-        self._zero = None
 
     def arrive(self, name: str, amount: np.ndarray) -> None:
         self.mass[name] = self.mass[name] + amount if name in self.mass else amount
@@ -119,23 +118,21 @@ class Ledger:
 
     def book(self, node, rule: str, inflow, outflow, absorbed, loss, deficit, scale=0.0) -> None:
         """One node's account: each value a per-target vector (or a scalar for every target)."""
-        self.rows.append((node.name, node.op_type, rule,
-                          tuple(map(self._column, (inflow, outflow, absorbed, loss, deficit, scale)))))
+        self.rows.append((node.name, node.op_type, rule, (inflow, outflow, absorbed, loss, deficit, scale)))
 
-    def _column(self, v) -> np.ndarray:
-        """``v`` as a (K,) float64 vector (a zero scalar: one shared zero vector)."""
-        if isinstance(v, np.ndarray) and v.shape == (self.k,):
-            return v
-        if isinstance(v, float) and v == 0.0:
-            if self._zero is None:
-                self._zero = np.zeros(self.k)
-            return self._zero
-        return np.broadcast_to(np.asarray(v, dtype=np.float64), (self.k,))
+    def table(self) -> np.ndarray:
+        """The accounts as one (nodes, 6, K) float64 array (a scalar fills its K columns)."""
+        table = np.zeros((len(self.rows), 6, self.k))
+        for i, (*_, values) in enumerate(self.rows):
+            for c, v in enumerate(values):
+                if not (isinstance(v, float) and v == 0.0):
+                    table[i, c] = v
+        return table
 
     def reports(self, targets: np.ndarray, at_each: dict, dtype: str) -> list[ConservationReport]:
         """One report per target column."""
         tol = TOLERANCE.get(dtype, 1e-4)
-        table = np.array([v for *_, v in self.rows], dtype=np.float64) if self.rows else np.zeros((0, 6, self.k))
+        table = self.table()
         out = []
         for j in range(self.k):
             column = table[:, :, j].tolist()  # host floats, one list per node

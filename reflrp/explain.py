@@ -142,7 +142,8 @@ def explain(model, feeds: Mapping[str, Any], target: Any = None, preset: str = "
     _check_attributed_feeds(xp, checked, plan.wrt)
     kept = None if keep is None and checkpoint is None else frozenset(plan.wrt) | set(keep or ())
     run = Pass(xp, eps, prep.by_node, fast_layer.formulas if fast else plain_formulas,
-               frozenset(plan.wrt), kept, _hint(prep), fast_layer.rule_table(RULES) if fast else None)
+               frozenset(plan.wrt), kept, _hint(prep), fast_layer.rule_table(RULES) if fast else None,
+               prep.op_facts)
 
     with reuse_during_call() if fast else nullcontext():  # every temporary is freed inside the scope
         return _attribution(run, prep, plan, graph, checked, chosen, output, target, targets, checkpoint,

@@ -44,6 +44,7 @@ class Prepared:
 
     def __post_init__(self):
         self.by_node = {s.node.name: s for s in self.steps}  # the relevance pass looks steps up by node
+        self.op_facts: dict = {}  # the relevance pass's per-node op facts (reflrp.propagate._op_facts)
 
 
 def _call(step: Step, xp, args: list):

@@ -30,6 +30,7 @@ class Pass:
     keep: frozenset | None = None
     hint: str = ""  # appended to a non-finite error (what to try)
     rules: dict = None  # rule name -> function (None: reflrp.rules.RULES; the speed layer's faster ones)
+    facts: dict | None = None  # the prepared forward's cache of each node's op facts (see _op_facts)
 
 
 def propagate(run: Pass, plan_nodes, values: dict, relevance: dict, ledger) -> None:
@@ -47,17 +48,30 @@ def propagate(run: Pass, plan_nodes, values: dict, relevance: dict, ledger) -> N
 def _context(run: Pass, p, inflow) -> Context:
     node = p.node
     eps = run.eps if p.eps is None else p.eps
-    if p.layer is not None and p.layer.bias_add is not None:  # one weight layer over two nodes
-        product = run.steps[p.layer.product.name]
-        kernel, vjp = layer_op(product, run.steps[node.name], p.layer.bias_side)
-        return Context(node, run.xp, eps, p.dynamic, product.attrs, p.info, kernel, vjp, (2,), run.formulas,
-                       inflow, params=p.params)
-    step = run.steps.get(node.name)
-    rec = record(node.op_type)
-    return Context(node, run.xp, eps, p.dynamic, step.attrs if step else dict(node.attrs), p.info,
-                   step.fn if step else None, step.adjoint if step else None,
-                   rec.addend_inputs(len(node.inputs)) if rec else (), run.formulas, inflow,
-                   centred=rec.centred if rec else None, params=p.params)
+    attrs, kernel, vjp, addends, centred = _op_facts(run, p)
+    return Context(node, run.xp, eps, p.dynamic, attrs, p.info, kernel, vjp, addends, run.formulas, inflow,
+                   centred=centred, params=p.params)
+
+
+def _op_facts(run: Pass, p) -> tuple:
+    """(attributes, kernel, adjoint, addend inputs, centred) of a plan node's op, worked out once per
+    prepared forward (``run.facts``, kept with it: they depend on the node and its steps only)."""
+    layer = p.layer if p.layer is not None and p.layer.bias_add is not None else None
+    key = (p.node.name,) if layer is None else (p.node.name, layer.product.name, layer.bias_side)
+    facts = run.facts.get(key) if run.facts is not None else None
+    if facts is None:
+        if layer is not None:  # one weight layer over two nodes
+            product = run.steps[layer.product.name]
+            kernel, vjp = layer_op(product, run.steps[p.node.name], layer.bias_side)
+            facts = (product.attrs, kernel, vjp, (2,), None)
+        else:
+            step, rec = run.steps.get(p.node.name), record(p.node.op_type)
+            facts = (step.attrs if step else dict(p.node.attrs), step.fn if step else None,
+                     step.adjoint if step else None, rec.addend_inputs(len(p.node.inputs)) if rec else (),
+                     rec.centred if rec else None)
+        if run.facts is not None:
+            run.facts[key] = facts
+    return facts
 
 
 def layer_op(product, add, side: int):
@@ -119,14 +133,20 @@ def _apply(ctx, p, rule, inputs, outputs, R_out, inflow):
     except Exception as exc:
         raise RuleError(f"{node.label()}: rule {p.rule!r} failed: {type(exc).__name__}: {exc}") from None
     pieces = [(name, dyn, r) for name, dyn, r in zip(p.reads, p.dynamic, result.inputs) if r is not None]
-    pieces += [(name, True, r) for name, r in result.extra.items()]
-    shares = [ctx.totals(r) for _, _, r in pieces]
-    given = _sum([s for (_, dyn, _), s in zip(pieces, shares) if dyn], 0.0)
+    if result.extra:
+        pieces += [(name, True, r) for name, r in result.extra.items()]
+    totals, xp = ctx.f.totals, ctx.xp
+    shares = [totals(xp, r) for _, _, r in pieces]
+    given, absorbed = 0.0, result.absorbed  # what went to dynamic inputs; to constant ones (and fill values)
+    for (_, dyn, _), share in zip(pieces, shares):
+        if dyn:
+            given = _sum((share,), given)
+        else:
+            absorbed = _sum((share,), absorbed)
     given = np.zeros(len(inflow)) if isinstance(given, float) else given
-    absorbed = _sum([s for (_, dyn, _), s in zip(pieces, shares) if not dyn], result.absorbed)
     if result.rest_absorbed:  # fill values: what arrived and went to no input
         absorbed = inflow - given
-    return pieces, shares, (_sum([absorbed, result.loss, result.deficit], given), given, absorbed, result)
+    return pieces, shares, (_sum((absorbed, result.loss, result.deficit), given), given, absorbed, result)
 
 
 def _sum(terms, start):
