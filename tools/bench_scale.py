@@ -5,6 +5,7 @@ hidden 256, seq 128; tools/bench.py builds and caches it in .cache/bench/), floa
 Usage:
     python tools/bench_scale.py [--inputs 64] [--workers 2] [--layers 4] [--seq 128]
     python tools/bench_scale.py --worker-overhead   # an explain's wall / CPU time inside a Dask worker
+    python tools/bench_scale.py --timeline          # where a Dask run's wall time goes
 
 * The inputs: ``--inputs`` .npz files of ``inputs_embeds`` (1, seq, 256), float32, seeded per file, in
   .cache/bench_scale/inputs/.
@@ -154,6 +155,30 @@ def worker_overhead(model: Path, workers: int, calls: int = 16) -> None:
                 print(f"| {label} | {wall:.1f} | {cpu:.1f} | {wall / cpu:.2f} |")
 
 
+def timeline(model: Path, inputs: Path, workers: int) -> None:
+    """One Dask golden run on a started cluster, its phases from Dask's task stream: when each worker's first
+    task started and its last ended, against the run's start and return (what is fixed cost, what is work)."""
+    import distributed
+    from reflrp import golden, scale
+    with scale.client(workers=workers) as client, tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        client.wait_for_workers(workers)
+        wait_quiet(30.0)
+        with distributed.get_task_stream(client) as stream:
+            t0 = time.time()
+            golden.run(model, inputs, Path(tmp) / "dask", client=client)
+            total = time.time() - t0
+    spans = {}
+    for task in stream.data:
+        for ss in task["startstops"]:
+            if ss["action"] == "compute":
+                lo, hi, n = spans.get(task["worker"], (float("inf"), 0.0, 0))
+                spans[task["worker"]] = (min(lo, ss["start"] - t0), max(hi, ss["stop"] - t0), n + 1)
+    print(f"\nrun {total:.2f} s; tasks per worker (s from the run's start):\n")
+    print("| worker | tasks | first task starts | last task ends | run returns after it |\n|---|---:|---:|---:|---:|")
+    for w, (lo, hi, n) in sorted(spans.items()):
+        print(f"| {w} | {n} | {lo:.2f} | {hi:.2f} | {total - hi:.2f} |")
+
+
 def same_bytes(a: Path, b: Path) -> bool:
     names = sorted(p.name for p in a.glob("*.golden.npz"))
     return names == sorted(p.name for p in b.glob("*.golden.npz")) and all(
@@ -169,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait for a quiet machine before each run")
     ap.add_argument("--worker-overhead", action="store_true",
                     help="only measure an explain's wall / CPU time inside Dask workers (default and reflrp's configuration)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="only time the phases of one Dask run (the workers' first and last tasks, the return)")
     args = ap.parse_args(argv)
     from bench import HIDDEN, model_path
     model = model_path(args.layers, 2)[0]
@@ -176,6 +203,9 @@ def main(argv=None) -> int:
         worker_overhead(model, args.workers)
         return 0
     inputs = make_inputs(args.inputs, args.seq, HIDDEN)
+    if args.timeline:
+        timeline(model, inputs, args.workers)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         tmp = Path(tmp)
         rows = {"serial, BLAS default threads": serial_run(model, inputs, tmp / "serial", None, args.quiet_wait),
