@@ -257,7 +257,7 @@ def test_index_table_equals_pyarrows_own_conversion():
     rows = [base | {"input": "x.npz", "file": "x.golden.npz", "fingerprint": "ab" * 32, "target": [0, 2**62, -1],
                     "total_target": 0.1 + 0.2, "total_at_wrt": float("nan"), "total_absorbed": float("inf"),
                     "total_loss": -0.0, "total_deficit": 5e-324, "ok": True},
-            base | {"input": 'ünï "quoted" \\ \n', "target": [], "total_target": -float("inf"), "ok": False,
+            base | {"input": 'ünï 😀 "quoted" \\ \n\x00', "target": [], "total_target": -float("inf"), "ok": False,
                     "error": "row 1: column 'input_ids' is null"},
             base | {"input": "batch.npz[7]", "target": list(range(300)), "total_loss": 1.7976931348623157e308, "ok": True}]
     for some in (rows, rows[:1], []):
