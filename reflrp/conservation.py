@@ -108,9 +108,16 @@ class Ledger:
         self.k = k
         self.mass: dict[str, np.ndarray] = {}
         self.rows: list[tuple] = []
+        self.sole: dict[str, tuple] = {}  # tensor -> (the one piece that arrived there, its total), until read
 
-    def arrive(self, name: str, amount: np.ndarray) -> None:
-        self.mass[name] = self.mass[name] + amount if name in self.mass else amount
+    def arrive(self, name: str, amount: np.ndarray, piece=None) -> None:
+        if name in self.mass:
+            self.mass[name] = self.mass[name] + amount
+            self.sole.pop(name, None)
+        else:
+            self.mass[name] = amount
+            if piece is not None:
+                self.sole[name] = (piece, amount)
 
     def inflow(self, names) -> np.ndarray:
         arrived = [self.mass[n] for n in names if n in self.mass]

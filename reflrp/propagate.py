@@ -100,11 +100,12 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
     ctx = _context(run, p, inflow)
     if p.layer is not None and outputs[0] is None:  # a checkpointed layer split over two segments
         outputs[0] = ctx.kernel(ctx.xp, *inputs, **ctx.attrs)
-    pieces, shares, books = _apply(ctx, p, (run.rules or RULES)[p.rule], inputs, outputs, R_out, inflow)
+    arrived = [ledger.sole.pop(o) for o in node.outputs if o in ledger.sole]
+    pieces, shares, books = _apply(ctx, p, (run.rules or RULES)[p.rule], inputs, outputs, R_out, inflow, arrived)
     finite = _finite(books[0])
     if not finite and (not ctx.f.EXACT or run.rules is not None):  # the speed layer: redo it plainly
         ctx = replace(ctx, f=plain_formulas)
-        pieces, shares, books = _apply(ctx, p, RULES[p.rule], inputs, outputs, R_out, inflow)
+        pieces, shares, books = _apply(ctx, p, RULES[p.rule], inputs, outputs, R_out, inflow, arrived)
         finite = _finite(books[0])
     accounted, given, absorbed, result = books
     if not finite:
@@ -113,7 +114,7 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
     for (name, dyn, r), share in zip(pieces, shares):
         if dyn:
             _accumulate(relevance, name, r)
-            ledger.arrive(name, share)
+            ledger.arrive(name, share, r)
     ledger.book(node, p.rule, inflow, given, absorbed, result.loss, result.deficit,
                 _scale(ctx, R_out, inflow, inflow - accounted))
     if run.keep is not None:
@@ -122,9 +123,10 @@ def _node(run: Pass, p, values, relevance, ledger) -> None:
                 relevance.pop(o, None)
 
 
-def _apply(ctx, p, rule, inputs, outputs, R_out, inflow):
+def _apply(ctx, p, rule, inputs, outputs, R_out, inflow, arrived=()):
     """Run ``rule``; its pieces (input name, dynamic?, relevance), their per-target totals, and the books:
-    (what they account for, ``given + absorbed + loss + deficit`` per target; given; absorbed; the result)."""
+    (what they account for, ``given + absorbed + loss + deficit`` per target; given; absorbed; the result).
+    ``arrived``: (array, total) of output relevance that came as one piece (see :func:`_share`)."""
     node = p.node
     try:
         result = rule(ctx, inputs, outputs, R_out)
@@ -135,8 +137,7 @@ def _apply(ctx, p, rule, inputs, outputs, R_out, inflow):
     pieces = [(name, dyn, r) for name, dyn, r in zip(p.reads, p.dynamic, result.inputs) if r is not None]
     if result.extra:
         pieces += [(name, True, r) for name, r in result.extra.items()]
-    totals, xp = ctx.f.totals, ctx.xp
-    shares = [totals(xp, r) for _, _, r in pieces]
+    shares = [_share(ctx, r, arrived) for _, _, r in pieces]
     given, absorbed = 0.0, result.absorbed  # what went to dynamic inputs; to constant ones (and fill values)
     for (_, dyn, _), share in zip(pieces, shares):
         if dyn:
@@ -147,6 +148,26 @@ def _apply(ctx, p, rule, inputs, outputs, R_out, inflow):
     if result.rest_absorbed:  # fill values: what arrived and went to no input
         absorbed = inflow - given
     return pieces, shares, (_sum((absorbed, result.loss, result.deficit), given), given, absorbed, result)
+
+
+def _share(ctx, r, arrived):
+    """The per-target total of piece ``r``. A piece that is an arrived relevance array, or a view of the
+    same memory in the same layout (the identity rule passes it on, Reshape views it), has the total that
+    array arrived with, bit for bit (the same sums over the same bytes), so it is not summed again."""
+    for a, total in arrived:
+        if r is a or _same_bytes(r, a):
+            return total
+    return ctx.f.totals(ctx.xp, r)
+
+
+def _same_bytes(r, a) -> bool:
+    """Two C-contiguous numpy arrays over the same memory: same owner, start, size, dtype and targets."""
+    if type(r) is not np.ndarray or type(a) is not np.ndarray:
+        return False
+    owner_r, owner_a = (r if r.base is None else r.base), (a if a.base is None else a.base)
+    return (owner_r is owner_a and r.size == a.size and r.shape[:1] == a.shape[:1] and r.dtype == a.dtype
+            and r.flags.c_contiguous and a.flags.c_contiguous
+            and r.__array_interface__["data"][0] == a.__array_interface__["data"][0])
 
 
 def _sum(terms, start):

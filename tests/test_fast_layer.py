@@ -296,3 +296,28 @@ def test_evaluate_and_attribute_are_one_allocator_scope_each(monkeypatch):
     data = {k: np.concatenate([v, v]) for k, v in x.items()}
     reflrp.evaluate(m, data, methods=["attnlrp", "random"], steps=2, bootstrap=10, progress=False)
     assert len(applied) == 2
+
+
+@pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_piece_over_arrived_bytes_keeps_its_total_bit_for_bit(name, fast, monkeypatch):
+    """The propagator reuses the total an arrived relevance array came with for a piece over the same bytes
+    (identity rules, reshape views) instead of summing it again: every node account equals, bit for bit,
+    the one where every piece is summed; some pieces are reused on every zoo model."""
+    from reflrp import propagate
+    m, feeds = zoo.model(name), zoo.feeds(name)
+    reused = []
+    original = propagate._share
+
+    def counting(ctx, r, arrived):
+        total = original(ctx, r, arrived)
+        reused.append(any(total is t for _, t in arrived))
+        return total
+    monkeypatch.setattr(propagate, "_share", counting)
+    memo = reflrp.explain(m, feeds, targets=[None, None], fast=fast, keep=())
+    monkeypatch.setattr(propagate, "_share", lambda ctx, r, arrived: ctx.f.totals(ctx.xp, r))
+    summed = reflrp.explain(m, feeds, targets=[None, None], fast=fast, keep=())
+    assert any(reused)
+    for a, b in zip(memo.conservation, summed.conservation):
+        assert [(n.node, n.inflow, n.outflow, n.absorbed, n.loss, n.deficit) for n in a.nodes] == \
+               [(n.node, n.inflow, n.outflow, n.absorbed, n.loss, n.deficit) for n in b.nodes]
