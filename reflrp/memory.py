@@ -48,6 +48,7 @@ class _Settings:
 
     policy: str | None = None
     reuse_applied: bool = False
+    bad_linger: str | None = None  # the REFLRP_MALLOC_LINGER value last warned about
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,7 +68,15 @@ def allocator_policy() -> str:
     if _Settings.policy is None:
         env = os.environ.get("REFLRP_MALLOC", "call").strip().lower()
         _Settings.policy = env if env in POLICIES else "system" if env in ("default", "off", "0") else "call"
+        if env not in POLICIES and env not in ("default", "off", "0"):
+            _warn(f"REFLRP_MALLOC={env!r} is not one of {list(POLICIES)}: using 'call'")
     return _Settings.policy
+
+
+def _warn(message: str) -> None:
+    import warnings
+    from .explain import ReflrpWarning
+    warnings.warn(message, ReflrpWarning, stacklevel=3)
 
 
 def _set(mmap_threshold: int, trim_threshold: int, mmap_max: int) -> bool:
@@ -115,10 +124,17 @@ class _Calls:
 
 def linger_seconds() -> float:
     """How long the "call" scope's settings outlive the last call (``REFLRP_MALLOC_LINGER``, default 1 s)."""
+    text = os.environ.get("REFLRP_MALLOC_LINGER", "1")
     try:
-        return max(0.0, float(os.environ.get("REFLRP_MALLOC_LINGER", "1")))
+        value = float(text)
     except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        if _Settings.bad_linger != text:  # once per value
+            _Settings.bad_linger = text
+            _warn(f"REFLRP_MALLOC_LINGER={text!r} is not a finite number of seconds >= 0: using 1")
         return 1.0
+    return value
 
 
 @contextmanager

@@ -321,3 +321,21 @@ def test_a_piece_over_arrived_bytes_keeps_its_total_bit_for_bit(name, fast, monk
     for a, b in zip(memo.conservation, summed.conservation):
         assert [(n.node, n.inflow, n.outflow, n.absorbed, n.loss, n.deficit) for n in a.nodes] == \
                [(n.node, n.inflow, n.outflow, n.absorbed, n.loss, n.deficit) for n in b.nodes]
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
+def test_a_bad_linger_is_named_in_a_warning(value, monkeypatch):
+    from reflrp import memory
+    monkeypatch.setattr(memory._Settings, "bad_linger", None)
+    monkeypatch.setenv("REFLRP_MALLOC_LINGER", value)
+    with pytest.warns(reflrp.ReflrpWarning, match=f"REFLRP_MALLOC_LINGER={value!r}"):
+        assert memory.linger_seconds() == 1.0
+    monkeypatch.setenv("REFLRP_MALLOC_LINGER", "0.25")
+    assert memory.linger_seconds() == 0.25
+
+
+def test_a_bad_allocator_policy_in_the_environment_is_named():
+    code = "import warnings, reflrp.memory as m; warnings.simplefilter('error'); m.allocator_policy()"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, REFLRP_MALLOC="jemalloc"),
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "REFLRP_MALLOC='jemalloc'" in out.stderr
