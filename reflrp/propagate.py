@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ class Pass:
     keep: frozenset | None = None
     hint: str = ""  # appended to a non-finite error (what to try)
     rules: dict = None  # rule name -> function (None: reflrp.rules.RULES; the speed layer's faster ones)
-    facts: dict | None = None  # the prepared forward's cache of each node's op facts (see _op_facts)
+    facts: dict = field(default_factory=dict)  # each node's op facts (see _op_facts), kept per prepared forward
 
 
 def propagate(run: Pass, plan_nodes, values: dict, relevance: dict, ledger) -> None:
@@ -55,10 +55,10 @@ def _context(run: Pass, p, inflow) -> Context:
 
 def _op_facts(run: Pass, p) -> tuple:
     """(attributes, kernel, adjoint, addend inputs, centred) of a plan node's op, worked out once per
-    prepared forward (``run.facts``, kept with it: they depend on the node and its steps only)."""
+    prepared forward (``run.facts``: they depend on the node and its steps only)."""
     layer = p.layer if p.layer is not None and p.layer.bias_add is not None else None
     key = (p.node.name,) if layer is None else (p.node.name, layer.product.name, layer.bias_side)
-    facts = run.facts.get(key) if run.facts is not None else None
+    facts = run.facts.get(key)
     if facts is None:
         if layer is not None:  # one weight layer over two nodes
             product = run.steps[layer.product.name]
@@ -69,8 +69,7 @@ def _op_facts(run: Pass, p) -> tuple:
             facts = (step.attrs if step else dict(p.node.attrs), step.fn if step else None,
                      step.adjoint if step else None, rec.addend_inputs(len(p.node.inputs)) if rec else (),
                      rec.centred if rec else None)
-        if run.facts is not None:
-            run.facts[key] = facts
+        run.facts[key] = facts
     return facts
 
 
@@ -151,23 +150,10 @@ def _apply(ctx, p, rule, inputs, outputs, R_out, inflow, arrived=()):
 
 
 def _share(ctx, r, arrived):
-    """The per-target total of piece ``r``. A piece that is an arrived relevance array, or a view of the
-    same memory in the same layout (the identity rule passes it on, Reshape views it), has the total that
-    array arrived with, bit for bit (the same sums over the same bytes), so it is not summed again."""
-    for a, total in arrived:
-        if r is a or _same_bytes(r, a):
-            return total
-    return ctx.f.totals(ctx.xp, r)
-
-
-def _same_bytes(r, a) -> bool:
-    """Two C-contiguous numpy arrays over the same memory: same owner, start, size, dtype and targets."""
-    if type(r) is not np.ndarray or type(a) is not np.ndarray:
-        return False
-    owner_r, owner_a = (r if r.base is None else r.base), (a if a.base is None else a.base)
-    return (owner_r is owner_a and r.size == a.size and r.shape[:1] == a.shape[:1] and r.dtype == a.dtype
-            and r.flags.c_contiguous and a.flags.c_contiguous
-            and r.__array_interface__["data"][0] == a.__array_interface__["data"][0])
+    """The per-target total of piece ``r``; ``arrived``: (array, total) of the relevance that came to the
+    node's outputs as one piece each, whose totals the speed layer reuses (reflrp.fast.formulas.known_total)."""
+    total = ctx.f.known_total(r, arrived) if arrived else None
+    return ctx.f.totals(ctx.xp, r) if total is None else total
 
 
 def _sum(terms, start):
