@@ -74,15 +74,40 @@ def test_matmul_layouts_equal_einsum(a_layout, b_layout, shapes):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_matmul_takes_the_transposed_route_for_a_large_transposed_stack():
-    """A^T @ G with A a big contiguous stack: computed as (G^T @ A)^T, returning a transposed view."""
-    A = rng.standard_normal((2, 64, 64))
-    G = rng.standard_normal((2, 64, 3))
-    got = fast_linalg.matmul(np, np.swapaxes(A, -1, -2), G)
-    assert not got.flags.c_contiguous and np.swapaxes(got, -1, -2).flags.c_contiguous
-    np.testing.assert_allclose(got, np.einsum("bji,bjk->bik", A, G), rtol=1e-12, atol=1e-12)
-    Q, K = rng.standard_normal((2, 64, 3)), rng.standard_normal((2, 64, 3))
-    assert fast_linalg.matmul(np, Q, np.swapaxes(K, -1, -2)).flags.c_contiguous
+class _Counting:
+    """numpy, counting the copies ``ascontiguousarray`` makes."""
+
+    def __init__(self):
+        self.copies = 0
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def ascontiguousarray(self, a):
+        self.copies += 1
+        return np.ascontiguousarray(a)
+
+
+@pytest.mark.parametrize("a_layout, b_layout, copies", [
+    ("contiguous", "contiguous", 0), ("transposed", "contiguous", 0), ("contiguous", "transposed", 0),
+    ("transposed", "transposed", 0), ("strided", "contiguous", 1), ("transposed", "strided", 1),
+    ("strided", "strided", 2)])
+def test_matmul_copies_only_what_blas_cannot_read(a_layout, b_layout, copies):
+    """Transposed views of a stack go to BLAS as they lie (numpy passes the transpose flag); only a matrix
+    with a step in both axes is copied first."""
+    a, b = _views((2, 3, 40, 40))[a_layout], _views((2, 3, 40, 5))[b_layout]
+    xp = _Counting()
+    got = fast_linalg.matmul(xp, a, b)
+    assert xp.copies == copies
+    np.testing.assert_allclose(got, np.einsum("...ij,...jk->...ik", a, b), rtol=1e-12, atol=1e-12)
+
+
+def test_blas_readable_matches_numpys_layouts():
+    m = rng.standard_normal((3, 8, 6))
+    assert fast_linalg.blas_readable(m) and fast_linalg.blas_readable(np.swapaxes(m, -1, -2))
+    assert fast_linalg.blas_readable(m[:, :, :4])  # rows further apart than their length
+    assert not fast_linalg.blas_readable(m[:, :, ::2])  # a step along the row
+    assert not fast_linalg.blas_readable(np.broadcast_to(m[:, :1], (3, 8, 6)))  # a broadcast matrix axis
 
 
 @pytest.mark.parametrize("nonzero_rows", [[], [5], [0, 9, 17], list(range(0, 24, 2))])

@@ -3,29 +3,38 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..ops.grad import unbroadcast
 from ..ops.linalg import as_matrices
 
 
 def matmul(xp, a, b):
-    """``a @ b`` laid out for BLAS: a stack times a matrix becomes one 2-D product, and strided
-    stacked operands (transposed views, broadcast copies) are made contiguous first, since numpy
-    multiplies those without BLAS; ``(a @ b) = (b^T @ a^T)^T`` when the transposed operands copy less
-    (``A^T @ G`` in the relevance pass)."""
+    """``a @ b`` laid out for BLAS: a stack times a matrix becomes one 2-D product, and a stacked operand
+    whose matrices BLAS cannot read as they lie (broadcast along a matrix axis, a step in both axes) is
+    made contiguous first, since numpy multiplies those without BLAS."""
     if b.ndim == 2 and a.ndim > 2:
         if not a.flags.c_contiguous:
             a = xp.ascontiguousarray(a)
         return (a.reshape(math.prod(a.shape[:-1]), a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
     if a.ndim > 2 or b.ndim > 2:
-        copies = (0 if a.flags.c_contiguous else a.size) + (0 if b.flags.c_contiguous else b.size)
-        if copies:
-            at, bt = xp.swapaxes(a, -1, -2), xp.swapaxes(b, -1, -2)
-            out = a.size // a.shape[-1] * b.shape[-1]  # the result read transposed counts as a copy too
-            if (0 if bt.flags.c_contiguous else b.size) + (0 if at.flags.c_contiguous else a.size) + out < copies:
-                return xp.swapaxes(matmul(xp, bt, at), -1, -2)
-            a = a if a.flags.c_contiguous else xp.ascontiguousarray(a)
-            b = b if b.flags.c_contiguous else xp.ascontiguousarray(b)
+        a = a if blas_readable(a) else xp.ascontiguousarray(a)
+        b = b if blas_readable(b) else xp.ascontiguousarray(b)
     return xp.matmul(a, b)
+
+
+def blas_readable(m) -> bool:
+    """numpy hands each matrix of a stack to BLAS as it lies when its rows or its columns are unit-stride
+    and the other stride is at least the row (column) length (numpy's ``is_blasable2d``): C-contiguous
+    matrices and transposed views both qualify, broadcast or otherwise strided matrices do not."""
+    if m.flags.c_contiguous:
+        return True
+    if m.ndim < 2 or type(m) is not np.ndarray:
+        return False
+    size = m.itemsize
+    (s_row, s_col), (rows, cols) = m.strides[-2:], m.shape[-2:]
+    return ((s_col == size and s_row % size == 0 and s_row // size >= cols)
+            or (s_row == size and s_col % size == 0 and s_col // size >= rows))
 
 
 def MatMul(xp, a, b):
