@@ -502,7 +502,9 @@ def test_bilinear_uniform(request, op, a_shape, b_shape, attrs, eps):
 @pytest.mark.parametrize("through", [None, "Identity", "Reshape"])
 @pytest.mark.parametrize("eps", [0.0, 1e-2])
 def test_bilinear_cp_attention_weights_constant(through, eps):
-    """cp-lrp, ``y = A @ V`` with ``A = Softmax(S)``: ``R_V = V * (A^T @ (R_y/stab(y)))``, nothing to S."""
+    """cp-lrp, ``y = A @ V`` with ``A = Softmax(S)``: ``R_V = V * (A^T @ (R_y/stab(y)))``, nothing to S.
+    (attnlrp on this graph is the conformance case bilinear-uniform/softmax-av/eps0, which
+    tests/test_lrp_conformance.py runs reflrp on.)"""
     model = softmax_av(through)
     rng = rng_for(f"cp-{through}")
     S, V = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 5))
@@ -514,21 +516,6 @@ def test_bilinear_cp_attention_weights_constant(through, eps):
     G = safe_div(R, stab(y, eps))
     check("bilinear cp", att.relevance["V"], V * (np.swapaxes(A, -1, -2) @ G))
     assert not np.any(att.relevance["S"])
-    assert_books(att)
-
-
-def test_softmax_av_attnlrp():
-    """attnlrp on the same graph: uniform split of ``A @ V``, then the softmax rule into S."""
-    model = softmax_av()
-    rng = rng_for("attn-av")
-    S, V = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 5))
-    A = softmax(S, -1)
-    y = A @ V
-    R = rng.standard_normal(y.shape)
-    G = safe_div(R, 2 * y)
-    att = explain(model, {"S": S, "V": V}, R, ["S", "V"])
-    check("bilinear uniform", att.relevance["V"], V * (np.swapaxes(A, -1, -2) @ G))
-    check("softmax", att.relevance["S"], oracle_softmax(S, A * (G @ np.swapaxes(V, -1, -2)), -1))
     assert_books(att)
 
 
