@@ -436,7 +436,8 @@ CASE_OPS = {("", "SimplifiedLayerNormalization"), ("", "LayerNormalization"), ("
 UNTESTED = {(MS, "TransposeMatMul"), (MS, "SimplifiedLayerNormalization"), (MS, "LayerNormalization"),
             ("com.microsoft.nchwc", "GlobalMaxPool"),  # aliases of tested rewrites
             ("", "If")} | {  # folding an If: tests/test_control_flow.py
-    (MS, op) for op in QOPERATOR_OPS}  # the QOperator ops: tests/test_qoperator.py (a case per op)
+    (MS, op) for op in QOPERATOR_OPS + ("QAttention", "QEmbedLayerNormalization")}  # tests/test_qoperator.py
+# (a case per QOperator op) and tests/test_quantized.py (QAttention, QEmbedLayerNormalization)
 
 
 def test_every_rewrite_has_a_case():

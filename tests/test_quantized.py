@@ -239,19 +239,101 @@ def test_qoperator_models_load_as_core_ops():
         assert {x.original.op_type for x in graph.expansions.values()} == set(contrib)
 
 
-def test_quantized_attention_is_refused_naming_the_op():
-    """QAttention (quantize_dynamic of an onnxruntime-optimized BERT) has no rewrite yet: refused at load,
-    naming the node, the op and its domain."""
-    node = helper.make_node("QAttention", ["x", "w", "b", "sx", "sw"], ["y"], name="qattn", domain="com.microsoft",
-                            num_heads=2)
-    values = dict(w=np.zeros((8, 24), np.int8), b=np.zeros(24, np.float32), sx=np.array(0.1, np.float32),
-                  sw=np.array(0.1, np.float32))
-    inits = [numpy_helper.from_array(v, k) for k, v in values.items()]
-    g = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, 8])],
-                          [helper.make_empty_tensor_value_info("y")], initializer=inits)
+def contrib_model(node, graph_inputs: dict, consts: dict):
+    """A one-node com.microsoft model: ``graph_inputs`` fed, ``consts`` initializers; every output kept."""
+    dyn = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+           for n, v in graph_inputs.items()]
+    g = helper.make_graph([node], "q", dyn, [helper.make_empty_tensor_value_info(o) for o in node.output if o],
+                          initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    with pytest.raises(reflrp.UnsupportedOpError, match="QAttention \\(domain 'com.microsoft'\\), 1 node\\(s\\) 'qattn'"):
+    m.ir_version = 10
+    return m
+
+
+def qattention_model(per_column=False, zero_points=True, mask="2d", **attrs):
+    """QAttention on a uint8 (2, 5, 16) input, uint8 weights (16, 48) for 4 heads (onnxruntime's uint8 x int8
+    product saturates on AVX2, see above); the input's scale and zero point fed, as DynamicQuantizeLinear
+    gives them."""
+    rng = np.random.default_rng(7)
+    w_scale = (rng.uniform(0.01, 0.03, 48) if per_column else np.array(0.02)).astype(np.float32)
+    w_zp = (rng.integers(100, 156, 48) if per_column else np.array(128)).astype(np.uint8)
+    feeds = {"x": rng.integers(0, 256, (2, 5, 16)).astype(np.uint8), "sx": np.array(0.05, np.float32),
+             "zx": np.array(120, np.uint8)}
+    consts = {"w": rng.integers(0, 256, (16, 48)).astype(np.uint8), "b": rng.standard_normal(48).astype(np.float32),
+              "sw": w_scale, "zw": w_zp}
+    names = ["x", "w", "b", "sx", "sw", "", "zx", "zw"]
+    if mask == "2d":
+        feeds["m"] = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int32)
+        names[5] = "m"
+    elif mask == "lengths":
+        feeds["m"] = np.array([5, 3], np.int32)
+        names[5] = "m"
+    if not zero_points:
+        names, feeds = names[:6], {k: v for k, v in feeds.items() if k != "zx"}
+        consts.pop("zw")
+        consts["w"] = rng.integers(0, 128, (16, 48)).astype(np.uint8)
+    node = helper.make_node("QAttention", names, ["y"], name="qattn", domain="com.microsoft", num_heads=4, **attrs)
+    return contrib_model(node, feeds, consts), feeds
+
+
+@pytest.mark.parametrize("case", [dict(), dict(per_column=True), dict(mask="lengths"), dict(mask=None, unidirectional=1),
+                                  dict(zero_points=False), dict(scale=0.3)], ids=str)
+def test_qattention_runs_like_onnxruntime(case):
+    """QAttention = com.microsoft Attention on the dequantized input and weights (reflrp.canonical.qtransformer):
+    per tensor and per column, padding masks in both formats, causal, without zero points, a given scale."""
+    m, feeds = qattention_model(**case)
+    ours, theirs = both(m, feeds)
+    assert reflrp.load(m).graph.expansions and all(n.domain == "" for n in reflrp.load(m).graph.nodes)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-5 * float(np.abs(theirs[0]).max()))
+
+
+def test_qattention_explains_with_closed_books():
+    m, feeds = qattention_model(per_column=True)
+    att = reflrp.explain(reflrp.load(m), feeds, wrt=None)
+    assert att.conservation.ok and all(np.isfinite(np.asarray(r)).all() for r in att.relevance.values())
+
+
+@pytest.mark.parametrize("attrs, why", [(dict(do_rotary=1), "do_rotary=1"),
+                                        (dict(past_present_share_buffer=1), "past_present_share_buffer=1")])
+def test_qattention_options_it_cannot_expand_are_refused_naming_the_node(attrs, why):
+    m, _ = qattention_model(**attrs)
+    with pytest.raises(reflrp.UnsupportedOpError, match=f"qattn.*{why}"):
         reflrp.load(m)
+
+
+def test_qattention_weight_scale_of_another_shape_is_refused():
+    m, _ = qattention_model(per_column=True)
+    sw = next(i for i in m.graph.initializer if i.name == "sw")
+    sw.CopyFrom(numpy_helper.from_array(np.full(12, 0.02, np.float32), "sw"))
+    with pytest.raises(reflrp.UnsupportedOpError, match=r"qattn.*weight_scale of shape \(12,\)"):
+        reflrp.load(m)
+
+
+@pytest.mark.parametrize("segments", [True, False])
+def test_qembed_layer_normalization_runs_like_onnxruntime(segments):
+    """QEmbedLayerNormalization = EmbedLayerNormalization on the five dequantized tables; the mask index too."""
+    rng = np.random.default_rng(8)
+    tables = {"word": (50, 16), "pos": (8, 16), "seg": (2, 16), "gamma": (16,), "beta": (16,)}
+    consts = {}
+    for k, shape in tables.items():
+        consts[k] = rng.integers(0, 256, shape).astype(np.uint8)
+        consts[k + "_s"] = np.array(rng.uniform(0.005, 0.02), np.float32)
+        consts[k + "_z"] = np.array(rng.integers(100, 156), np.uint8)
+    feeds = {"ids": rng.integers(0, 50, (2, 6)).astype(np.int32), "mask": np.array([[1] * 6, [1] * 4 + [0] * 2], np.int32)}
+    if segments:
+        feeds["seg_ids"] = rng.integers(0, 2, (2, 6)).astype(np.int32)
+    order = ["word", "pos", "seg", "gamma", "beta"]
+    use = [k if segments or k != "seg" else "" for k in order]
+    names = (["ids", "seg_ids" if segments else "", *use[:3], *use[3:], "mask"] + [k + "_s" if k else "" for k in use]
+             + [k + "_z" if k else "" for k in use])
+    if not segments:
+        consts = {k: v for k, v in consts.items() if not k.startswith("seg")}
+    node = helper.make_node("QEmbedLayerNormalization", names, ["y", "mask_index"], name="qemb", domain="com.microsoft",
+                            epsilon=1e-12)
+    m = contrib_model(node, feeds, consts)
+    ours, theirs = both(m, feeds)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours[1], theirs[1])
 
 
 def test_straight_through_adjoints():

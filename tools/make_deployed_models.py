@@ -46,7 +46,8 @@ MAX_BYTES = 1 << 20
 # the representative subset committed to models/deployed (every result stays in .cache/deployed)
 COMMITTED = {"bert": ("opt", "opt_fp16", "extended", "qdyn_u8", "qdq", "qdq_pc", "nbits4", "bf16"),
              "bert_legacy": ("opt", "opt99"),
-             "bert_ids": ("source", "opt", "opt_fp16", "extended", "optimum_O2", "qdyn_u8", "qdq"),
+             "bert_ids": ("source", "opt", "opt_fp16", "extended", "optimum_O2", "qdyn_u8", "qdq", "qdyn_opt",
+                          "qdyn_opt_pc"),
              "gpt2": ("opt", "extended", "qdyn_s8rr", "qdq", "qop_rr"), "vit": ("opt99", "all", "qdyn_u8", "nbits4s"),
              "llama": ("opt", "opt99", "extended", "fp16", "qdq_pc", "qop_rr", "nbits4", "bf16"),
              "cnn": ("extended", "all", "qdyn_u8", "qdq", "qdq_pc", "qop", "qop_all"),
@@ -241,10 +242,21 @@ def float16_convert(src: Path, dst: Path):
     onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
 
 
-def dynamic_quant(src: Path, dst: Path, weight_type: str, reduce_range=False, per_channel=False):
+def dynamic_quant(src: Path, dst: Path, weight_type: str, reduce_range=False, per_channel=False, extra=None):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type), reduce_range=reduce_range,
-                     per_channel=per_channel)
+                     per_channel=per_channel, extra_options=extra)
+
+
+def optimized_then_quantized(src: Path, dst: Path, source: str, per_channel=False):
+    """optimize_model, then quantize_dynamic on its graph: the fused Attention and EmbedLayerNormalization
+    become QAttention and QEmbedLayerNormalization (the optimizer's contrib ops carry no type information, so
+    the quantizer is told that their outputs are float). QUInt8 weights: onnxruntime's uint8 x int8
+    MatMulInteger saturates on AVX2 (tests/test_quantized.py)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = Path(tmp) / "opt.onnx"
+        optimizer(src, opt, source)
+        dynamic_quant(opt, dst, "QUInt8", per_channel=per_channel, extra={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def static_quant(src: Path, dst: Path, feeds: dict, per_channel=False, weight_type="QInt8", fmt="QDQ",
@@ -327,7 +339,11 @@ def pipelines(source: str, feeds: dict):
                 ("opt1", "optimize_model(..., opt_level=1)", lambda s, d: optimizer(s, d, source, 1)),
                 ("opt99", "optimize_model(..., opt_level=99)", lambda s, d: optimizer(s, d, source, 99)),
                 ("opt_fp16", "optimize_model(...).convert_float_to_float16()",
-                 lambda s, d: optimizer(s, d, source, None, True))]
+                 lambda s, d: optimizer(s, d, source, None, True)),
+                ("qdyn_opt", "optimize_model(...), then quantize_dynamic(weight_type=QUInt8)",
+                 lambda s, d: optimized_then_quantized(s, d, source)),
+                ("qdyn_opt_pc", "optimize_model(...), then quantize_dynamic(weight_type=QUInt8, per_channel=True)",
+                 lambda s, d: optimized_then_quantized(s, d, source, per_channel=True))]
     out += [("extended", "InferenceSession save at ORT_ENABLE_EXTENDED", lambda s, d: session_save(s, d, "extended")),
             ("all", "InferenceSession save at ORT_ENABLE_ALL (NCHWc)", lambda s, d: session_save(s, d, "all")),
             ("fp16", "float16.convert_float_to_float16(keep_io_types=True)", float16_convert),

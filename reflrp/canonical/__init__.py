@@ -99,7 +99,8 @@ class Emit:
             if rank is None or not producer.attrs.get("keepdims", 1) == 0:
                 return rank
             return None if axes is None else rank - len(np.atleast_1d(axes))
-        if (producer.domain, producer.op_type) == ("com.microsoft", "EmbedLayerNormalization"):
+        if (producer.domain, producer.op_type) in (("com.microsoft", "EmbedLayerNormalization"),
+                                                   ("com.microsoft", "QEmbedLayerNormalization")):
             return {0: 3, 1: 1, 2: 3}.get(producer.outputs.index(name))  # output, mask_index, sum
         return None
 
@@ -233,4 +234,4 @@ def canonicalize(graph: Graph) -> Graph:
                        graph.opsets, expansions, graph.value_info, graph.defaults, graph.outer)
 
 
-from . import activations, attention, control, linear, norms, qoperator  # noqa: E402,F401  (registration side effects)
+from . import activations, attention, control, linear, norms, qoperator, qtransformer  # noqa: E402,F401  (registration side effects)

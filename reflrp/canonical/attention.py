@@ -114,15 +114,22 @@ def attention(e: Emit):
     """Attention(input, weights, bias?, mask_index?, past?, attention_bias?) -> (output, present?):
     fused QKV projection, then multi-head attention; ``past`` / ``present`` stack key and value as
     (2, batch, heads, seq, size)."""
-    for name in ("do_rotary", "past_present_share_buffer"):
-        if e.attr(name, 0):
-            raise e.unsupported(f"{name}=1 is not supported")
     if e.input(6):
         raise e.unsupported("past_sequence_length (a shared past/present buffer) is not supported")
     x, w, b, mask, past, extra = (e.input(i) for i in range(6))
+    fused_attention(e, x, w, e.require_static(w, "weights").shape, b, mask, past, extra, like=w)
+
+
+def fused_attention(e: Emit, x: str, w: str, weight_shape: tuple, b: str, mask: str, past: str, extra: str,
+                    like: str) -> None:
+    """The body of Attention (and of QAttention on its dequantized operands): ``x @ w (+ b)`` split into
+    Q, K, V by ``qkv_hidden_sizes`` (default thirds of ``weight_shape[1]``), heads, the past, the masks
+    and the scale, the heads merged. ``like`` names a float static of the model's type."""
+    for name in ("do_rotary", "past_present_share_buffer"):
+        if e.attr(name, 0):
+            raise e.unsupported(f"{name}=1 is not supported")
     n = int(e.attr("num_heads"))
-    weights = e.require_static(w, "weights")
-    sizes = list(e.attr("qkv_hidden_sizes") or [weights.shape[1] // 3] * 3)
+    sizes = list(e.attr("qkv_hidden_sizes") or [weight_shape[1] // 3] * 3)
     qkv = e.op("MatMul", x, w)
     if b:
         qkv = e.op("Add", qkv, b)
@@ -133,11 +140,11 @@ def attention(e: Emit):
         v4 = with_past(e, v4, e.op("Gather", past, e.const(np.array(1, I64)), axis=0))
     if e.output(1):
         e.op("Concat", e.unsqueeze(k4, [0]), e.unsqueeze(v4, [0]), axis=0, outputs=e.output(1))
-    fill = mask_fill(e, w)
+    fill = mask_fill(e, like)
     scale = e.attr("scale")
-    scale = head_scale(e, q4, scale if scale is not None else 1 / np.sqrt(sizes[0] // n), w)
-    bias = add_all(e, extra, padding_bias(e, mask, q4, k4, fill, w) if mask else "",
-                   causal_bias(e, q4, k4, fill, w) if e.attr("unidirectional", 0) else "")
+    scale = head_scale(e, q4, scale if scale is not None else 1 / np.sqrt(sizes[0] // n), like)
+    bias = add_all(e, extra, padding_bias(e, mask, q4, k4, fill, like) if mask else "",
+                   causal_bias(e, q4, k4, fill, like) if e.attr("unidirectional", 0) else "")
     attend(e, q4, k4, v4, scale, bias, e.output(0))
 
 

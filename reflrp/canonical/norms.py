@@ -95,7 +95,12 @@ def embed_layer_normalization(e: Emit):
     ``mask_index`` is the number of ones in each mask row (int32); positions default to 0..S-1.
     The sum is formed as BERT does, ``(word + segment) + position``.
     """
-    ids, seg_ids, word, pos, seg, gamma, beta, mask, pos_ids = (e.input(i) for i in range(9))
+    embedded_and_normalized(e, *(e.input(i) for i in range(9)))
+
+
+def embedded_and_normalized(e: Emit, ids: str, seg_ids: str, word: str, pos: str, seg: str, gamma: str, beta: str,
+                            mask: str, pos_ids: str) -> None:
+    """The body of EmbedLayerNormalization (and of QEmbedLayerNormalization on its dequantized tables)."""
     x = e.op("Gather", word, ids)
     if seg_ids and seg:
         x = e.op("Add", x, e.op("Gather", seg, seg_ids))
