@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Architectures reflrp was never built with: tiny random-weight models of many transformers families, exported
+to ONNX, loaded, run against onnxruntime and explained (default preset, default ``wrt``).
+
+Usage:
+    python tools/hf_sweep.py                      # every family below -> docs/architectures.md
+    python tools/hf_sweep.py --only Mistral Bert  # some families, the table printed only
+
+Each (family, exporter) runs in its own subprocess (a crash or a hang is one row). A family is built from its
+config class with 2 layers, hidden 32, 4 heads (2 key/value heads where the family has GQA), vocabulary 100,
+eager attention, seeded weights; decoders as ``*ForCausalLM``, encoders as ``*ForSequenceClassification``, both
+fed ``input_ids`` and ``attention_mask`` (batch 2, 7 tokens, the second row padded after 5). Exporters:
+``torch.onnx.export(dynamo=True, opset_version=18)`` with dynamic batch and sequence, and the legacy exporter
+(opset 17). Columns: onnxruntime against torch (the export's own error), reflrp's forward against onnxruntime,
+and whether ``reflrp.explain`` closed its books with finite relevance. Needs torch and transformers (the
+optional tool dependencies, README).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "architectures.md"
+
+DECODERS = ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma", "Gemma2", "Phi", "Olmo", "Cohere", "StableLm",
+            "Starcoder2", "Granite", "GPT2", "GPTNeoX", "GPTJ", "CodeGen", "Falcon", "Bloom", "OPT", "BioGpt", "GPTNeo")
+ENCODERS = ("Bert", "Roberta", "DistilBert", "Albert", "Electra", "XLMRoberta", "MPNet")
+GQA = {"Llama", "Mistral", "Qwen2", "Qwen3", "Gemma", "Gemma2", "Phi", "Olmo", "Cohere", "StableLm", "Starcoder2",
+       "Granite"}
+LAYERS, HIDDEN, HEADS, VOCAB, POSITIONS = 2, 32, 4, 100, 64
+
+
+def config(family: str):
+    """The family's tiny config (each family names its sizes its own way)."""
+    import transformers
+    common = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=2 * HIDDEN,
+                  vocab_size=VOCAB, max_position_embeddings=POSITIONS)
+    special = {
+        "GPT2": dict(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=POSITIONS),
+        "GPTJ": dict(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=POSITIONS, rotary_dim=4),
+        "CodeGen": dict(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=POSITIONS,
+                        n_ctx=POSITIONS, rotary_dim=4),
+        "GPTNeo": dict(hidden_size=HIDDEN, num_layers=LAYERS, num_heads=HEADS, vocab_size=VOCAB,
+                       max_position_embeddings=POSITIONS, attention_types=[[["global", "local"], 1]], window_size=8),
+        "Falcon": dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, vocab_size=VOCAB,
+                       new_decoder_architecture=False, multi_query=True),
+        "Bloom": dict(hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB),
+        "OPT": dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, ffn_dim=2 * HIDDEN,
+                    vocab_size=VOCAB, max_position_embeddings=POSITIONS, word_embed_proj_dim=HIDDEN),
+        "DistilBert": dict(dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=2 * HIDDEN, vocab_size=VOCAB,
+                           max_position_embeddings=POSITIONS),
+        "Albert": dict(common, embedding_size=16),
+        "GPTNeoX": dict(common, rotary_pct=0.5),
+        "Gemma": dict(common, head_dim=8),
+        "Gemma2": dict(common, head_dim=8),
+    }
+    kwargs = special.get(family, common)
+    if family in GQA:
+        kwargs = dict(kwargs, num_key_value_heads=2)
+    cfg = getattr(transformers, f"{family}Config")(**kwargs)
+    cfg._attn_implementation = "eager"
+    cfg.use_cache = False
+    return cfg
+
+
+def one(family: str, exporter: str) -> dict:
+    """Build, export, run and explain one family; the row (in a subprocess: see main)."""
+    import numpy as np
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    encoder = family in ENCODERS
+    auto = transformers.AutoModelForSequenceClassification if encoder else transformers.AutoModelForCausalLM
+    model = auto.from_config(config(family)).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            extra = {} if encoder else {"use_cache": False}
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+    wrapped = Logits(model).eval()
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 7, dtype=torch.int64)
+    mask[1, 5:] = 0
+    path = Path(f"/tmp/hf_sweep_{family}_{exporter}.onnx")
+    names = dict(input_names=["input_ids", "attention_mask"], output_names=["logits"])
+    with torch.no_grad():
+        ref = wrapped(ids, mask).numpy()
+        if exporter == "dynamo":
+            dims = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+            torch.onnx.export(wrapped, (ids, mask), str(path), dynamo=True, opset_version=18, dynamic_shapes=dims, **names)
+        else:
+            axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+            torch.onnx.export(wrapped, (ids, mask), str(path), dynamo=False, opset_version=17, dynamic_axes=axes, **names)
+    import onnxruntime as ort
+    import reflrp
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    row = {"ort_vs_torch": float(np.abs(theirs - ref).max() / np.abs(ref).max())}
+    m = reflrp.load(str(path))
+    ours = next(iter(m.run(feeds).values()))
+    row["forward_vs_ort"] = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+    att = reflrp.explain(m, feeds)
+    relevance = np.asarray(att.relevance[att.wrt[0]])
+    row["explain"] = "ok" if att.conservation.ok and np.isfinite(relevance).all() else (
+        f"books {'closed' if att.conservation.ok else 'open'}, finite: {bool(np.isfinite(relevance).all())}")
+    return row
+
+
+def run_child(family: str, exporter: str, timeout: float = 600) -> dict:
+    code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tools')!r}); " \
+           f"import hf_sweep; print('ROW', json.dumps(hf_sweep.one({family!r}, {exporter!r})))"
+    try:
+        proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {timeout:.0f} s"}
+    rows = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+    if rows:
+        return json.loads(rows[-1])
+    last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
+    where = "export" if "torch.onnx" in proc.stderr or "torch.export" in proc.stderr else "run"
+    if "reflrp" in proc.stderr.split("Traceback")[-1]:
+        where = "reflrp"
+    return {"error": f"{where}: {last[0][:160]}"}
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| family | exporter | onnxruntime vs torch | reflrp forward vs onnxruntime | explain |",
+           "|---|---|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['family']} | {r['exporter']} | — | — | {r['error'].replace('|', '/')} |")
+        else:
+            out.append(f"| {r['family']} | {r['exporter']} | {r['ort_vs_torch']:.1e} | {r['forward_vs_ort']:.1e} | "
+                       f"{r['explain']} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="*", help="family names (config class without 'Config')")
+    ap.add_argument("--exporters", nargs="*", default=["dynamo", "legacy"])
+    args = ap.parse_args(argv)
+    families = args.only or list(DECODERS + ENCODERS)
+    rows = []
+    for family in families:
+        for exporter in args.exporters:
+            row = {"family": family, "exporter": exporter, **run_child(family, exporter)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    text = table(rows)
+    if args.only is None:
+        import torch
+        import transformers
+        DOC.write_text(DOC_HEAD.format(torch=torch.__version__, transformers=transformers.__version__) + text + "\n")
+        print(f"wrote {DOC.relative_to(ROOT)}")
+    else:
+        print(text)
+    return 0
+
+
+DOC_HEAD = """# Architectures beyond the zoo
+
+Generated by `python tools/hf_sweep.py` (torch {torch}, transformers {transformers}): tiny random-weight models of
+transformers families that reflrp's zoo and tests do not hold, each exported by both torch exporters, loaded by
+reflrp, run against onnxruntime on the same file and explained with the default preset (books closed and finite
+relevance: "ok"). Relative errors are max |difference| / max |reference| over the logits. A row with an error
+names where it happened: "export" (torch could not export the model: not reflrp's), "run" (onnxruntime or torch),
+"reflrp" (a load, forward or explain failure: a bug to fix). The relevance itself is checked against LXT on the
+zoo's families (models/*.lxt.npz); here only that the pass runs and closes.
+
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
