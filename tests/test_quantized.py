@@ -250,7 +250,7 @@ def contrib_model(node, graph_inputs: dict, consts: dict):
     return m
 
 
-def qattention_model(per_column=False, zero_points=True, mask="2d", **attrs):
+def qattention_model(per_column=False, zero_points=True, mask="2d", past=False, **attrs):
     """QAttention on a uint8 (2, 5, 16) input, uint8 weights (16, 48) for 4 heads (onnxruntime's uint8 x int8
     product saturates on AVX2, see above); the input's scale and zero point fed, as DynamicQuantizeLinear
     gives them."""
@@ -272,19 +272,26 @@ def qattention_model(per_column=False, zero_points=True, mask="2d", **attrs):
         names, feeds = names[:6], {k: v for k, v in feeds.items() if k != "zx"}
         consts.pop("zw")
         consts["w"] = rng.integers(0, 128, (16, 48)).astype(np.uint8)
-    node = helper.make_node("QAttention", names, ["y"], name="qattn", domain="com.microsoft", num_heads=4, **attrs)
+    outputs = ["y"]
+    if past:  # a decoder step: 3 cached positions of (key, value) per head, the new ones appended
+        feeds["past"] = rng.standard_normal((2, 2, 4, 3, 4)).astype(np.float32)
+        names, outputs = names + [""] * (8 - len(names)) + ["past"], ["y", "present"]
+    node = helper.make_node("QAttention", names, outputs, name="qattn", domain="com.microsoft", num_heads=4, **attrs)
     return contrib_model(node, feeds, consts), feeds
 
 
 @pytest.mark.parametrize("case", [dict(), dict(per_column=True), dict(mask="lengths"), dict(mask=None, unidirectional=1),
-                                  dict(zero_points=False), dict(scale=0.3)], ids=str)
+                                  dict(zero_points=False), dict(scale=0.3), dict(mask=None, past=True, unidirectional=1)],
+                         ids=str)
 def test_qattention_runs_like_onnxruntime(case):
     """QAttention = com.microsoft Attention on the dequantized input and weights (reflrp.canonical.qtransformer):
     per tensor and per column, padding masks in both formats, causal, without zero points, a given scale."""
     m, feeds = qattention_model(**case)
     ours, theirs = both(m, feeds)
     assert reflrp.load(m).graph.expansions and all(n.domain == "" for n in reflrp.load(m).graph.nodes)
-    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-5 * float(np.abs(theirs[0]).max()))
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+    assert len(ours) == len(theirs) == (2 if case.get("past") else 1)
 
 
 def test_qattention_explains_with_closed_books():
