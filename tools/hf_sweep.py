@@ -12,8 +12,8 @@ eager attention, seeded weights; decoders as ``*ForCausalLM``, encoders as ``*Fo
 fed ``input_ids`` and ``attention_mask`` (batch 2, 7 tokens, the second row padded after 5). Exporters:
 ``torch.onnx.export(dynamo=True, opset_version=18)`` with dynamic batch and sequence, and the legacy exporter
 (opset 17). Columns: onnxruntime against torch (the export's own error), reflrp's forward against onnxruntime,
-and whether ``reflrp.explain`` closed its books with finite relevance. Needs torch and transformers (the
-optional tool dependencies, README).
+whether ``reflrp.explain`` closed its books with finite relevance, and ``reflrp.gradient`` against torch
+autograd (float64). Needs torch and transformers (the optional tool dependencies, README).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +33,25 @@ ENCODERS = ("Bert", "Roberta", "DistilBert", "Albert", "Electra", "XLMRoberta", 
 GQA = {"Llama", "Mistral", "Qwen2", "Qwen3", "Gemma", "Gemma2", "Phi", "Olmo", "Cohere", "StableLm", "Starcoder2",
        "Granite"}
 LAYERS, HIDDEN, HEADS, VOCAB, POSITIONS = 2, 32, 4, 100, 64
+# variants: a family with config changes that reach other graph patterns (windowed masks, rope scalings, biases)
+VARIANTS = {
+    "Phi3": ("Phi3", {"pad_token_id": 0}),
+    "Llama+bias": ("Llama", {"attention_bias": True, "mlp_bias": True}),
+    "Llama+rope-llama3": ("Llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 16}}),
+    "Llama+rope-yarn": ("Llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                                   "original_max_position_embeddings": 16}}),
+    "Llama+rope-linear": ("Llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "Mistral+window4": ("Mistral", {"sliding_window": 4}),
+    "Qwen2+window4": ("Qwen2", {"sliding_window": 4, "use_sliding_window": True, "max_window_layers": 1}),
+    "Gemma2+window4": ("Gemma2", {"sliding_window": 4}),
+}
 
 
-def config(family: str):
-    """The family's tiny config (each family names its sizes its own way)."""
+def config(name: str):
+    """The family's tiny config (each family names its sizes its own way), with a variant's changes."""
     import transformers
+    family, changes = VARIANTS.get(name, (name, {}))
     common = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=2 * HIDDEN,
                   vocab_size=VOCAB, max_position_embeddings=POSITIONS)
     special = {
@@ -61,7 +76,7 @@ def config(family: str):
     kwargs = special.get(family, common)
     if family in GQA:
         kwargs = dict(kwargs, num_key_value_heads=2)
-    cfg = getattr(transformers, f"{family}Config")(**kwargs)
+    cfg = getattr(transformers, f"{family}Config")(**dict(kwargs, **changes))
     cfg._attn_implementation = "eager"
     cfg.use_cache = False
     return cfg
@@ -73,7 +88,7 @@ def one(family: str, exporter: str) -> dict:
     import torch
     import transformers
     torch.manual_seed(0)
-    encoder = family in ENCODERS
+    encoder = VARIANTS.get(family, (family,))[0] in ENCODERS
     auto = transformers.AutoModelForSequenceClassification if encoder else transformers.AutoModelForCausalLM
     model = auto.from_config(config(family)).eval()
 
@@ -90,7 +105,7 @@ def one(family: str, exporter: str) -> dict:
     ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(2, 7, dtype=torch.int64)
     mask[1, 5:] = 0
-    path = Path(f"/tmp/hf_sweep_{family}_{exporter}.onnx")
+    path = Path(tempfile.gettempdir()) / f"hf_sweep_{family.replace('+', '_')}_{exporter}.onnx"
     names = dict(input_names=["input_ids", "attention_mask"], output_names=["logits"])
     with torch.no_grad():
         ref = wrapped(ids, mask).numpy()
@@ -112,7 +127,50 @@ def one(family: str, exporter: str) -> dict:
     relevance = np.asarray(att.relevance[att.wrt[0]])
     row["explain"] = "ok" if att.conservation.ok and np.isfinite(relevance).all() else (
         f"books {'closed' if att.conservation.ok else 'open'}, finite: {bool(np.isfinite(relevance).all())}")
+    seed = argmax_seed(ref)
+    ours_g = np.asarray(reflrp.gradient(m, feeds, target=seed, dtype="float64")[att.wrt[0]])
+    theirs_g = torch_gradient_at_lookup(wrapped, model.get_input_embeddings(), ids, mask, seed)
+    row["gradient_vs_torch"] = float(np.abs(ours_g - theirs_g).max() / np.abs(theirs_g).max())
     return row
+
+
+def argmax_seed(logits):
+    """1 at each row's largest logit (a decoder's at the last position), 0 elsewhere: the output gradient."""
+    import numpy as np
+    seed = np.zeros(logits.shape)
+    last = logits if logits.ndim == 2 else logits[:, -1]
+    rows = np.arange(len(last))
+    if logits.ndim == 2:
+        seed[rows, last.argmax(-1)] = 1.0
+    else:
+        seed[rows, -1, last.argmax(-1)] = 1.0
+    return seed
+
+
+def torch_gradient_at_lookup(wrapped, embedding, ids, mask, seed):
+    """torch autograd in float64: d sum(seed * logits) / d (the word-embedding lookup's output), the tensor the
+    ONNX graph's embedding Gather computes (before any scaling a family applies after the lookup); HF's float32
+    casts run in float64 and Python constants as the graph's float32 ones (tools/torch_common.float64_mode)."""
+    import torch
+    import torch.nn.functional as F
+    looked_up, plain = [], F.embedding
+
+    def lookup(input, weight, *args, **kwargs):
+        out = plain(input, weight, *args, **kwargs)
+        if weight is embedding.weight:
+            out.retain_grad()
+            looked_up.append(out)
+        return out
+    from torch_common import float64_mode
+    model64 = wrapped.double()
+    F.embedding = lookup
+    try:
+        with float64_mode(graph_constants=True):  # HF's float32 round trips in float64, constants as the graph's
+            logits = model64(ids, mask)
+            (logits * torch.as_tensor(seed)).sum().backward()
+    finally:
+        F.embedding = plain
+    return looked_up[0].grad.numpy()
 
 
 def run_child(family: str, exporter: str, timeout: float = 600) -> dict:
@@ -133,14 +191,14 @@ def run_child(family: str, exporter: str, timeout: float = 600) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| family | exporter | onnxruntime vs torch | reflrp forward vs onnxruntime | explain |",
-           "|---|---|---:|---:|---|"]
+    out = ["| family | exporter | onnxruntime vs torch | reflrp forward vs onnxruntime | explain | "
+           "reflrp.gradient vs torch autograd (float64) |", "|---|---|---:|---:|---|---:|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['family']} | {r['exporter']} | — | — | {r['error'].replace('|', '/')} |")
+            out.append(f"| {r['family']} | {r['exporter']} | — | — | {r['error'].replace('|', '/')} | — |")
         else:
             out.append(f"| {r['family']} | {r['exporter']} | {r['ort_vs_torch']:.1e} | {r['forward_vs_ort']:.1e} | "
-                       f"{r['explain']} |")
+                       f"{r['explain']} | {r['gradient_vs_torch']:.1e} |")
     return "\n".join(out)
 
 
@@ -149,7 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="family names (config class without 'Config')")
     ap.add_argument("--exporters", nargs="*", default=["dynamo", "legacy"])
     args = ap.parse_args(argv)
-    families = args.only or list(DECODERS + ENCODERS)
+    families = args.only or list(DECODERS + ENCODERS + tuple(VARIANTS))
     rows = []
     for family in families:
         for exporter in args.exporters:
@@ -174,8 +232,12 @@ transformers families that reflrp's zoo and tests do not hold, each exported by 
 reflrp, run against onnxruntime on the same file and explained with the default preset (books closed and finite
 relevance: "ok"). Relative errors are max |difference| / max |reference| over the logits. A row with an error
 names where it happened: "export" (torch could not export the model: not reflrp's), "run" (onnxruntime or torch),
-"reflrp" (a load, forward or explain failure: a bug to fix). The relevance itself is checked against LXT on the
-zoo's families (models/*.lxt.npz); here only that the pass runs and closes.
+"reflrp" (a load, forward or explain failure: a bug to fix). The last column checks the adjoints every rule is
+built on, against an independent source: `reflrp.gradient` of each row's top logit (a decoder's at the last
+position) at the word-embedding lookup, in float64, against torch autograd on the same weights in float64 (HF's
+float32 casts kept in float64, constants as the graph's). Variants (`+`) change a family's config to reach other
+graph patterns: biases, RoPE scalings, sliding windows shorter than the 7 tokens. The relevance itself is checked
+against LXT on the zoo's families (models/*.lxt.npz).
 
 """
 
