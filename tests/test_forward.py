@@ -58,3 +58,29 @@ def test_supported_ops_cover_the_zoo():
     ops = set(reflrp.supported_ops())
     for name in names():
         assert set(manifest()[name]["op_types"]) <= ops, name
+
+
+def test_nonzero_selects_rows_like_onnxruntime_and_relevance_follows_them():
+    """NonZero (Cohere's rotary embedding in an optimum KV export): index rows of x by a mask's non-zero
+    entries; the forward equals onnxruntime, the relevance reaches the selected rows only, the books close."""
+    import reflrp
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("NonZero", ["m"], ["nz"]),
+             helper.make_node("Squeeze", ["nz", "zero"], ["rows"]),
+             helper.make_node("Gather", ["x", "rows"], ["g"], axis=0),
+             helper.make_node("MatMul", ["g", "w"], ["y"])]
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((3, 2)).astype(np.float32)
+    g = helper.make_graph(nodes, "nz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 3]),
+                                        helper.make_tensor_value_info("m", TensorProto.INT64, [5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+                           helper.make_tensor("w", TensorProto.FLOAT, [3, 2], w.ravel().tolist())])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    feeds = {"x": rng.standard_normal((5, 3)).astype(np.float32), "m": np.array([0, 2, 0, 1, 5], np.int64)}
+    theirs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    m = reflrp.load(proto)
+    np.testing.assert_allclose(m.run(feeds)["y"], theirs, rtol=1e-6)
+    att = reflrp.explain(m, feeds, target=np.ones(theirs.shape), wrt=["x"], epsilon=0.0)
+    R = np.asarray(att.relevance["x"])
+    assert att.conservation.ok and not R[[0, 2]].any() and R[[1, 3, 4]].any()

@@ -4,7 +4,8 @@ to ONNX, loaded, run against onnxruntime and explained (default preset, default 
 
 Usage:
     python tools/hf_sweep.py                      # every family below -> docs/architectures.md
-    python tools/hf_sweep.py --only Mistral Bert  # some families, the table printed only
+    python tools/hf_sweep.py --only Mistral Bert  # some families, the tables printed only
+    python tools/hf_sweep.py --no-kv              # without the KV-cache exports (optimum-cli)
 
 Each (family, exporter) runs in its own subprocess (a crash or a hang is one row). A family is built from its
 config class with 2 layers, hidden 32, 4 heads (2 key/value heads where the family has GQA), vocabulary 100,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -173,9 +175,64 @@ def torch_gradient_at_lookup(wrapped, embedding, ids, mask, seed):
     return looked_up[0].grad.numpy()
 
 
+def one_kv(family: str, new_tokens: int = 6) -> dict:
+    """The family exported with its KV cache by optimum (``optimum-cli export onnx --task
+    text-generation-with-past``): ``reflrp.generate`` with and without the cache (same tokens?), and its logits
+    against onnxruntime decoding the same tokens step by step on the same file; a left-padded row included."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    import transformers
+    import reflrp
+    from reflrp.generate import positions_of
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix=f"hf_sweep_kv_{family.replace('+', '_')}_"))
+    transformers.AutoModelForCausalLM.from_config(config(family)).eval().save_pretrained(work / "hf")
+    done = subprocess.run(["optimum-cli", "export", "onnx", "--model", str(work / "hf"), "--task",
+                           "text-generation-with-past", str(work / "onnx")], capture_output=True, text=True)
+    if done.returncode:
+        said = [line for line in done.stderr.splitlines() if line.strip()] or ["(no output)"]
+        raise RuntimeError(f"optimum-cli export failed: {said[-1][:120]}")
+    path = work / "onnx" / "model.onnx"
+    ids = np.random.default_rng(2).integers(1, VOCAB, (2, 5))
+    mask = np.ones((2, 5), np.int64)
+    mask[1, :2] = 0  # left padding
+    model = reflrp.load(str(path))
+    cached = reflrp.generate(model, ids, new_tokens, attention_mask=mask, use_cache=True)
+    full = reflrp.generate(model, ids, new_tokens, attention_mask=mask, use_cache=False)
+    row = {"same_tokens": bool(np.array_equal(cached.tokens, full.tokens))}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    past = [n for n in inputs if n.startswith("past_key_values")]
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    for n in past:
+        heads, size = inputs[n].shape[1], inputs[n].shape[3]
+        feeds[n] = np.zeros((2, heads, 0, size), np.float32)
+    tokens, steps = ids, []
+    for k in range(new_tokens):
+        if "position_ids" in inputs:
+            feeds["position_ids"] = positions_of(feeds["attention_mask"])[:, -feeds["input_ids"].shape[1]:]
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {n: feeds[n] for n in inputs})))
+        last = outs["logits"][:, -1]
+        steps.append(last)
+        nxt = cached.tokens[:, ids.shape[1] + k][:, None]  # onnxruntime is fed reflrp's choice
+        tokens = np.concatenate([tokens, nxt], axis=1)
+        feeds = {"input_ids": nxt, "attention_mask": np.concatenate([feeds["attention_mask"], np.ones((2, 1), np.int64)], 1),
+                 **{n: outs[n.replace("past_key_values", "present")] for n in past}}
+    theirs = np.stack(steps, axis=1)
+    row["logits_vs_ort"] = float(np.abs(cached.logits - theirs).max() / np.abs(theirs).max())
+    row["ort_picks_same"] = bool(np.array_equal(theirs.argmax(-1), cached.new))
+    matrix, att = cached.explain()
+    causal = all(not np.any(matrix[:, k, ids.shape[1] + k:]) for k in range(new_tokens))  # no later token gets any
+    row["explain"] = "ok" if all(c.ok for c in att.conservation) and np.isfinite(matrix).all() and causal else (
+        f"books {'closed' if all(c.ok for c in att.conservation) else 'open'}, lower triangular: {causal}")
+    return row
+
+
 def run_child(family: str, exporter: str, timeout: float = 600) -> dict:
+    call = f"one_kv({family!r})" if exporter == "optimum-kv" else f"one({family!r}, {exporter!r})"
     code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tools')!r}); " \
-           f"import hf_sweep; print('ROW', json.dumps(hf_sweep.one({family!r}, {exporter!r})))"
+           f"import hf_sweep; print('ROW', json.dumps(hf_sweep.{call}))"
     try:
         proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -183,11 +240,13 @@ def run_child(family: str, exporter: str, timeout: float = 600) -> dict:
     rows = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
     if rows:
         return json.loads(rows[-1])
-    last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
-    where = "export" if "torch.onnx" in proc.stderr or "torch.export" in proc.stderr else "run"
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]  # the exception's first line
+    last = (raised or lines or ["(no output)"])[-1]
+    where = "export" if any(k in proc.stderr for k in ("torch.onnx", "torch.export", "optimum-cli export")) else "run"
     if "reflrp" in proc.stderr.split("Traceback")[-1]:
         where = "reflrp"
-    return {"error": f"{where}: {last[0][:160]}"}
+    return {"error": f"{where}: {last[:160]}"}
 
 
 def table(rows: list[dict]) -> str:
@@ -202,19 +261,42 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def kv_table(rows: list[dict]) -> str:
+    out = ["| family | generate: same tokens with and without the cache | logits vs onnxruntime step by step | "
+           "onnxruntime picks the same tokens | explain the generated tokens |", "|---|---|---:|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['family']} | — | — | — | {r['error'].replace('|', '/')} |")
+        else:
+            out.append(f"| {r['family']} | {'yes' if r['same_tokens'] else 'NO'} | {r['logits_vs_ort']:.1e} | "
+                       f"{'yes' if r['ort_picks_same'] else 'NO'} | {r['explain']} |")
+    return "\n".join(out)
+
+
+def is_decoder(name: str) -> bool:
+    return VARIANTS.get(name, (name,))[0] not in ENCODERS
+
+
+def sweep(families, exporters) -> list[dict]:
+    rows = []
+    for family in families:
+        for exporter in exporters:
+            row = {"family": family, "exporter": exporter, **run_child(family, exporter)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", help="family names (config class without 'Config')")
     ap.add_argument("--exporters", nargs="*", default=["dynamo", "legacy"])
+    ap.add_argument("--no-kv", action="store_true", help="skip the KV-cache exports (optimum) of the decoders")
     args = ap.parse_args(argv)
     families = args.only or list(DECODERS + ENCODERS + tuple(VARIANTS))
-    rows = []
-    for family in families:
-        for exporter in args.exporters:
-            row = {"family": family, "exporter": exporter, **run_child(family, exporter)}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    text = table(rows)
+    rows = sweep(families, args.exporters)
+    kv_rows = [] if args.no_kv else sweep([f for f in families if is_decoder(f)], ["optimum-kv"])
+    text = table(rows) + ("\n\n" + KV_HEAD + kv_table(kv_rows) if kv_rows else "")
     if args.only is None:
         import torch
         import transformers
@@ -238,6 +320,18 @@ position) at the word-embedding lookup, in float64, against torch autograd on th
 float32 casts kept in float64, constants as the graph's). Variants (`+`) change a family's config to reach other
 graph patterns: biases, RoPE scalings, sliding windows shorter than the 7 tokens. The relevance itself is checked
 against LXT on the zoo's families (models/*.lxt.npz).
+
+"""
+
+KV_HEAD = """## With the KV cache
+
+Each decoder saved from its config and exported by `optimum-cli export onnx --task text-generation-with-past`
+(`past_key_values.<i>.key/value` inputs, `present.<i>.*` outputs). `reflrp.generate` decodes 6 tokens greedily
+after a 5-token prompt (the second row left-padded by 2) with the cache and without it; onnxruntime then decodes
+the same tokens step by step on the same file, fed the cache it returns, and its logits are compared with the
+ones reflrp chose from (max |difference| / max |logit|). The generated tokens are explained in one pass
+(`Generation.explain`: one target per token); "ok": every token's books closed, the matrix finite and lower
+triangular (no token gets relevance from tokens after it).
 
 """
 

@@ -378,6 +378,13 @@ def ConstantOfShape(xp, shape, value=None):
     return xp.full(tuple(_ints(xp, shape)), value.reshape(-1)[0], dtype=value.dtype)
 
 
+@kernel("NonZero", since=9, kind=K.CONSTANT)
+def NonZero(xp, x):
+    """The indices of the non-zero elements, one row per axis, in row-major order (int64, shape (rank, count));
+    a scalar is read as a 1-element vector, as onnxruntime does."""
+    return xp.asarray(xp.nonzero(xp.reshape(x, (1,)) if x.ndim == 0 else x), dtype=np.int64).reshape(max(x.ndim, 1), -1)
+
+
 @kernel("Range", since=11, kind=K.CONSTANT)
 def Range(xp, start, limit, delta, stash_type=1):
     """``start + i * delta`` for ``i < max(ceil((limit - start) / delta), 0)``, computed in float32 for
