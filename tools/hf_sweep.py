@@ -249,28 +249,37 @@ def run_child(family: str, exporter: str, timeout: float = 600) -> dict:
     return {"error": f"{where}: {last[:160]}"}
 
 
-def table(rows: list[dict]) -> str:
-    out = ["| family | exporter | onnxruntime vs torch | reflrp forward vs onnxruntime | explain | "
-           "reflrp.gradient vs torch autograd (float64) |", "|---|---|---:|---:|---|---:|"]
+def markdown(columns: list[tuple[str, str, object]], rows: list[dict]) -> str:
+    """A markdown table of ``columns`` (title, alignment "l" / "r", cell function of a row, or None for the
+    explain column); a failed row shows its family (and exporter), dashes, and its error where explain goes."""
+    out = ["| " + " | ".join(t for t, _, _ in columns) + " |", "|" + "|".join("---:" if a == "r" else "---"
+                                                                          for _, a, _ in columns) + "|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['family']} | {r['exporter']} | — | — | {r['error'].replace('|', '/')} | — |")
+            cells = [r["error"].replace("|", "/") if cell is None else cell(r) if title in ("family", "exporter")
+                     else "—" for title, _, cell in columns]
         else:
-            out.append(f"| {r['family']} | {r['exporter']} | {r['ort_vs_torch']:.1e} | {r['forward_vs_ort']:.1e} | "
-                       f"{r['explain']} | {r['gradient_vs_torch']:.1e} |")
+            cells = [r["explain"] if cell is None else cell(r) for _, _, cell in columns]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def table(rows: list[dict]) -> str:
+    return markdown([("family", "l", lambda r: r["family"]), ("exporter", "l", lambda r: r["exporter"]),
+                     ("onnxruntime vs torch", "r", lambda r: f"{r['ort_vs_torch']:.1e}"),
+                     ("reflrp forward vs onnxruntime", "r", lambda r: f"{r['forward_vs_ort']:.1e}"),
+                     ("explain", "l", None),
+                     ("reflrp.gradient vs torch autograd (float64)", "r", lambda r: f"{r['gradient_vs_torch']:.1e}")],
+                    rows)
 
 
 def kv_table(rows: list[dict]) -> str:
-    out = ["| family | generate: same tokens with and without the cache | logits vs onnxruntime step by step | "
-           "onnxruntime picks the same tokens | explain the generated tokens |", "|---|---|---:|---|---|"]
-    for r in rows:
-        if "error" in r:
-            out.append(f"| {r['family']} | — | — | — | {r['error'].replace('|', '/')} |")
-        else:
-            out.append(f"| {r['family']} | {'yes' if r['same_tokens'] else 'NO'} | {r['logits_vs_ort']:.1e} | "
-                       f"{'yes' if r['ort_picks_same'] else 'NO'} | {r['explain']} |")
-    return "\n".join(out)
+    yes = lambda flag: "yes" if flag else "NO"  # noqa: E731
+    return markdown([("family", "l", lambda r: r["family"]),
+                     ("generate: same tokens with and without the cache", "l", lambda r: yes(r["same_tokens"])),
+                     ("logits vs onnxruntime step by step", "r", lambda r: f"{r['logits_vs_ort']:.1e}"),
+                     ("onnxruntime picks the same tokens", "l", lambda r: yes(r["ort_picks_same"])),
+                     ("explain the generated tokens", "l", None)], rows)
 
 
 def is_decoder(name: str) -> bool:
