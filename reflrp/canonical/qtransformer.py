@@ -21,14 +21,14 @@ from .qoperator import dequantized
 TABLES = ("word_embedding", "position_embedding", "segment_embedding", "gamma", "beta")
 
 
-def dequantized_weight(e: Emit, w: str, scale: str, zero_point: str) -> str:
-    """``DQ(W)`` with a per-tensor scale, or one scale (and zero point) per column of ``W``."""
-    weights, s = e.require_static(w, "weight"), e.static(scale)
+def dequantized_weight(e: Emit, w: str, shape: tuple, scale: str, zero_point: str) -> str:
+    """``DQ(W)`` of the ``shape`` weight with a per-tensor scale, or one scale (and zero point) per column."""
+    s = e.static(scale)
     if s is None or s.size == 1:
         return dequantized(e, w, scale, zero_point)
-    if weights.ndim != 2 or s.shape != (weights.shape[1],):
+    if len(shape) != 2 or s.shape != (shape[1],):
         raise e.unsupported(f"weight_scale of shape {s.shape} fits neither one scale nor one per column of "
-                            f"the {weights.shape} weight")
+                            f"the {shape} weight")
     return dequantized(e, w, scale, zero_point, axis=1)
 
 
@@ -36,8 +36,8 @@ def dequantized_weight(e: Emit, w: str, scale: str, zero_point: str) -> str:
 def qattention(e: Emit):
     """QAttention -> Attention(DQ(input), DQ(weight), bias, mask_index, past) with the same attributes."""
     x, w, b, xs, ws, mask, xz, wz, past = (e.input(i) for i in range(9))
-    weight_shape = e.require_static(w, "weight").shape
-    fused_attention(e, dequantized(e, x, xs, xz), dequantized_weight(e, w, ws, wz), weight_shape, b, mask, past,
+    shape = e.require_static(w, "weight").shape
+    fused_attention(e, dequantized(e, x, xs, xz), dequantized_weight(e, w, shape, ws, wz), shape, b, mask, past,
                     "", like=ws)
 
 
